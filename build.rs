@@ -1,0 +1,14 @@
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // No protoc is installed on build machines: use the vendored one.
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    std::env::set_var("PROTOC", protoc);
+    tonic_prost_build::configure().compile_protos(
+        &[
+            "proto/mcpfleet/v1/registry.proto",
+            "proto/mcpfleet/internal/v1/raft.proto",
+        ],
+        &["proto"],
+    )?;
+    println!("cargo:rerun-if-changed=proto");
+    Ok(())
+}

@@ -1,0 +1,291 @@
+//! The disk seam: what the Raft stores need from durable storage.
+//!
+//! A `Disk` holds the Raft log (index -> encoded entry) and a few named metadata
+//! values (vote, committed index, snapshot). Every mutating call returns only once its
+//! effect is durable. `SledDisk` is production (one sled database per node);
+//! `MemoryDisk` is the in-memory stand-in for tests and the simulator.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("data dir {path} is in use by another process")]
+    InUse { path: PathBuf },
+    #[error("data dir {path} is corrupt: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("data dir {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+/// Durable storage for one node. Reads see every completed write.
+#[async_trait]
+pub trait Disk: Send + Sync + 'static {
+    /// Writes log entries, replacing any at the same index; durable on return.
+    async fn append_log(&self, entries: Vec<(u64, Vec<u8>)>) -> Result<(), DiskError>;
+    /// Entries with `start <= index < end`, in index order.
+    fn read_log(&self, start: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, DiskError>;
+    /// The entry with the highest index.
+    fn last_log(&self) -> Result<Option<(u64, Vec<u8>)>, DiskError>;
+    /// Removes every entry with `index >= from`; durable on return.
+    async fn truncate_log(&self, from: u64) -> Result<(), DiskError>;
+    /// Removes every entry with `index <= upto`.
+    async fn purge_log(&self, upto: u64) -> Result<(), DiskError>;
+    /// Stores a named value; durable on return.
+    async fn put_meta(&self, key: &str, value: Vec<u8>) -> Result<(), DiskError>;
+    fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, DiskError>;
+    /// Bytes on disk (0 where unknown), for status and the soak benchmark.
+    fn size_on_disk(&self) -> u64;
+}
+
+/// Production storage: one sled database in the node's data dir.
+pub struct SledDisk {
+    path: PathBuf,
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl SledDisk {
+    /// Opens (or creates) the data dir. A data dir held by another process and a
+    /// corrupt one get their own errors.
+    pub fn open(path: &Path) -> Result<SledDisk, DiskError> {
+        let path = path.to_path_buf();
+        if path.exists() && !path.is_dir() {
+            return Err(DiskError::Corrupt {
+                path,
+                detail: "not a directory".into(),
+            });
+        }
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(64 * 1024 * 1024)
+            .open()
+            .map_err(|e| open_error(&path, e))?;
+        let log = db.open_tree("log").map_err(|e| open_error(&path, e))?;
+        let meta = db.open_tree("meta").map_err(|e| open_error(&path, e))?;
+        Ok(SledDisk {
+            path,
+            db,
+            log,
+            meta,
+        })
+    }
+
+    async fn flush(&self) -> Result<(), DiskError> {
+        self.db.flush_async().await.map_err(storage_error)?;
+        Ok(())
+    }
+}
+
+fn open_error(path: &Path, error: sled::Error) -> DiskError {
+    let path = path.to_path_buf();
+    match error {
+        sled::Error::Io(source) => {
+            let text = source.to_string();
+            if text.contains("lock") || source.kind() == std::io::ErrorKind::WouldBlock {
+                DiskError::InUse { path }
+            } else if source.kind() == std::io::ErrorKind::InvalidData
+                || source.kind() == std::io::ErrorKind::UnexpectedEof
+            {
+                DiskError::Corrupt { path, detail: text }
+            } else {
+                DiskError::Io { path, source }
+            }
+        }
+        sled::Error::Corruption { at, .. } => DiskError::Corrupt {
+            path,
+            detail: format!("sled reports corruption at {at:?}"),
+        },
+        other => DiskError::Corrupt {
+            path,
+            detail: other.to_string(),
+        },
+    }
+}
+
+fn storage_error(error: sled::Error) -> DiskError {
+    DiskError::Storage(error.to_string())
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    // Big-endian so that sled's byte order is index order.
+    index.to_be_bytes()
+}
+
+fn key_index(key: &[u8]) -> Result<u64, DiskError> {
+    let bytes: [u8; 8] = key
+        .try_into()
+        .map_err(|_| DiskError::Storage(format!("log key of {} bytes", key.len())))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+#[async_trait]
+impl Disk for SledDisk {
+    async fn append_log(&self, entries: Vec<(u64, Vec<u8>)>) -> Result<(), DiskError> {
+        let mut batch = sled::Batch::default();
+        for (index, bytes) in entries {
+            batch.insert(&index_key(index), bytes);
+        }
+        self.log.apply_batch(batch).map_err(storage_error)?;
+        self.flush().await
+    }
+
+    fn read_log(&self, start: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, DiskError> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        self.log
+            .range(index_key(start)..index_key(end))
+            .map(|item| {
+                let (key, value) = item.map_err(storage_error)?;
+                Ok((key_index(&key)?, value.to_vec()))
+            })
+            .collect()
+    }
+
+    fn last_log(&self) -> Result<Option<(u64, Vec<u8>)>, DiskError> {
+        match self.log.last().map_err(storage_error)? {
+            Some((key, value)) => Ok(Some((key_index(&key)?, value.to_vec()))),
+            None => Ok(None),
+        }
+    }
+
+    async fn truncate_log(&self, from: u64) -> Result<(), DiskError> {
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(index_key(from)..) {
+            let (key, _) = item.map_err(storage_error)?;
+            batch.remove(key);
+        }
+        self.log.apply_batch(batch).map_err(storage_error)?;
+        self.flush().await
+    }
+
+    async fn purge_log(&self, upto: u64) -> Result<(), DiskError> {
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(..=index_key(upto)) {
+            let (key, _) = item.map_err(storage_error)?;
+            batch.remove(key);
+        }
+        self.log.apply_batch(batch).map_err(storage_error)?;
+        // Purging need not be durable at once: a purged entry that reappears after a
+        // crash is below the snapshot and is purged again.
+        Ok(())
+    }
+
+    async fn put_meta(&self, key: &str, value: Vec<u8>) -> Result<(), DiskError> {
+        self.meta.insert(key, value).map_err(storage_error)?;
+        self.flush().await
+    }
+
+    fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, DiskError> {
+        Ok(self
+            .meta
+            .get(key)
+            .map_err(storage_error)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+impl std::fmt::Debug for SledDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SledDisk({})", self.path.display())
+    }
+}
+
+/// In-memory storage. Shared through an `Arc`, it outlives a simulated crash.
+#[derive(Debug, Default)]
+pub struct MemoryDisk {
+    inner: Mutex<MemoryContents>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct MemoryContents {
+    log: BTreeMap<u64, Vec<u8>>,
+    meta: BTreeMap<String, Vec<u8>>,
+}
+
+impl MemoryDisk {
+    pub fn new() -> MemoryDisk {
+        MemoryDisk::default()
+    }
+
+    fn contents(&self) -> std::sync::MutexGuard<'_, MemoryContents> {
+        // A panic while holding the lock leaves consistent data: every change below is
+        // a single map operation.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl Disk for MemoryDisk {
+    async fn append_log(&self, entries: Vec<(u64, Vec<u8>)>) -> Result<(), DiskError> {
+        let mut contents = self.contents();
+        for (index, bytes) in entries {
+            contents.log.insert(index, bytes);
+        }
+        Ok(())
+    }
+
+    fn read_log(&self, start: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, DiskError> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .contents()
+            .log
+            .range(start..end)
+            .map(|(i, b)| (*i, b.clone()))
+            .collect())
+    }
+
+    fn last_log(&self) -> Result<Option<(u64, Vec<u8>)>, DiskError> {
+        Ok(self
+            .contents()
+            .log
+            .last_key_value()
+            .map(|(i, b)| (*i, b.clone())))
+    }
+
+    async fn truncate_log(&self, from: u64) -> Result<(), DiskError> {
+        self.contents().log.split_off(&from);
+        Ok(())
+    }
+
+    async fn purge_log(&self, upto: u64) -> Result<(), DiskError> {
+        let mut contents = self.contents();
+        contents.log = match upto.checked_add(1) {
+            Some(first_kept) => contents.log.split_off(&first_kept),
+            None => BTreeMap::new(),
+        };
+        Ok(())
+    }
+
+    async fn put_meta(&self, key: &str, value: Vec<u8>) -> Result<(), DiskError> {
+        self.contents().meta.insert(key.to_string(), value);
+        Ok(())
+    }
+
+    fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, DiskError> {
+        Ok(self.contents().meta.get(key).cloned())
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        let contents = self.contents();
+        let log: usize = contents.log.values().map(|v| v.len() + 8).sum();
+        let meta: usize = contents.meta.iter().map(|(k, v)| k.len() + v.len()).sum();
+        (log + meta) as u64
+    }
+}

@@ -1,0 +1,21 @@
+//! mcpfleet: a highly available control plane for fleets of MCP servers.
+//!
+//! Layers (see DESIGN.md): `registry` (pure state machine), `raft` (openraft glue),
+//! `api` (gRPC services), `node` (wiring), `env` (the seams to the outside world) and
+//! `cli` (the command line).
+
+pub mod env;
+pub mod raft;
+pub mod registry;
+
+/// Generated gRPC code.
+pub mod proto {
+    /// The client API, `mcpfleet.v1`.
+    pub mod v1 {
+        tonic::include_proto!("mcpfleet.v1");
+    }
+    /// The node-to-node API, `mcpfleet.internal.v1`.
+    pub mod internal {
+        tonic::include_proto!("mcpfleet.internal.v1");
+    }
+}

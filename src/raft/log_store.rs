@@ -1,0 +1,181 @@
+//! The Raft log store over the `Disk` seam. An append is acknowledged (its callback
+//! called) only once the disk reports it durable.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{
+    Entry, ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, RaftLogReader, StorageIOError, Vote,
+};
+
+use super::codec::{decode, encode};
+use super::{LogId, NodeId, StorageError, TypeConfig};
+use crate::env::Disk;
+
+const VOTE_KEY: &str = "vote";
+const LAST_PURGED_KEY: &str = "last_purged";
+
+/// Log storage for one node. Clones share the same disk.
+#[derive(Clone)]
+pub struct LogStore {
+    disk: Arc<dyn Disk>,
+}
+
+fn io_error(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    error: impl std::error::Error + 'static,
+) -> StorageError {
+    StorageIOError::new(subject, verb, openraft::AnyError::new(&error)).into()
+}
+
+impl LogStore {
+    /// Opens the log on `disk` and checks that what it holds decodes.
+    pub fn open(disk: Arc<dyn Disk>) -> Result<LogStore, StorageError> {
+        let store = LogStore { disk };
+        store.read_vote_now()?;
+        store.last_purged()?;
+        store.last_entry()?;
+        Ok(store)
+    }
+
+    fn read_vote_now(&self) -> Result<Option<Vote<NodeId>>, StorageError> {
+        let bytes = self
+            .disk
+            .get_meta(VOTE_KEY)
+            .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Read, e))?;
+        bytes
+            .map(|b| decode(&b).map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Read, e)))
+            .transpose()
+    }
+
+    fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
+        let bytes = self
+            .disk
+            .get_meta(LAST_PURGED_KEY)
+            .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Read, e))?;
+        bytes
+            .map(|b| decode(&b).map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Read, e)))
+            .transpose()
+    }
+
+    fn last_entry(&self) -> Result<Option<Entry<TypeConfig>>, StorageError> {
+        let last = self
+            .disk
+            .last_log()
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+        last.map(|(_, bytes)| decode_entry(&bytes)).transpose()
+    }
+}
+
+fn decode_entry(bytes: &[u8]) -> Result<Entry<TypeConfig>, StorageError> {
+    decode(bytes).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
+        };
+        let raw = self
+            .disk
+            .read_log(start, end)
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+        raw.iter().map(|(_, bytes)| decode_entry(bytes)).collect()
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id = self.last_purged()?;
+        let last_log_id = match self.last_entry()? {
+            Some(entry) => Some(*entry.get_log_id()),
+            None => last_purged_log_id,
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        let bytes = encode(vote).map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, e))?;
+        self.disk
+            .put_meta(VOTE_KEY, bytes)
+            .await
+            .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, e))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
+        self.read_vote_now()
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut encoded = Vec::new();
+        for entry in entries {
+            let bytes =
+                encode(&entry).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+            encoded.push((entry.get_log_id().index, bytes));
+        }
+        let result = self.disk.append_log(encoded).await;
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(error) => {
+                let message = error.to_string();
+                callback.log_io_completed(Err(std::io::Error::other(message)));
+                Err(io_error(ErrorSubject::Logs, ErrorVerb::Write, error))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.disk
+            .truncate_log(log_id.index)
+            .await
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let bytes =
+            encode(&log_id).map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        // Record the purge point first: a crash in between leaves entries below it,
+        // which are purged again, never a gap.
+        self.disk
+            .put_meta(LAST_PURGED_KEY, bytes)
+            .await
+            .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        self.disk
+            .purge_log(log_id.index)
+            .await
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))
+    }
+}

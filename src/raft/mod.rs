@@ -1,0 +1,38 @@
+//! openraft glue: the type configuration, the log and state-machine stores (over the
+//! `Disk` seam), and the network client (over the `Network` seam). Knows nothing of
+//! gRPC services or the CLI.
+
+pub mod codec;
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+
+use std::io::Cursor;
+
+pub use log_store::LogStore;
+pub use network::NetworkFactory;
+pub use state_machine::{RegistryView, StateMachineStore, WatchMessage};
+
+use crate::env::SeededRuntime;
+use crate::registry::{Command, Outcome};
+
+openraft::declare_raft_types!(
+    /// The Raft types of mcpfleet: registry commands in, outcomes out.
+    pub TypeConfig:
+        D = Command,
+        R = Outcome,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = SeededRuntime,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type NodeId = u64;
+pub type Node = openraft::BasicNode;
+pub type LogId = openraft::LogId<NodeId>;
+pub type StorageError = openraft::StorageError<NodeId>;
+
+#[cfg(test)]
+mod tests;

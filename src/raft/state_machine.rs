@@ -1,0 +1,307 @@
+//! The Raft state machine: the registry in memory, made durable through snapshots on
+//! the `Disk` seam (the log holds everything after the last snapshot). It also keeps
+//! a bounded history of server changes for watchers.
+
+use std::collections::VecDeque;
+use std::io::Cursor;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, Snapshot,
+    SnapshotMeta, StorageIOError, StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use super::codec::{decode, encode};
+use super::{LogId, Node, NodeId, StorageError, TypeConfig};
+use crate::env::Disk;
+use crate::registry::{Change, Outcome, Registry};
+
+const SNAPSHOT_KEY: &str = "snapshot";
+/// Server changes kept for watchers that start from an older revision.
+pub const WATCH_HISTORY_LEN: usize = 4_096;
+/// Changes buffered per live watcher before it is cut off as too slow.
+pub const WATCH_BUFFER_LEN: usize = 1_024;
+
+/// What a live watcher receives.
+#[derive(Clone, Debug)]
+pub enum WatchMessage {
+    Change(Change),
+    /// The state was replaced by a snapshot: watchers must list and watch again.
+    Reset,
+}
+
+/// The applied state, shared by the state machine and the API.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub registry: Registry,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership<NodeId, Node>,
+    history: VecDeque<Change>,
+    /// Every change with a revision above this is in `history`.
+    history_floor: u64,
+}
+
+impl Applied {
+    /// The changes after `from_revision`, or `None` if some were already dropped.
+    pub fn changes_since(&self, from_revision: u64) -> Option<Vec<Change>> {
+        if from_revision < self.history_floor {
+            return None;
+        }
+        Some(
+            self.history
+                .iter()
+                .filter(|c| c.revision() > from_revision)
+                .cloned()
+                .collect(),
+        )
+    }
+}
+
+/// The registry as this node has applied it.
+#[derive(Debug)]
+pub struct RegistryView {
+    applied: RwLock<Applied>,
+    changes: broadcast::Sender<WatchMessage>,
+}
+
+impl RegistryView {
+    fn new(applied: Applied) -> RegistryView {
+        RegistryView {
+            applied: RwLock::new(applied),
+            changes: broadcast::channel(WATCH_BUFFER_LEN).0,
+        }
+    }
+
+    pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
+        self.applied.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Applied> {
+        self.applied.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A receiver of live changes plus the history after `from_revision` (taken under
+    /// one lock, so nothing falls between them), or `None` if history was dropped.
+    pub fn watch(
+        &self,
+        from_revision: u64,
+    ) -> Option<(Vec<Change>, broadcast::Receiver<WatchMessage>)> {
+        let applied = self.read();
+        let receiver = self.changes.subscribe();
+        applied.changes_since(from_revision).map(|c| (c, receiver))
+    }
+}
+
+/// What a snapshot holds besides openraft's metadata.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, Node>,
+    data: Vec<u8>,
+}
+
+/// The state machine store. Clones share the view and the disk.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    disk: Arc<dyn Disk>,
+    view: Arc<RegistryView>,
+}
+
+fn io_error(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    error: impl std::error::Error + 'static,
+) -> StorageError {
+    StorageIOError::new(subject, verb, openraft::AnyError::new(&error)).into()
+}
+
+impl StateMachineStore {
+    /// Opens the state machine from the last snapshot on `disk`, if any.
+    pub fn open(disk: Arc<dyn Disk>) -> Result<StateMachineStore, StorageError> {
+        let mut applied = Applied::default();
+        if let Some(stored) = read_snapshot(disk.as_ref())? {
+            let registry: Registry = decode(&stored.data)
+                .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+            applied.history_floor = registry.revision;
+            applied.registry = registry;
+            applied.last_applied = stored.meta.last_log_id;
+            applied.membership = stored.meta.last_membership.clone();
+        }
+        Ok(StateMachineStore {
+            disk,
+            view: Arc::new(RegistryView::new(applied)),
+        })
+    }
+
+    pub fn view(&self) -> Arc<RegistryView> {
+        self.view.clone()
+    }
+}
+
+fn read_snapshot(disk: &dyn Disk) -> Result<Option<StoredSnapshot>, StorageError> {
+    let bytes = disk
+        .get_meta(SNAPSHOT_KEY)
+        .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+    bytes
+        .map(|b| decode(&b).map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e)))
+        .transpose()
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let (data, last_log_id, last_membership) = {
+            let applied = self.view.read();
+            let data = encode(&applied.registry)
+                .map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+            (data, applied.last_applied, applied.membership.clone())
+        };
+        let snapshot_id = match last_log_id {
+            Some(id) => format!(
+                "{}-{}-{}",
+                id.leader_id.term, id.leader_id.node_id, id.index
+            ),
+            None => "empty".to_string(),
+        };
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+            snapshot_id,
+        };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        let bytes = encode(&stored).map_err(|e| {
+            io_error(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Write,
+                e,
+            )
+        })?;
+        self.disk.put_meta(SNAPSHOT_KEY, bytes).await.map_err(|e| {
+            io_error(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Write,
+                e,
+            )
+        })?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = StateMachineStore;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId>, StoredMembership<NodeId, Node>), StorageError> {
+        let applied = self.view.read();
+        Ok((applied.last_applied, applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError>
+    where
+        I: IntoIterator<Item = openraft::Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut outcomes = Vec::new();
+        let mut applied = self.view.write();
+        for entry in entries {
+            applied.last_applied = Some(entry.log_id);
+            let outcome = match entry.payload {
+                EntryPayload::Blank => Outcome::Applied {
+                    revision: applied.registry.revision,
+                },
+                EntryPayload::Normal(command) => {
+                    let (outcome, change) = applied.registry.apply(&command);
+                    if let Some(change) = change {
+                        if applied.history.len() >= WATCH_HISTORY_LEN {
+                            if let Some(dropped) = applied.history.pop_front() {
+                                applied.history_floor = dropped.revision();
+                            }
+                        }
+                        applied.history.push_back(change.clone());
+                        // No receivers is fine: nobody is watching.
+                        let _ = self.changes().send(WatchMessage::Change(change));
+                    }
+                    outcome
+                }
+                EntryPayload::Membership(membership) => {
+                    applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    Outcome::Applied {
+                        revision: applied.registry.revision,
+                    }
+                }
+            };
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, Node>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let registry: Registry = decode(&data).map_err(|e| {
+            io_error(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Read,
+                e,
+            )
+        })?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        let bytes = encode(&stored).map_err(|e| {
+            io_error(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Write,
+                e,
+            )
+        })?;
+        self.disk.put_meta(SNAPSHOT_KEY, bytes).await.map_err(|e| {
+            io_error(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Write,
+                e,
+            )
+        })?;
+        let mut applied = self.view.write();
+        applied.history.clear();
+        applied.history_floor = registry.revision;
+        applied.registry = registry;
+        applied.last_applied = meta.last_log_id;
+        applied.membership = meta.last_membership.clone();
+        let _ = self.changes().send(WatchMessage::Reset);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        Ok(read_snapshot(self.disk.as_ref())?.map(|stored| Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        }))
+    }
+}
+
+impl StateMachineStore {
+    fn changes(&self) -> &broadcast::Sender<WatchMessage> {
+        &self.view.changes
+    }
+}

@@ -1,0 +1,69 @@
+//! Commands that change the registry, their outcomes and their typed errors.
+//!
+//! A command travels through the Raft log; its outcome is decided by `apply` alone, so
+//! every node reaches the same outcome. No I/O.
+
+use serde::{Deserialize, Serialize};
+
+use super::model::{NodeId, NodeRecord, ServerSpec};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Create or replace a server. With `expected_revision`, only if the server's
+    /// `mod_revision` equals it; `Some(0)` means the server must not exist.
+    PutServer {
+        spec: ServerSpec,
+        expected_revision: Option<u64>,
+    },
+    DeleteServer {
+        name: String,
+        expected_revision: Option<u64>,
+    },
+    /// Record a node (its address, tags and status) in the registry.
+    PutNode {
+        node: NodeRecord,
+    },
+    RemoveNode {
+        id: NodeId,
+    },
+}
+
+impl Command {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::PutServer { .. } => "put-server",
+            Command::DeleteServer { .. } => "delete-server",
+            Command::PutNode { .. } => "put-node",
+            Command::RemoveNode { .. } => "remove-node",
+        }
+    }
+}
+
+/// The answer to one applied command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The command changed the registry, which is now at `revision`.
+    Applied { revision: u64 },
+    /// The command was rejected and changed nothing.
+    Rejected(RegistryError),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum RegistryError {
+    #[error("invalid server name {name:?}: {reason}")]
+    InvalidName { name: String, reason: String },
+    #[error("invalid spec for {name:?}: {reason}")]
+    InvalidSpec { name: String, reason: String },
+    #[error("server {name:?} not found")]
+    ServerNotFound { name: String },
+    #[error("revision mismatch for {name:?}: expected {expected}, current {current}")]
+    RevisionMismatch {
+        name: String,
+        expected: u64,
+        current: u64,
+    },
+    #[error("node {id} not found")]
+    NodeNotFound { id: NodeId },
+    #[error("registry full: at most {limit} servers")]
+    TooManyServers { limit: usize },
+}

@@ -1,0 +1,15 @@
+//! The replicated registry: data model, commands, validation and the deterministic
+//! `apply`. Pure: no clock, no randomness, no I/O, no hash-ordered iteration.
+//! Raft glue (src/raft) feeds it committed commands; the API reads it.
+
+pub mod command;
+pub mod model;
+mod state;
+pub mod validate;
+
+pub use command::{Command, Outcome, RegistryError};
+pub use model::*;
+pub use state::{Change, Registry};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,188 @@
+//! The registry's data model: servers, nodes, assignments and replica health.
+//!
+//! Plain data with serde, so it can travel inside Raft entries and snapshots. Defaults
+//! live here so that every spec the registry holds is complete. No I/O.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest server name accepted.
+pub const MAX_NAME_LEN: usize = 63;
+/// Most replicas one server may ask for.
+pub const MAX_REPLICAS: u32 = 64;
+/// Largest encoded spec accepted, in bytes (command, args, env, headers together).
+pub const MAX_SPEC_BYTES: usize = 64 * 1024;
+/// Most args, env entries, headers or tags in one spec.
+pub const MAX_LIST_ITEMS: usize = 256;
+/// Most servers the registry holds.
+pub const MAX_SERVERS: usize = 10_000;
+
+pub type NodeId = u64;
+
+/// How a replica of a server is reached.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Transport {
+    /// A child process speaking MCP over stdin/stdout.
+    Stdio {
+        command: String,
+        args: Vec<String>,
+        env: BTreeMap<String, String>,
+        cwd: Option<String>,
+    },
+    /// A streamable-HTTP MCP endpoint.
+    Http {
+        url: String,
+        headers: BTreeMap<String, String>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            interval_ms: 2_000,
+            timeout_ms: 1_000,
+            healthy_threshold: 1,
+            unhealthy_threshold: 3,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CircuitBreaker {
+    pub failure_threshold: u32,
+    pub open_ms: u64,
+    pub half_open_max_calls: u32,
+}
+
+impl Default for CircuitBreaker {
+    fn default() -> Self {
+        CircuitBreaker {
+            failure_threshold: 5,
+            open_ms: 10_000,
+            half_open_max_calls: 1,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// Restarts within `crash_loop_window_ms` after which the replica is in crash-loop.
+    pub crash_loop_restarts: u32,
+    pub crash_loop_window_ms: u64,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            initial_backoff_ms: 200,
+            max_backoff_ms: 30_000,
+            crash_loop_restarts: 5,
+            crash_loop_window_ms: 60_000,
+        }
+    }
+}
+
+/// An MCP server as the registry holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerSpec {
+    pub name: String,
+    pub transport: Transport,
+    pub replicas: u32,
+    /// Tags a node must carry to run a replica (all of them).
+    pub node_tags: Vec<String>,
+    pub health_check: HealthCheck,
+    pub circuit_breaker: CircuitBreaker,
+    pub restart: RestartPolicy,
+}
+
+impl ServerSpec {
+    /// A stdio server with one replica and default settings.
+    pub fn stdio(name: &str, command: &str, args: &[&str]) -> ServerSpec {
+        ServerSpec {
+            name: name.to_string(),
+            transport: Transport::Stdio {
+                command: command.to_string(),
+                args: args.iter().map(|a| a.to_string()).collect(),
+                env: BTreeMap::new(),
+                cwd: None,
+            },
+            replicas: 1,
+            node_tags: Vec::new(),
+            health_check: HealthCheck::default(),
+            circuit_breaker: CircuitBreaker::default(),
+            restart: RestartPolicy::default(),
+        }
+    }
+}
+
+/// A server with the revisions that created and last changed it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerRecord {
+    pub spec: ServerSpec,
+    pub create_revision: u64,
+    pub mod_revision: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum NodeStatus {
+    Up,
+    Down,
+    Draining,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: NodeId,
+    /// The address that serves both the client and the node-to-node API.
+    pub addr: String,
+    pub tags: Vec<String>,
+    pub status: NodeStatus,
+}
+
+/// Replica `slot` of `server` belongs on `node_id`, as decided at `epoch` (a log index).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub server: String,
+    pub slot: u32,
+    pub node_id: NodeId,
+    pub epoch: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicaState {
+    Starting,
+    Healthy,
+    Unhealthy,
+    Backoff,
+    CrashLoop,
+    Stopped,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+/// What the node running a replica last reported.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaHealth {
+    pub node_id: NodeId,
+    pub state: ReplicaState,
+    pub breaker: BreakerState,
+    pub restarts: u32,
+    pub last_error: Option<String>,
+    pub probe_latency_ms: Option<u64>,
+}

@@ -1,0 +1,200 @@
+//! The registry state and its deterministic `apply`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::command::{Command, Outcome, RegistryError};
+use super::model::*;
+use super::validate::{validate_name, validate_spec};
+
+/// The whole replicated registry. Every successful command bumps `revision` by one;
+/// a rejected command changes nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registry {
+    pub revision: u64,
+    pub servers: BTreeMap<String, ServerRecord>,
+    pub nodes: BTreeMap<NodeId, NodeRecord>,
+    /// Keyed by (server, slot).
+    pub assignments: BTreeMap<(String, u32), Assignment>,
+    /// Keyed by (server, slot).
+    pub health: BTreeMap<(String, u32), ReplicaHealth>,
+}
+
+/// A change to the server table, as watchers see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    Put { record: ServerRecord, revision: u64 },
+    Delete { name: String, revision: u64 },
+}
+
+impl Change {
+    pub fn revision(&self) -> u64 {
+        match self {
+            Change::Put { revision, .. } | Change::Delete { revision, .. } => *revision,
+        }
+    }
+}
+
+impl Registry {
+    /// Applies one command. Returns its outcome and, if the server table changed, the
+    /// change for watchers.
+    pub fn apply(&mut self, command: &Command) -> (Outcome, Option<Change>) {
+        let result = match command {
+            Command::PutServer {
+                spec,
+                expected_revision,
+            } => self.put_server(spec, *expected_revision),
+            Command::DeleteServer {
+                name,
+                expected_revision,
+            } => self.delete_server(name, *expected_revision),
+            Command::PutNode { node } => {
+                self.revision += 1;
+                self.nodes.insert(node.id, node.clone());
+                Ok(None)
+            }
+            Command::RemoveNode { id } => {
+                if self.nodes.remove(id).is_none() {
+                    Err(RegistryError::NodeNotFound { id: *id })
+                } else {
+                    self.revision += 1;
+                    self.assignments.retain(|_, a| a.node_id != *id);
+                    self.health.retain(|_, h| h.node_id != *id);
+                    Ok(None)
+                }
+            }
+        };
+        debug_assert_eq!(self.check_invariants(), Ok(()));
+        match result {
+            Ok(change) => (
+                Outcome::Applied {
+                    revision: self.revision,
+                },
+                change,
+            ),
+            Err(error) => (Outcome::Rejected(error), None),
+        }
+    }
+
+    fn put_server(
+        &mut self,
+        spec: &ServerSpec,
+        expected_revision: Option<u64>,
+    ) -> Result<Option<Change>, RegistryError> {
+        validate_spec(spec)?;
+        let current = self.servers.get(&spec.name);
+        if let Some(expected) = expected_revision {
+            let current_revision = current.map_or(0, |r| r.mod_revision);
+            if expected != current_revision {
+                return Err(RegistryError::RevisionMismatch {
+                    name: spec.name.clone(),
+                    expected,
+                    current: current_revision,
+                });
+            }
+        }
+        if current.is_none() && self.servers.len() >= MAX_SERVERS {
+            return Err(RegistryError::TooManyServers { limit: MAX_SERVERS });
+        }
+        self.revision += 1;
+        let create_revision = current.map_or(self.revision, |r| r.create_revision);
+        let record = ServerRecord {
+            spec: spec.clone(),
+            create_revision,
+            mod_revision: self.revision,
+        };
+        // Slots beyond the new replica count no longer exist.
+        self.assignments
+            .retain(|(server, slot), _| server != &spec.name || *slot < spec.replicas);
+        self.health
+            .retain(|(server, slot), _| server != &spec.name || *slot < spec.replicas);
+        self.servers.insert(spec.name.clone(), record.clone());
+        Ok(Some(Change::Put {
+            record,
+            revision: self.revision,
+        }))
+    }
+
+    fn delete_server(
+        &mut self,
+        name: &str,
+        expected_revision: Option<u64>,
+    ) -> Result<Option<Change>, RegistryError> {
+        validate_name(name)?;
+        let Some(current) = self.servers.get(name) else {
+            return Err(RegistryError::ServerNotFound {
+                name: name.to_string(),
+            });
+        };
+        if let Some(expected) = expected_revision {
+            if expected != current.mod_revision {
+                return Err(RegistryError::RevisionMismatch {
+                    name: name.to_string(),
+                    expected,
+                    current: current.mod_revision,
+                });
+            }
+        }
+        self.revision += 1;
+        self.servers.remove(name);
+        self.assignments.retain(|(server, _), _| server != name);
+        self.health.retain(|(server, _), _| server != name);
+        Ok(Some(Change::Delete {
+            name: name.to_string(),
+            revision: self.revision,
+        }))
+    }
+
+    /// The registry's invariants. Unit tests and the simulator call this after every
+    /// step; `apply` asserts it in debug builds.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for (name, record) in &self.servers {
+            if name != &record.spec.name {
+                return Err(format!(
+                    "server keyed {name:?} is named {:?}",
+                    record.spec.name
+                ));
+            }
+            if record.create_revision > record.mod_revision || record.mod_revision > self.revision {
+                return Err(format!(
+                    "server {name:?} has revisions {}..{} beyond registry revision {}",
+                    record.create_revision, record.mod_revision, self.revision
+                ));
+            }
+            if let Err(error) = validate_spec(&record.spec) {
+                return Err(format!("server {name:?} holds an invalid spec: {error}"));
+            }
+        }
+        let mut nodes_per_server: BTreeMap<&str, Vec<NodeId>> = BTreeMap::new();
+        for ((server, slot), assignment) in &self.assignments {
+            let Some(record) = self.servers.get(server) else {
+                return Err(format!("assignment for unknown server {server:?}"));
+            };
+            if *slot >= record.spec.replicas {
+                return Err(format!(
+                    "server {server:?} has an assignment for slot {slot}"
+                ));
+            }
+            if !self.nodes.contains_key(&assignment.node_id) {
+                return Err(format!(
+                    "assignment {server:?}/{slot} points at unknown node {}",
+                    assignment.node_id
+                ));
+            }
+            nodes_per_server
+                .entry(server)
+                .or_default()
+                .push(assignment.node_id);
+        }
+        for (server, mut nodes) in nodes_per_server {
+            let count = nodes.len();
+            nodes.sort_unstable();
+            nodes.dedup();
+            if nodes.len() != count && nodes.len() < self.nodes.len() {
+                return Err(format!("server {server:?} has two replicas on one node"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,352 @@
+//! Tables of commands -> expected state or error, and a replay property.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn put(spec: ServerSpec) -> Command {
+    Command::PutServer {
+        spec,
+        expected_revision: None,
+    }
+}
+
+fn put_cas(spec: ServerSpec, expected: u64) -> Command {
+    Command::PutServer {
+        spec,
+        expected_revision: Some(expected),
+    }
+}
+
+fn delete(name: &str) -> Command {
+    Command::DeleteServer {
+        name: name.into(),
+        expected_revision: None,
+    }
+}
+
+fn echo(name: &str) -> ServerSpec {
+    ServerSpec::stdio(name, "echo", &["hi"])
+}
+
+fn with<F: FnOnce(&mut ServerSpec)>(mut spec: ServerSpec, change: F) -> ServerSpec {
+    change(&mut spec);
+    spec
+}
+
+fn node(id: NodeId) -> NodeRecord {
+    NodeRecord {
+        id,
+        addr: format!("127.0.0.1:{}", 7700 + id),
+        tags: vec![],
+        status: NodeStatus::Up,
+    }
+}
+
+/// Applies `setup`, then `command`; checks the outcome and the resulting revision
+/// and server names.
+struct Case {
+    what: &'static str,
+    setup: Vec<Command>,
+    command: Command,
+    expect: Result<u64, fn(&RegistryError) -> bool>,
+    servers: Vec<&'static str>,
+}
+
+#[test]
+fn command_table() {
+    let cases = vec![
+        Case {
+            what: "put creates a server at revision 1",
+            setup: vec![],
+            command: put(echo("time")),
+            expect: Ok(1),
+            servers: vec!["time"],
+        },
+        Case {
+            what: "put replaces and bumps the revision",
+            setup: vec![put(echo("time"))],
+            command: put(with(echo("time"), |s| s.replicas = 3)),
+            expect: Ok(2),
+            servers: vec!["time"],
+        },
+        Case {
+            what: "compare-and-set with the current revision succeeds",
+            setup: vec![put(echo("a")), put(echo("b"))],
+            command: put_cas(echo("a"), 1),
+            expect: Ok(3),
+            servers: vec!["a", "b"],
+        },
+        Case {
+            what: "compare-and-set on a stale revision is rejected",
+            setup: vec![put(echo("a")), put(echo("a"))],
+            command: put_cas(echo("a"), 1),
+            expect: Err(|e| {
+                matches!(
+                    e,
+                    RegistryError::RevisionMismatch {
+                        expected: 1,
+                        current: 2,
+                        ..
+                    }
+                )
+            }),
+            servers: vec!["a"],
+        },
+        Case {
+            what: "compare-and-set 0 creates only if absent",
+            setup: vec![put(echo("a"))],
+            command: put_cas(echo("a"), 0),
+            expect: Err(|e| matches!(e, RegistryError::RevisionMismatch { .. })),
+            servers: vec!["a"],
+        },
+        Case {
+            what: "compare-and-set 0 creates when absent",
+            setup: vec![],
+            command: put_cas(echo("a"), 0),
+            expect: Ok(1),
+            servers: vec!["a"],
+        },
+        Case {
+            what: "invalid name",
+            setup: vec![],
+            command: put(echo("bad name!")),
+            expect: Err(|e| matches!(e, RegistryError::InvalidName { .. })),
+            servers: vec![],
+        },
+        Case {
+            what: "name starting with a dash",
+            setup: vec![],
+            command: put(echo("-x")),
+            expect: Err(|e| matches!(e, RegistryError::InvalidName { .. })),
+            servers: vec![],
+        },
+        Case {
+            what: "empty command",
+            setup: vec![],
+            command: put(ServerSpec::stdio("a", "  ", &[])),
+            expect: Err(|e| matches!(e, RegistryError::InvalidSpec { .. })),
+            servers: vec![],
+        },
+        Case {
+            what: "zero replicas",
+            setup: vec![],
+            command: put(with(echo("a"), |s| s.replicas = 0)),
+            expect: Err(|e| matches!(e, RegistryError::InvalidSpec { .. })),
+            servers: vec![],
+        },
+        Case {
+            what: "replicas over the limit",
+            setup: vec![],
+            command: put(with(echo("a"), |s| s.replicas = MAX_REPLICAS + 1)),
+            expect: Err(|e| matches!(e, RegistryError::InvalidSpec { .. })),
+            servers: vec![],
+        },
+        Case {
+            what: "oversize spec",
+            setup: vec![],
+            command: put(with(echo("a"), |s| {
+                s.transport = Transport::Stdio {
+                    command: "x".repeat(MAX_SPEC_BYTES + 1),
+                    args: vec![],
+                    env: BTreeMap::new(),
+                    cwd: None,
+                }
+            })),
+            expect: Err(|e| matches!(e, RegistryError::InvalidSpec { .. })),
+            servers: vec![],
+        },
+        Case {
+            what: "http server with a url",
+            setup: vec![],
+            command: put(with(echo("web"), |s| {
+                s.transport = Transport::Http {
+                    url: "http://127.0.0.1:3001/mcp".into(),
+                    headers: BTreeMap::new(),
+                }
+            })),
+            expect: Ok(1),
+            servers: vec!["web"],
+        },
+        Case {
+            what: "http server without a host",
+            setup: vec![],
+            command: put(with(echo("web"), |s| {
+                s.transport = Transport::Http {
+                    url: "http:///mcp".into(),
+                    headers: BTreeMap::new(),
+                }
+            })),
+            expect: Err(|e| matches!(e, RegistryError::InvalidSpec { .. })),
+            servers: vec![],
+        },
+        Case {
+            what: "health timeout longer than the interval",
+            setup: vec![],
+            command: put(with(echo("a"), |s| s.health_check.timeout_ms = 10_000)),
+            expect: Err(|e| matches!(e, RegistryError::InvalidSpec { .. })),
+            servers: vec![],
+        },
+        Case {
+            what: "delete removes the server",
+            setup: vec![put(echo("a")), put(echo("b"))],
+            command: delete("a"),
+            expect: Ok(3),
+            servers: vec!["b"],
+        },
+        Case {
+            what: "delete of an unknown server",
+            setup: vec![put(echo("a"))],
+            command: delete("nope"),
+            expect: Err(|e| matches!(e, RegistryError::ServerNotFound { .. })),
+            servers: vec!["a"],
+        },
+        Case {
+            what: "delete with a stale revision",
+            setup: vec![put(echo("a")), put(echo("a"))],
+            command: Command::DeleteServer {
+                name: "a".into(),
+                expected_revision: Some(1),
+            },
+            expect: Err(|e| matches!(e, RegistryError::RevisionMismatch { .. })),
+            servers: vec!["a"],
+        },
+        Case {
+            what: "put node",
+            setup: vec![],
+            command: Command::PutNode { node: node(1) },
+            expect: Ok(1),
+            servers: vec![],
+        },
+        Case {
+            what: "remove an unknown node",
+            setup: vec![Command::PutNode { node: node(1) }],
+            command: Command::RemoveNode { id: 2 },
+            expect: Err(|e| matches!(e, RegistryError::NodeNotFound { id: 2 })),
+            servers: vec![],
+        },
+    ];
+    for case in cases {
+        let mut registry = Registry::default();
+        for command in &case.setup {
+            let (outcome, _) = registry.apply(command);
+            assert!(
+                matches!(outcome, Outcome::Applied { .. }),
+                "{}: setup {outcome:?}",
+                case.what
+            );
+        }
+        let before = registry.clone();
+        let (outcome, change) = registry.apply(&case.command);
+        match (&case.expect, &outcome) {
+            (Ok(revision), Outcome::Applied { revision: got }) => {
+                assert_eq!(revision, got, "{}", case.what);
+                assert_eq!(registry.revision, *revision, "{}", case.what);
+            }
+            (Err(check), Outcome::Rejected(error)) => {
+                assert!(check(error), "{}: unexpected error {error}", case.what);
+                assert_eq!(
+                    registry, before,
+                    "{}: a rejected command changed state",
+                    case.what
+                );
+                assert!(change.is_none(), "{}", case.what);
+            }
+            (expect, got) => panic!("{}: expected {:?}, got {got:?}", case.what, expect.is_ok()),
+        }
+        let names: Vec<&str> = registry.servers.keys().map(String::as_str).collect();
+        assert_eq!(names, case.servers, "{}", case.what);
+        registry.check_invariants().unwrap();
+    }
+}
+
+#[test]
+fn put_keeps_create_revision_and_reports_changes() {
+    let mut registry = Registry::default();
+    registry.apply(&put(echo("a")));
+    registry.apply(&put(echo("b")));
+    let (_, change) = registry.apply(&put(with(echo("a"), |s| s.replicas = 2)));
+    let record = &registry.servers["a"];
+    assert_eq!((record.create_revision, record.mod_revision), (1, 3));
+    assert_eq!(change.map(|c| c.revision()), Some(3));
+    let (_, change) = registry.apply(&delete("b"));
+    assert_eq!(
+        change,
+        Some(Change::Delete {
+            name: "b".into(),
+            revision: 4
+        })
+    );
+}
+
+#[test]
+fn shrinking_replicas_drops_slots_beyond_the_new_count() {
+    let mut registry = Registry::default();
+    registry.apply(&Command::PutNode { node: node(1) });
+    registry.apply(&Command::PutNode { node: node(2) });
+    registry.apply(&put(with(echo("a"), |s| s.replicas = 2)));
+    for (slot, node_id) in [(0, 1), (1, 2)] {
+        registry.assignments.insert(
+            ("a".into(), slot),
+            Assignment {
+                server: "a".into(),
+                slot,
+                node_id,
+                epoch: 3,
+            },
+        );
+    }
+    registry.check_invariants().unwrap();
+    registry.apply(&put(echo("a")));
+    assert_eq!(registry.assignments.len(), 1);
+    registry.apply(&Command::RemoveNode { id: 1 });
+    assert!(registry.assignments.is_empty());
+    registry.check_invariants().unwrap();
+}
+
+fn arbitrary_command() -> impl Strategy<Value = Command> {
+    let name = prop::sample::select(vec!["a", "b", "c", "bad name", ""]);
+    prop_oneof![
+        (name.clone(), 0u32..4, prop::option::of(0u64..6)).prop_map(|(n, replicas, cas)| {
+            Command::PutServer {
+                spec: with(echo(n), |s| s.replicas = replicas),
+                expected_revision: cas,
+            }
+        }),
+        (name, prop::option::of(0u64..6)).prop_map(|(n, cas)| Command::DeleteServer {
+            name: n.into(),
+            expected_revision: cas,
+        }),
+        (1u64..4).prop_map(|id| Command::PutNode { node: node(id) }),
+        (1u64..4).prop_map(|id| Command::RemoveNode { id }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn replaying_the_same_commands_gives_the_same_state(
+        commands in prop::collection::vec(arbitrary_command(), 0..60)
+    ) {
+        let mut first = Registry::default();
+        let mut second = Registry::default();
+        let mut outcomes = Vec::new();
+        for command in &commands {
+            outcomes.push(first.apply(command).0);
+            prop_assert_eq!(first.check_invariants(), Ok(()));
+        }
+        for (command, outcome) in commands.iter().zip(&outcomes) {
+            prop_assert_eq!(&second.apply(command).0, outcome);
+        }
+        prop_assert_eq!(&first, &second);
+        // The revision counts exactly the applied commands.
+        let applied = outcomes.iter().filter(|o| matches!(o, Outcome::Applied { .. })).count();
+        prop_assert_eq!(first.revision, applied as u64);
+        // A snapshot round trip (as Raft does) gives the same state.
+        let bytes = bincode::serde::encode_to_vec(&first, bincode::config::standard()).unwrap();
+        let (decoded, _): (Registry, usize) =
+            bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
+        prop_assert_eq!(decoded, first);
+    }
+}

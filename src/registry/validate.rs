@@ -1,0 +1,164 @@
+//! Validation of names and specs. Used before a command is proposed (to fail fast on
+//! the node the client talks to) and again inside `apply` (the deciding check).
+
+use super::command::RegistryError;
+use super::model::*;
+
+/// Checks a server name: 1..=63 characters of `[A-Za-z0-9._-]`, starting and ending
+/// with a letter or digit.
+pub fn validate_name(name: &str) -> Result<(), RegistryError> {
+    let invalid = |reason: &str| RegistryError::InvalidName {
+        name: name.to_string(),
+        reason: reason.to_string(),
+    };
+    if name.is_empty() {
+        return Err(invalid("must not be empty"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(invalid(&format!("longer than {MAX_NAME_LEN} characters")));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        return Err(invalid(
+            "only letters, digits, '-', '_' and '.' are allowed",
+        ));
+    }
+    let first = name.chars().next().unwrap_or('-');
+    let last = name.chars().last().unwrap_or('-');
+    if !first.is_ascii_alphanumeric() || !last.is_ascii_alphanumeric() {
+        return Err(invalid("must start and end with a letter or digit"));
+    }
+    Ok(())
+}
+
+/// Checks a whole spec: name, transport, replicas, settings and size.
+pub fn validate_spec(spec: &ServerSpec) -> Result<(), RegistryError> {
+    validate_name(&spec.name)?;
+    let invalid = |reason: String| RegistryError::InvalidSpec {
+        name: spec.name.clone(),
+        reason,
+    };
+    let mut size = spec.name.len();
+    match &spec.transport {
+        Transport::Stdio {
+            command,
+            args,
+            env,
+            cwd,
+        } => {
+            if command.trim().is_empty() {
+                return Err(invalid("command must not be empty".into()));
+            }
+            if args.len() > MAX_LIST_ITEMS || env.len() > MAX_LIST_ITEMS {
+                return Err(invalid(format!(
+                    "at most {MAX_LIST_ITEMS} args and {MAX_LIST_ITEMS} env entries"
+                )));
+            }
+            let strings = std::iter::once(command)
+                .chain(args.iter())
+                .chain(env.keys())
+                .chain(env.values())
+                .chain(cwd.iter());
+            for s in strings {
+                if s.contains('\0') {
+                    return Err(invalid(
+                        "command, args, env and cwd must not contain NUL".into(),
+                    ));
+                }
+                size += s.len();
+            }
+            for key in env.keys() {
+                if key.is_empty() || key.contains('=') {
+                    return Err(invalid(format!("invalid env name {key:?}")));
+                }
+            }
+        }
+        Transport::Http { url, headers } => {
+            let rest = url
+                .strip_prefix("http://")
+                .or_else(|| url.strip_prefix("https://"));
+            match rest {
+                Some(rest) if !rest.is_empty() && !rest.starts_with('/') => {}
+                _ => {
+                    return Err(invalid(format!(
+                        "url {url:?} must be http:// or https:// with a host"
+                    )))
+                }
+            }
+            if headers.len() > MAX_LIST_ITEMS {
+                return Err(invalid(format!("at most {MAX_LIST_ITEMS} headers")));
+            }
+            size += url.len();
+            for (k, v) in headers {
+                if k.is_empty() || k.contains(['\r', '\n', ':']) || v.contains(['\r', '\n']) {
+                    return Err(invalid(format!("invalid header {k:?}")));
+                }
+                size += k.len() + v.len();
+            }
+        }
+    }
+    if spec.replicas == 0 || spec.replicas > MAX_REPLICAS {
+        return Err(invalid(format!(
+            "replicas must be between 1 and {MAX_REPLICAS}, got {}",
+            spec.replicas
+        )));
+    }
+    if spec.node_tags.len() > MAX_LIST_ITEMS {
+        return Err(invalid(format!("at most {MAX_LIST_ITEMS} node tags")));
+    }
+    for tag in &spec.node_tags {
+        if tag.is_empty() || tag.len() > MAX_NAME_LEN {
+            return Err(invalid(format!("invalid node tag {tag:?}")));
+        }
+        size += tag.len();
+    }
+    if size > MAX_SPEC_BYTES {
+        return Err(invalid(format!(
+            "spec is {size} bytes, more than the limit of {MAX_SPEC_BYTES}"
+        )));
+    }
+    let health = &spec.health_check;
+    if health.interval_ms < 100 || health.interval_ms > 3_600_000 {
+        return Err(invalid(
+            "health_check.interval_ms must be 100..=3600000".into(),
+        ));
+    }
+    if health.timeout_ms < 10 || health.timeout_ms > health.interval_ms {
+        return Err(invalid(
+            "health_check.timeout_ms must be at least 10 and at most interval_ms".into(),
+        ));
+    }
+    if health.healthy_threshold == 0 || health.unhealthy_threshold == 0 {
+        return Err(invalid("health_check thresholds must be at least 1".into()));
+    }
+    let breaker = &spec.circuit_breaker;
+    if breaker.failure_threshold == 0 || breaker.half_open_max_calls == 0 {
+        return Err(invalid(
+            "circuit_breaker.failure_threshold and half_open_max_calls must be at least 1".into(),
+        ));
+    }
+    if breaker.open_ms < 100 || breaker.open_ms > 3_600_000 {
+        return Err(invalid(
+            "circuit_breaker.open_ms must be 100..=3600000".into(),
+        ));
+    }
+    let restart = &spec.restart;
+    if restart.initial_backoff_ms < 10
+        || restart.max_backoff_ms < restart.initial_backoff_ms
+        || restart.max_backoff_ms > 3_600_000
+    {
+        return Err(invalid(
+            "restart backoff must satisfy 10 <= initial_backoff_ms <= max_backoff_ms <= 3600000"
+                .into(),
+        ));
+    }
+    if restart.crash_loop_restarts == 0 || restart.crash_loop_window_ms < 1_000 {
+        return Err(invalid(
+            "restart.crash_loop_restarts must be at least 1 and crash_loop_window_ms at least 1000"
+                .into(),
+        ));
+    }
+    Ok(())
+}
