@@ -4,7 +4,10 @@
 //! `api` (gRPC services), `node` (wiring), `env` (the seams to the outside world) and
 //! `cli` (the command line).
 
+pub mod api;
+pub mod cli;
 pub mod env;
+pub mod node;
 pub mod raft;
 pub mod registry;
 

@@ -1,1 +1,67 @@
-fn main() {}
+//! The `mcpfleet` binary: parses the command line, sets up logging and signals, and
+//! hands off to the library. Every error ends as one line on stderr and exit code 1.
+
+use clap::Parser;
+use mcpfleet::cli::{self, Cli, TopCommand};
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("mcpfleet=info,openraft=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+async fn termination_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        TopCommand::Serve(args) => {
+            init_logging();
+            cli::serve::run_serve(args, termination_signal()).await?;
+        }
+        TopCommand::Server { client, command } => {
+            cli::run_client(client, cli::ClientCommand::Server(command)).await?
+        }
+        TopCommand::Cluster { client, command } => {
+            cli::run_client(client, cli::ClientCommand::Cluster(command)).await?
+        }
+        TopCommand::Bench { command } => match command {
+            cli::BenchCommand::Put(args) => cli::bench::run_put(args).await?,
+        },
+    }
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(error) = runtime.block_on(run(cli)) {
+        eprintln!("error: {}", error.to_string().replace('\n', " "));
+        std::process::exit(1);
+    }
+}

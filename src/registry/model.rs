@@ -22,6 +22,7 @@ pub type NodeId = u64;
 
 /// How a replica of a server is reached.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Transport {
     /// A child process speaking MCP over stdin/stdout.
     Stdio {
@@ -135,6 +136,7 @@ pub struct ServerRecord {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum NodeStatus {
     Up,
     Down,
@@ -160,6 +162,7 @@ pub struct Assignment {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ReplicaState {
     Starting,
     Healthy,
@@ -170,6 +173,7 @@ pub enum ReplicaState {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum BreakerState {
     Closed,
     Open,

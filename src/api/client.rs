@@ -1,0 +1,313 @@
+//! The client API: registry reads and writes, watches, cluster status and membership.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tokio::sync::{broadcast, mpsc};
+use tonic::{Request, Response, Status};
+
+use super::convert::{record_to_proto, spec_from_proto};
+use super::status_from_node_error;
+use crate::node::{LeaderOp, Member, NodeHandle};
+use crate::proto::v1 as pb;
+use crate::proto::v1::registry_server::Registry;
+use crate::raft::WatchMessage;
+use crate::registry::validate::{validate_name, validate_spec};
+use crate::registry::{Change, Command, Outcome, RegistryError};
+
+pub struct ClientApi {
+    node: Arc<NodeHandle>,
+}
+
+impl ClientApi {
+    pub fn new(node: Arc<NodeHandle>) -> ClientApi {
+        ClientApi { node }
+    }
+
+    /// Commits a command; a rejection becomes the status that fits it.
+    async fn commit(&self, command: Command) -> Result<u64, Status> {
+        match self
+            .node
+            .propose(command)
+            .await
+            .map_err(status_from_node_error)?
+        {
+            Outcome::Applied { revision } => Ok(revision),
+            Outcome::Rejected(error) => Err(status_from_registry_error(&error)),
+        }
+    }
+
+    async fn barrier_unless_stale(&self, stale: bool) -> Result<(), Status> {
+        if stale {
+            return Ok(());
+        }
+        self.node
+            .read_barrier()
+            .await
+            .map_err(status_from_node_error)
+    }
+}
+
+fn status_from_registry_error(error: &RegistryError) -> Status {
+    let message = error.to_string();
+    match error {
+        RegistryError::InvalidName { .. } | RegistryError::InvalidSpec { .. } => {
+            Status::invalid_argument(message)
+        }
+        RegistryError::ServerNotFound { .. } | RegistryError::NodeNotFound { .. } => {
+            Status::not_found(message)
+        }
+        RegistryError::RevisionMismatch { .. } => Status::failed_precondition(message),
+        RegistryError::TooManyServers { .. } => Status::resource_exhausted(message),
+    }
+}
+
+fn members_to_proto(members: Vec<Member>) -> Vec<pb::Member> {
+    members
+        .into_iter()
+        .map(|m| pb::Member {
+            id: m.id,
+            addr: m.addr,
+            voter: m.voter,
+        })
+        .collect()
+}
+
+fn event_from_change(change: Change) -> pb::WatchEvent {
+    match change {
+        Change::Put { record, revision } => pb::WatchEvent {
+            kind: pb::watch_event::Kind::Put as i32,
+            revision,
+            name: record.spec.name.clone(),
+            server: Some(record_to_proto(&record)),
+        },
+        Change::Delete { name, revision } => pb::WatchEvent {
+            kind: pb::watch_event::Kind::Delete as i32,
+            revision,
+            name,
+            server: None,
+        },
+    }
+}
+
+/// Events buffered per watch stream before the stream waits for its client.
+const WATCH_STREAM_BUFFER: usize = 256;
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Registry for ClientApi {
+    async fn put_server(
+        &self,
+        request: Request<pb::PutServerRequest>,
+    ) -> Result<Response<pb::PutServerResponse>, Status> {
+        let request = request.into_inner();
+        let spec = request
+            .spec
+            .ok_or_else(|| Status::invalid_argument("spec is required"))?;
+        let spec = spec_from_proto(spec).map_err(Status::invalid_argument)?;
+        validate_spec(&spec).map_err(|e| status_from_registry_error(&e))?;
+        let name = spec.name.clone();
+        let revision = self
+            .commit(Command::PutServer {
+                spec,
+                expected_revision: request.expected_revision,
+            })
+            .await?;
+        let server = self
+            .node
+            .view
+            .read()
+            .registry
+            .servers
+            .get(&name)
+            .filter(|r| r.mod_revision == revision)
+            .map(record_to_proto);
+        Ok(Response::new(pb::PutServerResponse { revision, server }))
+    }
+
+    async fn delete_server(
+        &self,
+        request: Request<pb::DeleteServerRequest>,
+    ) -> Result<Response<pb::DeleteServerResponse>, Status> {
+        let request = request.into_inner();
+        validate_name(&request.name).map_err(|e| status_from_registry_error(&e))?;
+        let revision = self
+            .commit(Command::DeleteServer {
+                name: request.name,
+                expected_revision: request.expected_revision,
+            })
+            .await?;
+        Ok(Response::new(pb::DeleteServerResponse { revision }))
+    }
+
+    async fn get_server(
+        &self,
+        request: Request<pb::GetServerRequest>,
+    ) -> Result<Response<pb::GetServerResponse>, Status> {
+        let request = request.into_inner();
+        validate_name(&request.name).map_err(|e| status_from_registry_error(&e))?;
+        self.barrier_unless_stale(request.stale).await?;
+        let applied = self.node.view.read();
+        let record = applied.registry.servers.get(&request.name).ok_or_else(|| {
+            status_from_registry_error(&RegistryError::ServerNotFound {
+                name: request.name.clone(),
+            })
+        })?;
+        Ok(Response::new(pb::GetServerResponse {
+            server: Some(record_to_proto(record)),
+            revision: applied.registry.revision,
+        }))
+    }
+
+    async fn list_servers(
+        &self,
+        request: Request<pb::ListServersRequest>,
+    ) -> Result<Response<pb::ListServersResponse>, Status> {
+        self.barrier_unless_stale(request.into_inner().stale)
+            .await?;
+        let applied = self.node.view.read();
+        Ok(Response::new(pb::ListServersResponse {
+            servers: applied
+                .registry
+                .servers
+                .values()
+                .map(record_to_proto)
+                .collect(),
+            revision: applied.registry.revision,
+        }))
+    }
+
+    type WatchServersStream = WatchStream;
+
+    async fn watch_servers(
+        &self,
+        request: Request<pb::WatchServersRequest>,
+    ) -> Result<Response<Self::WatchServersStream>, Status> {
+        let from = request.into_inner().from_revision;
+        let (history, mut live) = self.node.view.watch(from).ok_or_else(|| {
+            Status::out_of_range(format!(
+                "revision {from} is compacted on this node: list the servers and watch from the list's revision"
+            ))
+        })?;
+        let (tx, rx) = mpsc::channel(WATCH_STREAM_BUFFER);
+        let shutdown = self.node.shutdown_signal();
+        tokio::spawn(async move {
+            let mut last_sent = from;
+            for change in history {
+                last_sent = change.revision();
+                if tx.send(Ok(event_from_change(change))).await.is_err() {
+                    return;
+                }
+            }
+            tokio::pin!(shutdown);
+            loop {
+                let message = tokio::select! {
+                    _ = &mut shutdown => {
+                        let _ = tx.send(Err(Status::unavailable("node is shutting down"))).await;
+                        return;
+                    }
+                    _ = tx.closed() => return,
+                    message = live.recv() => message,
+                };
+                let status = match message {
+                    Ok(WatchMessage::Change(change)) => {
+                        if change.revision() <= last_sent {
+                            continue;
+                        }
+                        last_sent = change.revision();
+                        if tx.send(Ok(event_from_change(change))).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Ok(WatchMessage::Reset) => Status::aborted(
+                        "this node installed a snapshot: list the servers and watch again",
+                    ),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        Status::aborted("watcher fell behind: list the servers and watch again")
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        Status::unavailable("node is shutting down")
+                    }
+                };
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn cluster_status(
+        &self,
+        _request: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let metrics = self.node.raft.metrics().borrow().clone();
+        let committed = self
+            .node
+            .raft
+            .with_raft_state(|state| state.committed)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let leader = self.node.known_leader();
+        let (revision, server_count) = {
+            let applied = self.node.view.read();
+            (
+                applied.registry.revision,
+                applied.registry.servers.len() as u64,
+            )
+        };
+        Ok(Response::new(pb::ClusterStatusResponse {
+            node_id: self.node.id(),
+            leader_id: leader.as_ref().map(|(id, _)| *id),
+            leader_addr: leader.map(|(_, addr)| addr).unwrap_or_default(),
+            term: metrics.current_term,
+            commit_index: committed.map_or(0, |c| c.index),
+            applied_index: metrics.last_applied.map_or(0, |a| a.index),
+            revision,
+            members: members_to_proto(self.node.members()),
+            server_count,
+        }))
+    }
+
+    async fn add_node(
+        &self,
+        request: Request<pb::AddNodeRequest>,
+    ) -> Result<Response<pb::AddNodeResponse>, Status> {
+        let request = request.into_inner();
+        if request.id == 0 {
+            return Err(Status::invalid_argument("node id must be at least 1"));
+        }
+        crate::node::config::validate_address(&request.addr)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let members = self
+            .node
+            .change_members(LeaderOp::AddNode {
+                id: request.id,
+                addr: request.addr,
+            })
+            .await
+            .map_err(status_from_node_error)?;
+        Ok(Response::new(pb::AddNodeResponse {
+            members: members_to_proto(members),
+        }))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        let id = request.into_inner().id;
+        let members = self
+            .node
+            .change_members(LeaderOp::RemoveNode { id })
+            .await
+            .map_err(status_from_node_error)?;
+        Ok(Response::new(pb::RemoveNodeResponse {
+            members: members_to_proto(members),
+        }))
+    }
+}

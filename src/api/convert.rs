@@ -1,0 +1,126 @@
+//! Conversion between the client API's proto messages and the registry's types.
+
+use std::collections::BTreeMap;
+
+use crate::proto::v1 as pb;
+use crate::registry::{
+    CircuitBreaker, HealthCheck, RestartPolicy, ServerRecord, ServerSpec, Transport,
+};
+
+/// A proto spec as the registry holds it, with defaults for unset settings.
+pub fn spec_from_proto(spec: pb::ServerSpec) -> Result<ServerSpec, String> {
+    let transport = match spec.transport {
+        Some(pb::server_spec::Transport::Stdio(stdio)) => Transport::Stdio {
+            command: stdio.command,
+            args: stdio.args,
+            env: stdio.env.into_iter().collect(),
+            cwd: (!stdio.cwd.is_empty()).then_some(stdio.cwd),
+        },
+        Some(pb::server_spec::Transport::Http(http)) => Transport::Http {
+            url: http.url,
+            headers: http.headers.into_iter().collect(),
+        },
+        None => {
+            return Err(format!(
+                "server {:?} needs a transport: a stdio command or an http url",
+                spec.name
+            ))
+        }
+    };
+    let defaults = (
+        HealthCheck::default(),
+        CircuitBreaker::default(),
+        RestartPolicy::default(),
+    );
+    let mut node_tags = spec.node_tags;
+    node_tags.sort();
+    node_tags.dedup();
+    Ok(ServerSpec {
+        name: spec.name,
+        transport,
+        replicas: spec.replicas,
+        node_tags,
+        health_check: spec.health_check.map_or(defaults.0, |h| HealthCheck {
+            interval_ms: h.interval_ms,
+            timeout_ms: h.timeout_ms,
+            healthy_threshold: h.healthy_threshold,
+            unhealthy_threshold: h.unhealthy_threshold,
+        }),
+        circuit_breaker: spec.circuit_breaker.map_or(defaults.1, |b| CircuitBreaker {
+            failure_threshold: b.failure_threshold,
+            open_ms: b.open_ms,
+            half_open_max_calls: b.half_open_max_calls,
+        }),
+        restart: spec.restart.map_or(defaults.2, |r| RestartPolicy {
+            initial_backoff_ms: r.initial_backoff_ms,
+            max_backoff_ms: r.max_backoff_ms,
+            crash_loop_restarts: r.crash_loop_restarts,
+            crash_loop_window_ms: r.crash_loop_window_ms,
+        }),
+    })
+}
+
+pub fn spec_to_proto(spec: &ServerSpec) -> pb::ServerSpec {
+    let transport = match &spec.transport {
+        Transport::Stdio {
+            command,
+            args,
+            env,
+            cwd,
+        } => pb::server_spec::Transport::Stdio(pb::StdioTransport {
+            command: command.clone(),
+            args: args.clone(),
+            env: env.clone().into_iter().collect(),
+            cwd: cwd.clone().unwrap_or_default(),
+        }),
+        Transport::Http { url, headers } => pb::server_spec::Transport::Http(pb::HttpTransport {
+            url: url.clone(),
+            headers: headers.clone().into_iter().collect(),
+        }),
+    };
+    let h = spec.health_check;
+    let b = spec.circuit_breaker;
+    let r = spec.restart;
+    pb::ServerSpec {
+        name: spec.name.clone(),
+        transport: Some(transport),
+        replicas: spec.replicas,
+        node_tags: spec.node_tags.clone(),
+        health_check: Some(pb::HealthCheck {
+            interval_ms: h.interval_ms,
+            timeout_ms: h.timeout_ms,
+            healthy_threshold: h.healthy_threshold,
+            unhealthy_threshold: h.unhealthy_threshold,
+        }),
+        circuit_breaker: Some(pb::CircuitBreaker {
+            failure_threshold: b.failure_threshold,
+            open_ms: b.open_ms,
+            half_open_max_calls: b.half_open_max_calls,
+        }),
+        restart: Some(pb::RestartPolicy {
+            initial_backoff_ms: r.initial_backoff_ms,
+            max_backoff_ms: r.max_backoff_ms,
+            crash_loop_restarts: r.crash_loop_restarts,
+            crash_loop_window_ms: r.crash_loop_window_ms,
+        }),
+    }
+}
+
+pub fn record_to_proto(record: &ServerRecord) -> pb::Server {
+    pb::Server {
+        spec: Some(spec_to_proto(&record.spec)),
+        create_revision: record.create_revision,
+        mod_revision: record.mod_revision,
+    }
+}
+
+/// Environment pairs from `K=V` strings, as the CLI takes them.
+pub fn parse_pairs(pairs: &[String], what: &str) -> Result<BTreeMap<String, String>, String> {
+    pairs
+        .iter()
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(format!("invalid {what} {pair:?}: expected KEY=VALUE")),
+        })
+        .collect()
+}

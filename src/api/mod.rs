@@ -1,0 +1,64 @@
+//! The gRPC services every node serves: the client API (`mcpfleet.v1.Registry`) and the
+//! internal node-to-node API. Conversion between proto and domain types, and from
+//! typed errors to `tonic::Status`, happens here and nowhere else.
+
+mod client;
+pub mod convert;
+mod internal;
+
+use std::sync::Arc;
+
+use tonic::transport::Server;
+
+pub use client::ClientApi;
+pub use internal::InternalApi;
+
+use crate::env::Incoming;
+use crate::node::config::MAX_REQUEST_BYTES;
+use crate::node::{NodeError, NodeHandle};
+use crate::proto::internal::raft_internal_server::RaftInternalServer;
+use crate::proto::v1::registry_server::RegistryServer;
+use crate::raft::network::MAX_RAFT_MESSAGE_BYTES;
+
+/// Most concurrent streams on one connection.
+const MAX_CONCURRENT_STREAMS: u32 = 1_024;
+
+/// Serves both APIs on `incoming` until the node shuts down.
+pub async fn serve(handle: Arc<NodeHandle>, incoming: Incoming) -> Result<(), NodeError> {
+    let client = RegistryServer::new(ClientApi::new(handle.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let internal = RaftInternalServer::new(InternalApi::new(handle.clone()))
+        .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
+    Server::builder()
+        .tcp_nodelay(true)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .timeout(handle.request_timeout() * 2)
+        .add_service(client)
+        .add_service(internal)
+        .serve_with_incoming_shutdown(incoming, handle.shutdown_signal())
+        .await
+        .map_err(|e| NodeError::Raft(format!("API server: {e}")))
+}
+
+/// The one place a node error becomes a gRPC status.
+pub fn status_from_node_error(error: NodeError) -> tonic::Status {
+    match &error {
+        NodeError::NoLeader { leader_hint } => {
+            let mut status = tonic::Status::unavailable(error.to_string());
+            if let Some((id, addr)) = leader_hint {
+                if let Ok(value) = format!("{id}={addr}").parse() {
+                    status.metadata_mut().insert("x-mcpfleet-leader", value);
+                }
+            }
+            status
+        }
+        NodeError::Timeout(_) => tonic::Status::deadline_exceeded(error.to_string()),
+        NodeError::Rejected(_) => tonic::Status::failed_precondition(error.to_string()),
+        NodeError::ShuttingDown => tonic::Status::unavailable(error.to_string()),
+        NodeError::Config(_) => tonic::Status::invalid_argument(error.to_string()),
+        NodeError::Storage(_) | NodeError::Network(_) | NodeError::Raft(_) => {
+            tonic::Status::internal(error.to_string())
+        }
+    }
+}

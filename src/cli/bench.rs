@@ -1,0 +1,155 @@
+//! `mcpfleet bench put`: closed-loop registry writes from N clients for a duration.
+//! Each client overwrites its own small set of servers, so the registry stays bounded
+//! however long the benchmark runs.
+
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+use super::client::{connect, CliError};
+use crate::proto::v1 as pb;
+
+/// Distinct servers each client cycles through.
+const KEYS_PER_CLIENT: u64 = 16;
+
+#[derive(Args, Debug)]
+pub struct PutArgs {
+    /// Any node of the cluster (HOST:PORT).
+    #[arg(long, env = "MCPFLEET_ENDPOINT", default_value = super::DEFAULT_ENDPOINT)]
+    pub endpoint: String,
+    /// Concurrent clients, each with its own connection.
+    #[arg(long, default_value_t = 1)]
+    pub clients: u32,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Bytes of argument data per write (etcd's figures use 200-byte values).
+    #[arg(long, default_value_t = 200)]
+    pub value_bytes: usize,
+    /// Stop after this many writes in total (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub max_writes: u64,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+struct ClientResult {
+    latencies_us: Vec<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+pub async fn run_put(args: PutArgs) -> Result<(), CliError> {
+    if args.clients == 0 || args.clients > 1024 {
+        return Err(CliError::Usage("--clients must be 1..=1024".into()));
+    }
+    if args.duration == 0 || args.duration > 3_600 {
+        return Err(CliError::Usage(
+            "--duration must be 1..=3600 seconds".into(),
+        ));
+    }
+    if args.value_bytes > 32 * 1024 {
+        return Err(CliError::Usage(
+            "--value-bytes must be at most 32768".into(),
+        ));
+    }
+    let duration = Duration::from_secs(args.duration);
+    let per_client_limit = if args.max_writes == 0 {
+        u64::MAX
+    } else {
+        args.max_writes.div_ceil(args.clients as u64)
+    };
+    let mut clients = Vec::new();
+    for _ in 0..args.clients {
+        clients.push(connect(&args.endpoint).await?);
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (number, mut client) in clients.into_iter().enumerate() {
+        let value = "v".repeat(args.value_bytes);
+        tasks.push(tokio::spawn(async move {
+            let mut result = ClientResult {
+                latencies_us: Vec::new(),
+                errors: 0,
+                first_error: None,
+            };
+            let mut i = 0u64;
+            while started.elapsed() < duration && i < per_client_limit {
+                let request = pb::PutServerRequest {
+                    spec: Some(pb::ServerSpec {
+                        name: format!("bench-{number}-{}", i % KEYS_PER_CLIENT),
+                        transport: Some(pb::server_spec::Transport::Stdio(pb::StdioTransport {
+                            command: "bench".into(),
+                            args: vec![value.clone()],
+                            ..Default::default()
+                        })),
+                        replicas: 1,
+                        ..Default::default()
+                    }),
+                    expected_revision: None,
+                };
+                let sent = Instant::now();
+                match client.put_server(request).await {
+                    Ok(_) => result.latencies_us.push(sent.elapsed().as_micros() as u64),
+                    Err(status) => {
+                        result.errors += 1;
+                        result
+                            .first_error
+                            .get_or_insert_with(|| status.message().to_string());
+                    }
+                }
+                i += 1;
+            }
+            result
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    let mut first_error = None;
+    for task in tasks {
+        let result = task.await.map_err(|e| CliError::Failed(e.to_string()))?;
+        latencies.extend(result.latencies_us);
+        errors += result.errors;
+        first_error = first_error.or(result.first_error);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let percentile = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return 0.0;
+        }
+        let rank = ((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
+        latencies[rank - 1] as f64 / 1000.0
+    };
+    let writes_per_second = latencies.len() as f64 / elapsed;
+    let summary = serde_json::json!({
+        "clients": args.clients,
+        "seconds": elapsed,
+        "writes": latencies.len(),
+        "errors": errors,
+        "writes_per_second": writes_per_second,
+        "p50_ms": percentile(0.50),
+        "p99_ms": percentile(0.99),
+        "max_ms": latencies.last().map_or(0.0, |l| *l as f64 / 1000.0),
+    });
+    if args.json {
+        println!("{summary}");
+    } else {
+        println!(
+            "clients={} writes={} errors={} seconds={:.1} writes/s={:.0} p50={:.2}ms p99={:.2}ms max={:.2}ms",
+            args.clients,
+            latencies.len(),
+            errors,
+            elapsed,
+            writes_per_second,
+            percentile(0.50),
+            percentile(0.99),
+            summary["max_ms"].as_f64().unwrap_or(0.0),
+        );
+    }
+    if let Some(error) = first_error {
+        eprintln!("first error: {error}");
+    }
+    Ok(())
+}

@@ -1,0 +1,323 @@
+//! Client commands: one request to any node, one answer printed.
+
+use std::time::Duration;
+
+use tonic::transport::Channel;
+
+use super::output::{print_json, print_table, server_json, server_row, ServerJson, SERVER_HEADER};
+use super::{AddServerArgs, ClientArgs, ClusterCommand, OutputFormat, ServerCommand};
+use crate::api::convert::parse_pairs;
+use crate::proto::v1 as pb;
+use crate::proto::v1::registry_client::RegistryClient;
+
+/// How long a client command waits for its answer.
+pub const CLIENT_TIMEOUT_MS: u64 = 15_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("invalid endpoint {endpoint:?}: {reason}")]
+    Endpoint { endpoint: String, reason: String },
+    #[error("cannot reach {endpoint}: {reason}")]
+    Unreachable { endpoint: String, reason: String },
+    #[error("{}", describe_status(.0))]
+    Status(tonic::Status),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn describe_status(status: &tonic::Status) -> String {
+    let message = status.message().replace('\n', " ");
+    let hint = status
+        .metadata()
+        .get("x-mcpfleet-leader")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| format!(" (leader hint: {v})"))
+        .unwrap_or_default();
+    match status.code() {
+        tonic::Code::NotFound => format!("not found: {message}"),
+        tonic::Code::InvalidArgument => format!("invalid: {message}"),
+        tonic::Code::FailedPrecondition => format!("rejected: {message}"),
+        tonic::Code::Unavailable => format!("unavailable: {message}{hint}"),
+        tonic::Code::OutOfRange => format!("out of range: {message}"),
+        tonic::Code::ResourceExhausted => format!("too large or too many: {message}"),
+        code => format!("{code:?}: {message}"),
+    }
+}
+
+impl From<tonic::Status> for CliError {
+    fn from(status: tonic::Status) -> Self {
+        CliError::Status(status)
+    }
+}
+
+/// Connects to `endpoint` (HOST:PORT).
+pub async fn connect(endpoint: &str) -> Result<RegistryClient<Channel>, CliError> {
+    let channel = crate::env::network::endpoint(endpoint)
+        .map_err(|e| CliError::Endpoint {
+            endpoint: endpoint.to_string(),
+            reason: e.to_string(),
+        })?
+        .timeout(Duration::from_millis(CLIENT_TIMEOUT_MS))
+        .connect()
+        .await
+        .map_err(|e| CliError::Unreachable {
+            endpoint: endpoint.to_string(),
+            reason: source_chain(&e),
+        })?;
+    Ok(RegistryClient::new(channel))
+}
+
+fn source_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text = format!("{text}: {inner}");
+        source = inner.source();
+    }
+    text
+}
+
+pub enum ClientCommand {
+    Server(ServerCommand),
+    Cluster(ClusterCommand),
+}
+
+pub async fn run_client(args: ClientArgs, command: ClientCommand) -> Result<(), CliError> {
+    let mut client = connect(&args.endpoint).await?;
+    let json = args.output == OutputFormat::Json;
+    match command {
+        ClientCommand::Server(command) => server_command(&mut client, command, json).await,
+        ClientCommand::Cluster(command) => cluster_command(&mut client, command, json).await,
+    }
+}
+
+fn spec_from_args(args: AddServerArgs) -> Result<pb::PutServerRequest, CliError> {
+    let transport = match (&args.command, &args.url) {
+        (Some(command), None) => pb::server_spec::Transport::Stdio(pb::StdioTransport {
+            command: command.clone(),
+            args: args.args.clone(),
+            env: parse_pairs(&args.env, "--env")
+                .map_err(CliError::Usage)?
+                .into_iter()
+                .collect(),
+            cwd: args.cwd.clone().unwrap_or_default(),
+        }),
+        (None, Some(url)) => pb::server_spec::Transport::Http(pb::HttpTransport {
+            url: url.clone(),
+            headers: parse_pairs(&args.headers, "--header")
+                .map_err(CliError::Usage)?
+                .into_iter()
+                .collect(),
+        }),
+        _ => {
+            return Err(CliError::Usage(
+                "give exactly one of --command and --url".into(),
+            ))
+        }
+    };
+    Ok(pb::PutServerRequest {
+        spec: Some(pb::ServerSpec {
+            name: args.name,
+            transport: Some(transport),
+            replicas: args.replicas,
+            node_tags: args.tags,
+            health_check: None,
+            circuit_breaker: None,
+            restart: None,
+        }),
+        expected_revision: args.expected_revision,
+    })
+}
+
+fn to_json(server: pb::Server) -> Result<ServerJson, CliError> {
+    server_json(server).map_err(CliError::Failed)
+}
+
+async fn server_command(
+    client: &mut RegistryClient<Channel>,
+    command: ServerCommand,
+    json: bool,
+) -> Result<(), CliError> {
+    match command {
+        ServerCommand::Add(args) => {
+            let name = args.name.clone();
+            let response = client.put_server(spec_from_args(args)?).await?.into_inner();
+            if json {
+                print_json(&serde_json::json!({
+                    "name": name,
+                    "revision": response.revision,
+                }))
+                .map_err(CliError::Failed)?;
+            } else {
+                println!("server {name} saved at revision {}", response.revision);
+            }
+        }
+        ServerCommand::Get { name, stale } => {
+            let response = client
+                .get_server(pb::GetServerRequest { name, stale })
+                .await?
+                .into_inner();
+            let server = to_json(
+                response
+                    .server
+                    .ok_or_else(|| CliError::Failed("empty answer".into()))?,
+            )?;
+            if json {
+                print_json(&server).map_err(CliError::Failed)?;
+            } else {
+                print_table(&SERVER_HEADER, &[server_row(&server)]);
+            }
+        }
+        ServerCommand::Ls { stale } => {
+            let response = client
+                .list_servers(pb::ListServersRequest { stale })
+                .await?
+                .into_inner();
+            let servers = response
+                .servers
+                .into_iter()
+                .map(to_json)
+                .collect::<Result<Vec<_>, _>>()?;
+            if json {
+                print_json(&servers).map_err(CliError::Failed)?;
+            } else {
+                let rows: Vec<Vec<String>> = servers.iter().map(server_row).collect();
+                print_table(&SERVER_HEADER, &rows);
+            }
+        }
+        ServerCommand::Rm {
+            name,
+            expected_revision,
+        } => {
+            let response = client
+                .delete_server(pb::DeleteServerRequest {
+                    name: name.clone(),
+                    expected_revision,
+                })
+                .await?
+                .into_inner();
+            if json {
+                print_json(&serde_json::json!({"name": name, "revision": response.revision}))
+                    .map_err(CliError::Failed)?;
+            } else {
+                println!("server {name} removed at revision {}", response.revision);
+            }
+        }
+        ServerCommand::Watch { from_revision } => {
+            let mut stream = client
+                .watch_servers(pb::WatchServersRequest { from_revision })
+                .await?
+                .into_inner();
+            while let Some(event) = stream.message().await? {
+                let kind = if event.kind == pb::watch_event::Kind::Delete as i32 {
+                    "delete"
+                } else {
+                    "put"
+                };
+                if json {
+                    let server = event.server.map(to_json).transpose()?;
+                    let line = serde_json::json!({
+                        "kind": kind, "revision": event.revision, "name": event.name, "server": server,
+                    });
+                    println!("{line}");
+                } else {
+                    println!("{} {kind} {}", event.revision, event.name);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn members_json(members: &[pb::Member]) -> serde_json::Value {
+    members
+        .iter()
+        .map(|m| serde_json::json!({"id": m.id, "addr": m.addr, "voter": m.voter}))
+        .collect()
+}
+
+fn print_members(members: &[pb::Member], leader: Option<u64>) {
+    let rows: Vec<Vec<String>> = members
+        .iter()
+        .map(|m| {
+            vec![
+                m.id.to_string(),
+                m.addr.clone(),
+                if m.voter { "voter" } else { "learner" }.to_string(),
+                if Some(m.id) == leader { "*" } else { "" }.to_string(),
+            ]
+        })
+        .collect();
+    print_table(&["ID", "ADDR", "ROLE", "LEADER"], &rows);
+}
+
+async fn cluster_command(
+    client: &mut RegistryClient<Channel>,
+    command: ClusterCommand,
+    json: bool,
+) -> Result<(), CliError> {
+    match command {
+        ClusterCommand::Status => {
+            let status = client
+                .cluster_status(pb::ClusterStatusRequest { stale: false })
+                .await?
+                .into_inner();
+            if json {
+                print_json(&serde_json::json!({
+                    "node_id": status.node_id,
+                    "leader_id": status.leader_id,
+                    "leader_addr": status.leader_addr,
+                    "term": status.term,
+                    "commit_index": status.commit_index,
+                    "applied_index": status.applied_index,
+                    "revision": status.revision,
+                    "server_count": status.server_count,
+                    "members": members_json(&status.members),
+                }))
+                .map_err(CliError::Failed)?;
+            } else {
+                print_members(&status.members, status.leader_id);
+                println!();
+                let leader = status
+                    .leader_id
+                    .map_or("none".to_string(), |id| id.to_string());
+                println!(
+                    "answered by node {}; leader {leader}; term {}; commit {}; applied {}; revision {}; servers {}",
+                    status.node_id,
+                    status.term,
+                    status.commit_index,
+                    status.applied_index,
+                    status.revision,
+                    status.server_count
+                );
+            }
+        }
+        ClusterCommand::AddNode { id, addr } => {
+            let response = client
+                .add_node(pb::AddNodeRequest { id, addr })
+                .await?
+                .into_inner();
+            if json {
+                print_json(&serde_json::json!({"members": members_json(&response.members)}))
+                    .map_err(CliError::Failed)?;
+            } else {
+                print_members(&response.members, None);
+            }
+        }
+        ClusterCommand::RemoveNode { id } => {
+            let response = client
+                .remove_node(pb::RemoveNodeRequest { id })
+                .await?
+                .into_inner();
+            if json {
+                print_json(&serde_json::json!({"members": members_json(&response.members)}))
+                    .map_err(CliError::Failed)?;
+            } else {
+                print_members(&response.members, None);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,144 @@
+//! The command line: `serve` and the client commands. Thin: parses flags, calls the
+//! client API or starts a node, prints a table or JSON. Errors become one line.
+
+pub mod bench;
+mod client;
+mod output;
+pub mod serve;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use client::{run_client, CliError, ClientCommand};
+
+/// The address client commands use when given no --endpoint.
+pub const DEFAULT_ENDPOINT: &str = crate::node::config::DEFAULT_LISTEN;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mcpfleet",
+    version,
+    about = "A highly available control plane for fleets of MCP servers"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: TopCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TopCommand {
+    /// Run a node (with no flags: a single-node cluster on 127.0.0.1:7700, data in ./mcpfleet-data).
+    Serve(serve::ServeArgs),
+    /// Manage MCP servers in the registry.
+    Server {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: ServerCommand,
+    },
+    /// Inspect and change the cluster.
+    Cluster {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Load generators.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// Any node of the cluster (HOST:PORT).
+    #[arg(long, global = true, env = "MCPFLEET_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
+    pub endpoint: String,
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServerCommand {
+    /// Create or replace a server.
+    Add(AddServerArgs),
+    /// Show one server.
+    Get {
+        name: String,
+        /// Answer from this node's local state without confirming it is current.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// List servers.
+    Ls {
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Remove a server.
+    Rm {
+        name: String,
+        /// Only if the server's revision is still this one.
+        #[arg(long)]
+        expected_revision: Option<u64>,
+    },
+    /// Print changes to servers as they happen.
+    Watch {
+        /// Start after this revision (0: from the oldest change this node keeps).
+        #[arg(long, default_value_t = 0)]
+        from_revision: u64,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct AddServerArgs {
+    pub name: String,
+    /// The command that starts a stdio MCP server.
+    #[arg(long, conflicts_with = "url", required_unless_present = "url")]
+    pub command: Option<String>,
+    /// An argument for the command (repeat for more).
+    #[arg(long = "arg", allow_hyphen_values = true)]
+    pub args: Vec<String>,
+    /// An environment variable for the command, KEY=VALUE (repeat for more).
+    #[arg(long = "env")]
+    pub env: Vec<String>,
+    /// Working directory for the command.
+    #[arg(long)]
+    pub cwd: Option<String>,
+    /// The URL of a streamable-HTTP MCP server.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// An HTTP header, KEY=VALUE (repeat for more).
+    #[arg(long = "header")]
+    pub headers: Vec<String>,
+    #[arg(long, default_value_t = 1)]
+    pub replicas: u32,
+    /// A tag a node must carry to run this server (repeat for more).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Only if the server's revision is still this one (0: only if it does not exist).
+    #[arg(long)]
+    pub expected_revision: Option<u64>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Members, leader, term, commit and applied index, revision.
+    Status,
+    /// Add a node (as a learner, then a voter while there are fewer than five voters).
+    AddNode { id: u64, addr: String },
+    /// Remove a node from the cluster.
+    RemoveNode { id: u64 },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Closed-loop registry writes: reports writes/s and latency percentiles.
+    Put(bench::PutArgs),
+}

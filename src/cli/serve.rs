@@ -1,0 +1,130 @@
+//! `mcpfleet serve`: opens the data dir, builds the production environment and runs a
+//! node until SIGINT or SIGTERM.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+
+use super::client::CliError;
+use crate::env::{Disk, Environment, SledDisk};
+use crate::node::config::{parse_initial_cluster, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
+use crate::node::Config;
+
+/// The metadata key that records which node a data dir belongs to.
+const NODE_ID_KEY: &str = "node_id";
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// This node's id (1 or more).
+    #[arg(long, default_value_t = 1)]
+    pub id: u64,
+    /// Address to listen on for clients and other nodes.
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    pub listen: String,
+    /// Address others reach this node at (default: --listen, or this node's entry in --initial-cluster).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Data directory (one sled database).
+    #[arg(long = "data", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Members of a new static cluster: 1=HOST:PORT,2=HOST:PORT,...
+    #[arg(long)]
+    pub initial_cluster: Option<String>,
+    /// Join a running cluster through any of its members (HOST:PORT).
+    #[arg(long, conflicts_with = "initial_cluster")]
+    pub join: Option<String>,
+    /// Raft heartbeat interval.
+    #[arg(long, default_value_t = Config::default().heartbeat_interval_ms)]
+    pub heartbeat_interval_ms: u64,
+    /// Lower bound of the randomized election timeout.
+    #[arg(long, default_value_t = Config::default().election_timeout_min_ms)]
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomized election timeout.
+    #[arg(long, default_value_t = Config::default().election_timeout_max_ms)]
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot (and purge the log) after this many entries.
+    #[arg(long, default_value_t = Config::default().snapshot_after_logs)]
+    pub snapshot_after_logs: u64,
+}
+
+impl ServeArgs {
+    pub fn to_config(&self) -> Result<Config, CliError> {
+        let usage = |e: crate::node::ConfigError| CliError::Usage(e.to_string());
+        let initial_cluster = match (&self.initial_cluster, &self.join) {
+            (Some(text), _) => parse_initial_cluster(text).map_err(usage)?,
+            (None, Some(_)) => Default::default(),
+            (None, None) => {
+                let addr = self
+                    .advertise
+                    .clone()
+                    .unwrap_or_else(|| self.listen.clone());
+                [(self.id, addr)].into_iter().collect()
+            }
+        };
+        let advertise = self
+            .advertise
+            .clone()
+            .or_else(|| initial_cluster.get(&self.id).cloned())
+            .unwrap_or_else(|| self.listen.clone());
+        let config = Config {
+            id: self.id,
+            listen: self.listen.clone(),
+            advertise,
+            data_dir: self.data_dir.clone(),
+            initial_cluster,
+            join: self.join.clone(),
+            heartbeat_interval_ms: self.heartbeat_interval_ms,
+            election_timeout_min_ms: self.election_timeout_min_ms,
+            election_timeout_max_ms: self.election_timeout_max_ms,
+            snapshot_after_logs: self.snapshot_after_logs,
+            ..Config::default()
+        };
+        config.validate().map_err(usage)?;
+        Ok(config)
+    }
+}
+
+/// Checks that the data dir belongs to this node, and claims it if it is new.
+async fn claim_data_dir(disk: &dyn Disk, config: &Config) -> Result<(), CliError> {
+    let failed = |e: crate::env::DiskError| CliError::Failed(e.to_string());
+    match disk.get_meta(NODE_ID_KEY).map_err(failed)? {
+        Some(bytes) => {
+            let owner = <[u8; 8]>::try_from(bytes.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| {
+                    CliError::Failed(format!(
+                        "data dir {} is corrupt: unreadable node id",
+                        config.data_dir.display()
+                    ))
+                })?;
+            if owner != config.id {
+                return Err(CliError::Failed(format!(
+                    "data dir {} belongs to node {owner}, not node {}",
+                    config.data_dir.display(),
+                    config.id
+                )));
+            }
+        }
+        None => disk
+            .put_meta(NODE_ID_KEY, config.id.to_be_bytes().to_vec())
+            .await
+            .map_err(failed)?,
+    }
+    Ok(())
+}
+
+/// Runs a node until `shutdown` resolves.
+pub async fn run_serve(
+    args: ServeArgs,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), CliError> {
+    let config = args.to_config()?;
+    let disk = SledDisk::open(&config.data_dir).map_err(|e| CliError::Failed(e.to_string()))?;
+    claim_data_dir(&disk, &config).await?;
+    let env = Environment::production(Arc::new(disk));
+    crate::node::run(config, env, shutdown)
+        .await
+        .map_err(|e| CliError::Failed(e.to_string()))
+}

@@ -1,0 +1,201 @@
+//! The node's one `Config`: defaults that work, `validate()` and a typed error.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::raft::NodeId;
+
+/// The address `mcpfleet serve` uses when given no flags.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
+/// The data dir `mcpfleet serve` uses when given no flags.
+pub const DEFAULT_DATA_DIR: &str = "./mcpfleet-data";
+/// Largest client request accepted, in bytes.
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub id: NodeId,
+    /// The address to listen on ("host:port"), serving the client and the internal API.
+    pub listen: String,
+    /// The address other nodes and clients use to reach this node; defaults to `listen`.
+    pub advertise: String,
+    pub data_dir: PathBuf,
+    /// The members of a new static cluster (id -> address). Empty when joining.
+    pub initial_cluster: BTreeMap<NodeId, String>,
+    /// Any member of a running cluster to join through.
+    pub join: Option<String>,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many applied entries.
+    pub snapshot_after_logs: u64,
+    /// Entries kept in the log below the last snapshot (for slow followers).
+    pub logs_kept_after_snapshot: u64,
+    /// Voters beyond this number join as learners.
+    pub max_voters: usize,
+    /// How long a client request may take end to end, including waiting for a leader.
+    pub request_timeout_ms: u64,
+    /// How long graceful shutdown may take before the node stops anyway.
+    pub shutdown_timeout_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("node id must be at least 1")]
+    ZeroId,
+    #[error("--initial-cluster does not contain --id {0}")]
+    IdNotInCluster(NodeId),
+    #[error("--initial-cluster and --join cannot be used together")]
+    ClusterAndJoin,
+    #[error("invalid address {addr:?}: expected HOST:PORT")]
+    BadAddress { addr: String },
+    #[error("invalid --initial-cluster entry {entry:?}: expected ID=HOST:PORT")]
+    BadClusterEntry { entry: String },
+    #[error("timing: {0}")]
+    Timing(String),
+    #[error("max_voters must be 1..=7, got {0}")]
+    MaxVoters(usize),
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            id: 1,
+            listen: DEFAULT_LISTEN.to_string(),
+            advertise: DEFAULT_LISTEN.to_string(),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            initial_cluster: BTreeMap::from([(1, DEFAULT_LISTEN.to_string())]),
+            join: None,
+            heartbeat_interval_ms: 50,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
+            snapshot_after_logs: 10_000,
+            logs_kept_after_snapshot: 1_000,
+            max_voters: 5,
+            request_timeout_ms: 5_000,
+            shutdown_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// Checks "host:port" with a numeric port.
+pub fn validate_address(addr: &str) -> Result<(), ConfigError> {
+    let bad = || ConfigError::BadAddress {
+        addr: addr.to_string(),
+    };
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// Parses `1=HOST:PORT,2=HOST:PORT`.
+pub fn parse_initial_cluster(text: &str) -> Result<BTreeMap<NodeId, String>, ConfigError> {
+    let mut members = BTreeMap::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let bad = || ConfigError::BadClusterEntry {
+            entry: entry.to_string(),
+        };
+        let (id, addr) = entry.split_once('=').ok_or_else(bad)?;
+        let id: NodeId = id.trim().parse().map_err(|_| bad())?;
+        validate_address(addr.trim())?;
+        if members.insert(id, addr.trim().to_string()).is_some() {
+            return Err(bad());
+        }
+    }
+    Ok(members)
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.id == 0 {
+            return Err(ConfigError::ZeroId);
+        }
+        validate_address(&self.listen)?;
+        validate_address(&self.advertise)?;
+        if let Some(join) = &self.join {
+            validate_address(join)?;
+            if !self.initial_cluster.is_empty() {
+                return Err(ConfigError::ClusterAndJoin);
+            }
+        } else if !self.initial_cluster.contains_key(&self.id) {
+            return Err(ConfigError::IdNotInCluster(self.id));
+        }
+        for addr in self.initial_cluster.values() {
+            validate_address(addr)?;
+        }
+        if self.heartbeat_interval_ms == 0
+            || self.heartbeat_interval_ms >= self.election_timeout_min_ms
+            || self.election_timeout_min_ms >= self.election_timeout_max_ms
+        {
+            return Err(ConfigError::Timing(
+                "need 0 < heartbeat_interval_ms < election_timeout_min_ms < election_timeout_max_ms"
+                    .into(),
+            ));
+        }
+        if self.request_timeout_ms < self.election_timeout_max_ms {
+            return Err(ConfigError::Timing(
+                "request_timeout_ms must be at least election_timeout_max_ms".into(),
+            ));
+        }
+        if self.max_voters == 0 || self.max_voters > 7 {
+            return Err(ConfigError::MaxVoters(self.max_voters));
+        }
+        Ok(())
+    }
+
+    /// openraft's configuration derived from this one.
+    pub fn raft_config(&self) -> openraft::Config {
+        openraft::Config {
+            cluster_name: "mcpfleet".into(),
+            heartbeat_interval: self.heartbeat_interval_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            install_snapshot_timeout: 10_000,
+            max_payload_entries: 512,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_after_logs),
+            max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot,
+            purge_batch_size: 256,
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn config_errors() {
+        let parsed = parse_initial_cluster("1=127.0.0.1:1,2=127.0.0.1:2").unwrap();
+        assert_eq!(parsed.len(), 2);
+        assert!(matches!(
+            parse_initial_cluster("1=127.0.0.1"),
+            Err(ConfigError::BadAddress { .. })
+        ));
+        assert!(matches!(
+            parse_initial_cluster("x=127.0.0.1:1"),
+            Err(ConfigError::BadClusterEntry { .. })
+        ));
+        let config = Config {
+            id: 3,
+            initial_cluster: parsed,
+            ..Config::default()
+        };
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::IdNotInCluster(3))
+        ));
+        let config = Config {
+            heartbeat_interval_ms: 500,
+            ..Config::default()
+        };
+        assert!(matches!(config.validate(), Err(ConfigError::Timing(_))));
+    }
+}

@@ -1,0 +1,341 @@
+//! Running an operation on the leader, wherever the request arrived.
+//!
+//! A follower does not answer "go elsewhere": it sends the operation to the leader over
+//! the internal API and relays the answer. While there is no leader it waits (bounded
+//! by the request timeout) and only then reports `NoLeader` with the last known leader.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers};
+use serde::{Deserialize, Serialize};
+
+use super::{NodeError, NodeHandle};
+use crate::proto::internal::raft_internal_client::RaftInternalClient;
+use crate::proto::internal::RaftMessage;
+use crate::raft::codec::{decode, encode};
+use crate::raft::{LogId, NodeId};
+use crate::registry::{Command, Outcome};
+
+/// Pause between attempts while the cluster has no reachable leader.
+const RETRY_PAUSE_MS: u64 = 25;
+/// Longest pause between attempts to join a cluster.
+const JOIN_BACKOFF_MAX_MS: u64 = 2_000;
+
+/// An operation only the leader can carry out.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum LeaderOp {
+    /// Commit a registry command.
+    Propose(Command),
+    /// Confirm leadership and return the index a linearizable read must wait for.
+    ReadIndex,
+    /// Add a node (as a learner, then as a voter while there are fewer than
+    /// `max_voters`).
+    AddNode {
+        id: NodeId,
+        addr: String,
+    },
+    RemoveNode {
+        id: NodeId,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum LeaderOpResult {
+    Outcome(Outcome),
+    ReadIndex(Option<LogId>),
+    Members(Vec<Member>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: NodeId,
+    pub addr: String,
+    pub voter: bool,
+}
+
+/// Why the leader could not carry out an operation.
+#[derive(Clone, Debug, Serialize, Deserialize, thiserror::Error)]
+pub enum LeaderError {
+    #[error("not the leader")]
+    NotLeader { leader: Option<(NodeId, String)> },
+    #[error("{0}")]
+    Rejected(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl NodeHandle {
+    /// The leader this node knows of (id and address), if any.
+    pub fn known_leader(&self) -> Option<(NodeId, String)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader?;
+        let addr = metrics
+            .membership_config
+            .nodes()
+            .find(|(id, _)| **id == leader)
+            .map(|(_, node)| node.addr.clone())?;
+        Some((leader, addr))
+    }
+
+    /// All members with their addresses and roles.
+    pub fn members(&self) -> Vec<Member> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, node)| Member {
+                id: *id,
+                addr: node.addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect()
+    }
+
+    /// Runs `op` on the leader, forwarding and waiting for one as needed.
+    pub async fn on_leader(&self, op: LeaderOp) -> Result<LeaderOpResult, NodeError> {
+        let timeout_ms = self.config.request_timeout_ms;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+        let mut last_hint = self.known_leader();
+        loop {
+            let attempt = match self.known_leader() {
+                Some((id, _)) if id == self.id() => self.execute_local(op.clone()).await,
+                Some((id, addr)) => {
+                    last_hint = Some((id, addr.clone()));
+                    self.execute_remote(&addr, &op, deadline).await
+                }
+                None => Err(LeaderError::NotLeader { leader: None }),
+            };
+            match attempt {
+                Ok(result) => return Ok(result),
+                Err(LeaderError::Rejected(reason)) => return Err(NodeError::Rejected(reason)),
+                Err(LeaderError::Failed(reason)) => return Err(NodeError::Raft(reason)),
+                Err(LeaderError::NotLeader { leader }) => {
+                    if leader.is_some() {
+                        last_hint = leader;
+                    }
+                }
+            }
+            if *self.shutdown.borrow() {
+                return Err(NodeError::ShuttingDown);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(NodeError::NoLeader {
+                    leader_hint: last_hint,
+                });
+            }
+            // Wait for the leader to change (or a short pause), then try again.
+            let mut metrics = self.raft.metrics();
+            let pause = tokio::time::sleep(Duration::from_millis(RETRY_PAUSE_MS));
+            tokio::select! {
+                _ = pause => {}
+                _ = metrics.changed() => {}
+            }
+        }
+    }
+
+    async fn execute_remote(
+        &self,
+        addr: &str,
+        op: &LeaderOp,
+        deadline: tokio::time::Instant,
+    ) -> Result<LeaderOpResult, LeaderError> {
+        let channel = self
+            .peer_channel(addr)
+            .map_err(|e| LeaderError::Failed(e.to_string()))?;
+        let payload = encode(op).map_err(|e| LeaderError::Failed(e.to_string()))?;
+        let mut client = RaftInternalClient::new(channel);
+        let call = client.execute(RaftMessage { payload });
+        match tokio::time::timeout_at(deadline, call).await {
+            Ok(Ok(response)) => {
+                decode::<Result<LeaderOpResult, LeaderError>>(&response.into_inner().payload)
+                    .map_err(|e| LeaderError::Failed(e.to_string()))?
+            }
+            // The leader is unreachable or too slow: treat it as gone and look again.
+            Ok(Err(_)) | Err(_) => Err(LeaderError::NotLeader { leader: None }),
+        }
+    }
+
+    /// Carries out `op` if this node is the leader.
+    pub async fn execute_local(&self, op: LeaderOp) -> Result<LeaderOpResult, LeaderError> {
+        match op {
+            LeaderOp::Propose(command) => match self.raft.client_write(command).await {
+                Ok(response) => Ok(LeaderOpResult::Outcome(response.data)),
+                Err(error) => Err(self.write_error(error)),
+            },
+            LeaderOp::ReadIndex => match self.raft.get_read_log_id().await {
+                Ok((read_log_id, _applied)) => Ok(LeaderOpResult::ReadIndex(read_log_id)),
+                Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
+                    f,
+                ))) => Err(LeaderError::NotLeader {
+                    leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+                }),
+                Err(RaftError::APIError(error)) => Err(LeaderError::Failed(error.to_string())),
+                Err(RaftError::Fatal(error)) => Err(LeaderError::Failed(error.to_string())),
+            },
+            LeaderOp::AddNode { id, addr } => self.add_node(id, addr).await,
+            LeaderOp::RemoveNode { id } => self.remove_node(id).await,
+        }
+    }
+
+    fn write_error(
+        &self,
+        error: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+    ) -> LeaderError {
+        match error {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => LeaderError::NotLeader {
+                leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+            },
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                LeaderError::Rejected(e.to_string())
+            }
+            RaftError::Fatal(e) => LeaderError::Failed(e.to_string()),
+        }
+    }
+
+    async fn add_node(&self, id: NodeId, addr: String) -> Result<LeaderOpResult, LeaderError> {
+        crate::node::config::validate_address(&addr)
+            .map_err(|e| LeaderError::Rejected(e.to_string()))?;
+        let members = self.members();
+        if let Some(existing) = members.iter().find(|m| m.id == id) {
+            if existing.addr != addr {
+                return Err(LeaderError::Rejected(format!(
+                    "node {id} is already a member at {}",
+                    existing.addr
+                )));
+            }
+        } else if let Some(other) = members.iter().find(|m| m.addr == addr) {
+            return Err(LeaderError::Rejected(format!(
+                "address {addr} already belongs to node {}",
+                other.id
+            )));
+        }
+        // Blocking: returns once the learner has caught up with the log.
+        self.raft
+            .add_learner(id, BasicNode::new(&addr), true)
+            .await
+            .map_err(|e| self.write_error(e))?;
+        let voters = self.members().iter().filter(|m| m.voter).count();
+        let is_voter = self.members().iter().any(|m| m.id == id && m.voter);
+        if !is_voter && voters < self.config.max_voters {
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
+                .await
+                .map_err(|e| self.write_error(e))?;
+        }
+        Ok(LeaderOpResult::Members(self.members()))
+    }
+
+    async fn remove_node(&self, id: NodeId) -> Result<LeaderOpResult, LeaderError> {
+        let members = self.members();
+        let Some(member) = members.iter().find(|m| m.id == id) else {
+            return Err(LeaderError::Rejected(format!("node {id} is not a member")));
+        };
+        if member.voter && members.iter().filter(|m| m.voter).count() == 1 {
+            return Err(LeaderError::Rejected("cannot remove the last voter".into()));
+        }
+        let change = if member.voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| self.write_error(e))?;
+        Ok(LeaderOpResult::Members(self.members()))
+    }
+
+    /// Waits until this node has applied everything up to `index`.
+    pub async fn wait_applied(&self, index: Option<LogId>) -> Result<(), NodeError> {
+        let Some(index) = index else { return Ok(()) };
+        let mut metrics = self.raft.metrics();
+        let wait = async {
+            metrics
+                .wait_for(|m| m.last_applied.is_some_and(|a| a.index >= index.index))
+                .await
+                .map(|_| ())
+        };
+        let result = tokio::time::timeout(self.request_timeout(), wait).await;
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(NodeError::ShuttingDown),
+            Err(_) => Err(NodeError::Timeout(self.config.request_timeout_ms)),
+        }
+    }
+
+    /// A barrier for linearizable reads: once it returns, the local state reflects
+    /// every write acknowledged before the call.
+    pub async fn read_barrier(&self) -> Result<(), NodeError> {
+        match self.on_leader(LeaderOp::ReadIndex).await? {
+            LeaderOpResult::ReadIndex(index) => self.wait_applied(index).await,
+            other => Err(NodeError::Raft(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// Commits `command` and returns its outcome.
+    pub async fn propose(&self, command: Command) -> Result<Outcome, NodeError> {
+        match self.on_leader(LeaderOp::Propose(command)).await? {
+            LeaderOpResult::Outcome(outcome) => Ok(outcome),
+            other => Err(NodeError::Raft(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// Changes membership and returns the members after the change.
+    pub async fn change_members(&self, op: LeaderOp) -> Result<Vec<Member>, NodeError> {
+        match self.on_leader(op).await? {
+            LeaderOpResult::Members(members) => Ok(members),
+            other => Err(NodeError::Raft(format!("unexpected answer {other:?}"))),
+        }
+    }
+}
+
+/// Asks the cluster at `join_addr` to add this node, retrying with capped backoff until
+/// it succeeds or the node shuts down.
+pub(super) async fn join(handle: &NodeHandle, join_addr: &str) -> Result<(), NodeError> {
+    let op = LeaderOp::AddNode {
+        id: handle.id(),
+        addr: handle.config.advertise.clone(),
+    };
+    let mut backoff_ms = 100;
+    let mut target = join_addr.to_string();
+    loop {
+        if handle.members().iter().any(|m| m.id == handle.id()) && handle.known_leader().is_some() {
+            // Already a member (restarted from its data dir).
+            return Ok(());
+        }
+        let attempt = handle
+            .execute_remote(
+                &target,
+                &op,
+                tokio::time::Instant::now() + Duration::from_secs(60),
+            )
+            .await;
+        match attempt {
+            Ok(_) => {
+                tracing::info!(join_addr, "joined the cluster");
+                return Ok(());
+            }
+            Err(LeaderError::Rejected(reason)) => return Err(NodeError::Rejected(reason)),
+            // Follow the hint straight to the leader.
+            Err(LeaderError::NotLeader {
+                leader: Some((_, leader_addr)),
+            }) if leader_addr != target => {
+                target = leader_addr;
+                continue;
+            }
+            Err(error) => {
+                tracing::info!(%target, %error, backoff_ms, "join not accepted yet");
+                target = join_addr.to_string();
+            }
+        }
+        let mut shutdown = handle.shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return Err(NodeError::ShuttingDown),
+        }
+        backoff_ms = (backoff_ms * 2).min(JOIN_BACKOFF_MAX_MS);
+    }
+}

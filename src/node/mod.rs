@@ -1,0 +1,197 @@
+//! Builds a node from a `Config` and an `Environment`, runs it until the shutdown
+//! signal, and stops every task it started. Also owns the "run this on the leader"
+//! logic that every write, linearizable read and membership change goes through.
+
+pub mod config;
+mod leader;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+pub use config::{Config, ConfigError};
+pub use leader::{LeaderError, LeaderOp, LeaderOpResult, Member};
+
+use crate::env::{Environment, Network, NetworkError};
+use crate::raft::{LogStore, NetworkFactory, NodeId, Raft, RegistryView, StateMachineStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("no leader{}", match .leader_hint { Some((id, addr)) => format!(" (last known leader: node {id} at {addr})"), None => String::new() })]
+    NoLeader {
+        leader_hint: Option<(NodeId, String)>,
+    },
+    #[error("timed out after {0} ms")]
+    Timeout(u64),
+    #[error("{0}")]
+    Rejected(String),
+    #[error("node is shutting down")]
+    ShuttingDown,
+}
+
+/// What the API layer needs of a running node.
+pub struct NodeHandle {
+    pub config: Config,
+    pub raft: Raft,
+    pub view: Arc<RegistryView>,
+    network: Arc<dyn Network>,
+    /// Channels to other nodes' APIs, by address.
+    peers: DashMap<String, Channel>,
+    shutdown: watch::Receiver<bool>,
+    disk_size: Box<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl NodeHandle {
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+
+    /// A channel to another node's API, reused across calls.
+    pub fn peer_channel(&self, addr: &str) -> Result<Channel, NetworkError> {
+        if let Some(channel) = self.peers.get(addr) {
+            return Ok(channel.clone());
+        }
+        let channel = self.network.channel(addr)?;
+        self.peers.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Resolves when the node starts shutting down.
+    pub fn shutdown_signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut shutdown = self.shutdown.clone();
+        async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        }
+    }
+
+    pub fn disk_size(&self) -> u64 {
+        (self.disk_size)()
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.request_timeout_ms)
+    }
+}
+
+/// Runs a node until `shutdown` resolves, then stops it and waits for its tasks.
+pub async fn run(
+    config: Config,
+    env: Environment,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), NodeError> {
+    config.validate()?;
+    let id = config.id;
+    let log_store =
+        LogStore::open(env.disk.clone()).map_err(|e| NodeError::Storage(e.to_string()))?;
+    let state_machine =
+        StateMachineStore::open(env.disk.clone()).map_err(|e| NodeError::Storage(e.to_string()))?;
+    let view = state_machine.view();
+    let raft_config = Arc::new(
+        config
+            .raft_config()
+            .validate()
+            .map_err(|e| NodeError::Raft(e.to_string()))?,
+    );
+    let network = NetworkFactory::new(id, env.network.clone());
+    // Everything openraft draws at random derives from the environment's seed.
+    let raft = crate::env::runtime::with_seed(
+        env.seed,
+        Raft::new(id, raft_config, network, log_store, state_machine),
+    )
+    .await
+    .map_err(|e| NodeError::Raft(e.to_string()))?;
+
+    let incoming = env.network.listen(&config.listen).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let disk = env.disk.clone();
+    let handle = Arc::new(NodeHandle {
+        config: config.clone(),
+        raft: raft.clone(),
+        view,
+        network: env.network.clone(),
+        peers: DashMap::new(),
+        shutdown: stop_rx,
+        disk_size: Box::new(move || disk.size_on_disk()),
+    });
+
+    let server = tokio::spawn(crate::api::serve(handle.clone(), incoming));
+    tracing::info!(id, listen = %config.listen, "node started");
+
+    let startup = start_membership(handle.clone());
+    tokio::pin!(startup);
+    tokio::pin!(shutdown);
+    let mut startup_done = false;
+    loop {
+        tokio::select! {
+            result = &mut startup, if !startup_done => {
+                startup_done = true;
+                if let Err(error) = result {
+                    tracing::error!(%error, "could not start membership");
+                    let _ = stop_tx.send(true);
+                    stop(&handle, server).await;
+                    return Err(error);
+                }
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    tracing::info!(id, "shutting down");
+    let _ = stop_tx.send(true);
+    stop(&handle, server).await;
+    Ok(())
+}
+
+async fn stop(handle: &NodeHandle, server: tokio::task::JoinHandle<Result<(), NodeError>>) {
+    let limit = Duration::from_millis(handle.config.shutdown_timeout_ms);
+    if tokio::time::timeout(limit, server).await.is_err() {
+        tracing::warn!("API server did not stop in time");
+    }
+    if tokio::time::timeout(limit, handle.raft.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("raft did not stop in time");
+    }
+}
+
+/// A new static cluster initializes itself; a joining node asks the cluster to add it.
+async fn start_membership(handle: Arc<NodeHandle>) -> Result<(), NodeError> {
+    let config = &handle.config;
+    if let Some(join) = &config.join {
+        return leader::join(&handle, join).await;
+    }
+    let initialized = handle
+        .raft
+        .is_initialized()
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+    if initialized {
+        return Ok(());
+    }
+    let members: std::collections::BTreeMap<NodeId, openraft::BasicNode> = config
+        .initial_cluster
+        .iter()
+        .map(|(id, addr)| (*id, openraft::BasicNode::new(addr)))
+        .collect();
+    // Every member of a new cluster initializes with the same membership; openraft
+    // accepts that, and whichever wins the first election leads.
+    match handle.raft.initialize(members).await {
+        Ok(()) => Ok(()),
+        Err(openraft::error::RaftError::APIError(
+            openraft::error::InitializeError::NotAllowed(_),
+        )) => Ok(()),
+        Err(error) => Err(NodeError::Raft(error.to_string())),
+    }
+}
