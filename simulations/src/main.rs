@@ -1,1 +1,62 @@
-fn main() {}
+//! The simulator's command line: runs scenarios over seeds and prints a summary.
+
+use std::time::Instant;
+
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mcpfleet-sim",
+    about = "Runs real mcpfleet nodes under turmoil"
+)]
+struct Args {
+    /// Run this one seed and print its event log.
+    #[arg(long, conflicts_with = "seeds")]
+    seed: Option<u64>,
+    /// Run seeds 0..N.
+    #[arg(long, default_value_t = 10)]
+    seeds: u64,
+    /// The scenario to run.
+    #[arg(long, default_value = "leader-crash", value_parser = ["leader-crash"])]
+    scenario: String,
+}
+
+fn main() {
+    let args = Args::parse();
+    let seeds: Vec<u64> = match args.seed {
+        Some(seed) => vec![seed],
+        None => (0..args.seeds).collect(),
+    };
+    let started = Instant::now();
+    let mut failed = 0;
+    let mut sim_seconds = 0.0;
+    for seed in &seeds {
+        match mcpfleet_sim::scenarios::leader_crash(*seed) {
+            Ok(report) => {
+                sim_seconds += report.sim_seconds;
+                if args.seed.is_some() {
+                    for event in &report.events {
+                        println!("{event}");
+                    }
+                }
+            }
+            Err(error) => {
+                failed += 1;
+                println!("seed {seed} FAILED: {error}");
+                println!(
+                    "replay: cargo run --release -p mcpfleet-sim -- --scenario {} --seed {seed}",
+                    args.scenario
+                );
+            }
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    println!(
+        "seeds={} failed={failed} sim_seconds={sim_seconds:.1} wall_seconds={wall:.1} speedup={:.1}x",
+        seeds.len(),
+        if wall > 0.0 { sim_seconds / wall } else { 0.0 }
+    );
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}

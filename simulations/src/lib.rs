@@ -1,0 +1,126 @@
+//! mcpfleet-sim: runs real mcpfleet nodes as turmoil hosts.
+//!
+//! Production code is used through its seams: the network is turmoil's TCP (this
+//! module), the disk is a `MemoryDisk` created outside the host so that it survives a
+//! crash, and openraft's randomness comes from a seed per node.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use hyper_util::rt::TokioIo;
+use mcpfleet::env::network::{endpoint, Connection, Incoming, Network, NetworkError};
+use mcpfleet::env::{Environment, MemoryDisk};
+use mcpfleet::node::Config;
+use tonic::transport::{Channel, Uri};
+
+pub mod scenarios;
+
+/// The port every simulated node listens on.
+pub const NODE_PORT: u16 = 7700;
+
+/// turmoil's TCP behind the production network seam.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TurmoilNetwork;
+
+type ConnectFuture =
+    Pin<Box<dyn Future<Output = std::io::Result<TokioIo<turmoil::net::TcpStream>>> + Send>>;
+
+fn dial(uri: Uri) -> ConnectFuture {
+    Box::pin(async move {
+        let host = uri.host().unwrap_or_default().to_string();
+        let port = uri.port_u16().unwrap_or(NODE_PORT);
+        let stream = turmoil::net::TcpStream::connect((host.as_str(), port)).await?;
+        Ok(TokioIo::new(stream))
+    })
+}
+
+#[async_trait]
+impl Network for TurmoilNetwork {
+    fn channel(&self, addr: &str) -> Result<Channel, NetworkError> {
+        Ok(endpoint(addr)?.connect_with_connector_lazy(tower::service_fn(dial)))
+    }
+
+    async fn listen(&self, addr: &str) -> Result<Incoming, NetworkError> {
+        let port = addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .unwrap_or(NODE_PORT);
+        let listener = turmoil::net::TcpListener::bind(("0.0.0.0", port))
+            .await
+            .map_err(|source| NetworkError::Bind {
+                addr: addr.to_string(),
+                source,
+            })?;
+        let stream = futures::stream::unfold(listener, |listener| async move {
+            let accepted = listener
+                .accept()
+                .await
+                .map(|(stream, _)| Connection(Box::new(stream)));
+            Some((accepted, listener))
+        });
+        Ok(Box::pin(stream))
+    }
+}
+
+/// The host name of node `id`.
+pub fn host_name(id: u64) -> String {
+    format!("node{id}")
+}
+
+/// The address of node `id` inside the simulation.
+pub fn node_addr(id: u64) -> String {
+    format!("{}:{NODE_PORT}", host_name(id))
+}
+
+/// Configs for a static cluster of `nodes` members with ids 1..=nodes.
+pub fn cluster_configs(nodes: u64) -> Vec<Config> {
+    let members: BTreeMap<u64, String> = (1..=nodes).map(|id| (id, node_addr(id))).collect();
+    (1..=nodes)
+        .map(|id| Config {
+            id,
+            listen: format!("0.0.0.0:{NODE_PORT}"),
+            advertise: node_addr(id),
+            initial_cluster: members.clone(),
+            ..Config::default()
+        })
+        .collect()
+}
+
+/// Registers node hosts on `sim`, each with a disk that outlives crashes. Returns the
+/// disks by node id.
+pub fn add_nodes(
+    sim: &mut turmoil::Sim<'_>,
+    seed: u64,
+    configs: Vec<Config>,
+) -> BTreeMap<u64, Arc<MemoryDisk>> {
+    let mut disks = BTreeMap::new();
+    for config in configs {
+        let id = config.id;
+        let disk = Arc::new(MemoryDisk::new());
+        disks.insert(id, disk.clone());
+        sim.host(host_name(id), move || {
+            let env = Environment {
+                seed: seed ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                network: Arc::new(TurmoilNetwork),
+                disk: disk.clone(),
+            };
+            let config = config.clone();
+            async move {
+                mcpfleet::node::run(config, env, std::future::pending()).await?;
+                Ok(())
+            }
+        });
+    }
+    disks
+}
+
+/// A client of node `id`'s API inside the simulation.
+pub fn client(id: u64) -> mcpfleet::proto::v1::registry_client::RegistryClient<Channel> {
+    let channel = TurmoilNetwork
+        .channel(&node_addr(id))
+        .expect("simulated addresses are valid");
+    mcpfleet::proto::v1::registry_client::RegistryClient::new(channel)
+}
