@@ -172,7 +172,14 @@ impl NodeHandle {
                 ))) => Err(LeaderError::NotLeader {
                     leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
                 }),
-                Err(RaftError::APIError(error)) => Err(LeaderError::Failed(error.to_string())),
+                // Leadership could not be confirmed just now (a quorum did not answer in
+                // time): look for the leader again, within the request deadline.
+                Err(RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(
+                    error,
+                ))) => {
+                    tracing::debug!(%error, "read index: quorum not reached");
+                    Err(LeaderError::NotLeader { leader: None })
+                }
                 Err(RaftError::Fatal(error)) => Err(LeaderError::Failed(error.to_string())),
             },
             LeaderOp::AddNode { id, addr } => self.add_node(id, addr).await,

@@ -23,7 +23,7 @@ use crate::raft::{LogStore, NetworkFactory, NodeId, Raft, RegistryView, StateMac
 pub enum NodeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("storage: {0}")]
+    #[error("{0}")]
     Storage(String),
     #[error(transparent)]
     Network(#[from] NetworkError),

@@ -1,0 +1,270 @@
+//! Bad input gets a non-zero exit and a one-line reason, and changes nothing.
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use common::*;
+use mcpfleet::proto::v1 as pb;
+
+/// Asserts a failed run with exactly one line on stderr containing `reason`.
+fn assert_refused(output: &Output, reason: &str) -> Result<()> {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        !output.status.success(),
+        "expected failure, got success: {stderr}"
+    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    ensure!(lines.len() == 1, "expected one line, got {lines:?}");
+    ensure!(
+        lines[0].contains(reason),
+        "expected {reason:?} in {:?}",
+        lines[0]
+    );
+    Ok(())
+}
+
+fn revision(endpoint: &str) -> Result<u64> {
+    let status = cli_json(endpoint, &["cluster", "status"])?;
+    status["revision"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("no revision in {status}"))
+}
+
+#[test]
+fn bad_client_input_is_refused_and_changes_nothing() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _node = NodeProcess::start(1, &addr, &dir.path().join("data"), &[])?;
+    wait_for_leader(&addr, Duration::from_secs(20))?;
+    cli_json(
+        &addr,
+        &[
+            "server",
+            "add",
+            "time",
+            "--command",
+            "uvx",
+            "--arg",
+            "mcp-server-time",
+        ],
+    )?;
+    let before = revision(&addr)?;
+    let oversize_arg = "x".repeat(70 * 1024);
+
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["server", "add", "bad name", "--command", "x"],
+            "invalid server name",
+        ),
+        (
+            vec!["server", "add", "ok", "--command", "   "],
+            "command must not be empty",
+        ),
+        (
+            vec!["server", "add", "ok", "--command", "x", "--replicas", "0"],
+            "replicas must be between",
+        ),
+        (
+            vec!["server", "add", "ok", "--command", "x", "--replicas", "65"],
+            "replicas must be between",
+        ),
+        (
+            vec!["server", "add", "ok", "--url", "ftp://x"],
+            "must be http",
+        ),
+        (
+            vec!["server", "add", "ok", "--command", "x", "--env", "NOEQUALS"],
+            "expected KEY=VALUE",
+        ),
+        (
+            vec![
+                "server",
+                "add",
+                "ok",
+                "--command",
+                "x",
+                "--arg",
+                &oversize_arg,
+            ],
+            "more than the limit",
+        ),
+        (vec!["server", "get", "nope"], "not found"),
+        (vec!["server", "rm", "nope"], "not found"),
+        (
+            vec![
+                "server",
+                "add",
+                "time",
+                "--command",
+                "x",
+                "--expected-revision",
+                "999",
+            ],
+            "revision mismatch",
+        ),
+        (
+            vec!["server", "rm", "time", "--expected-revision", "999"],
+            "revision mismatch",
+        ),
+    ];
+    for (args, reason) in cases {
+        let output = cli(&addr, &args);
+        assert_refused(&output, reason)
+            .map_err(|e| e.context(format!("{:?}", &args[..2.min(args.len())])))?;
+        ensure!(revision(&addr)? == before, "{args:?} changed the revision");
+    }
+
+    // A request over the size limit never reaches the registry.
+    let runtime = tokio::runtime::Runtime::new()?;
+    let code = runtime.block_on(async {
+        let mut client =
+            pb::registry_client::RegistryClient::connect(format!("http://{addr}")).await?;
+        let request = pb::PutServerRequest {
+            spec: Some(pb::ServerSpec {
+                name: "huge".into(),
+                transport: Some(pb::server_spec::Transport::Stdio(pb::StdioTransport {
+                    command: "x".repeat(2 * 1024 * 1024),
+                    ..Default::default()
+                })),
+                replicas: 1,
+                ..Default::default()
+            }),
+            expected_revision: None,
+        };
+        anyhow::Ok(client.put_server(request).await.unwrap_err().code())
+    })?;
+    ensure!(
+        code == tonic::Code::OutOfRange || code == tonic::Code::ResourceExhausted,
+        "{code:?}"
+    );
+    ensure!(
+        revision(&addr)? == before,
+        "oversize request changed the revision"
+    );
+
+    // An unreachable endpoint is one line too.
+    let dead = format!("127.0.0.1:{}", free_port());
+    assert_refused(&cli(&dead, &["server", "ls"]), "cannot reach")?;
+    Ok(())
+}
+
+#[test]
+fn bad_serve_flags_and_data_dirs_are_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let serve = |args: &[&str]| -> Output {
+        Command::new(binary())
+            .arg("serve")
+            .args(args)
+            .env("RUST_LOG", "off")
+            .output()
+            .expect("run mcpfleet serve")
+    };
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let data = dir.path().join("data");
+    let data_arg = data.display().to_string();
+
+    // --initial-cluster without --id.
+    let other = format!("1=127.0.0.1:{port},2=127.0.0.1:{}", free_port());
+    let output = serve(&[
+        "--id",
+        "3",
+        "--listen",
+        &listen,
+        "--data",
+        &data_arg,
+        "--initial-cluster",
+        &other,
+    ]);
+    assert_refused(&output, "does not contain --id 3")?;
+    let output = serve(&[
+        "--id",
+        "1",
+        "--listen",
+        &listen,
+        "--data",
+        &data_arg,
+        "--initial-cluster",
+        "1=nowhere",
+    ]);
+    assert_refused(&output, "expected HOST:PORT")?;
+
+    // A data dir held by a running node.
+    let mut node = NodeProcess::start(1, &listen, &data, &[])?;
+    wait_for_leader(&listen, Duration::from_secs(20))?;
+    cli_json(&listen, &["server", "add", "kept", "--command", "echo"])?;
+    let second_listen = format!("127.0.0.1:{}", free_port());
+    let output = serve(&["--id", "1", "--listen", &second_listen, "--data", &data_arg]);
+    assert_refused(&output, "in use")?;
+    node.kill();
+
+    // A data dir that belongs to another node.
+    let output = serve(&["--id", "2", "--listen", &second_listen, "--data", &data_arg]);
+    assert_refused(&output, "belongs to node 1")?;
+
+    // A corrupt data dir: every file overwritten with garbage.
+    let corrupt = dir.path().join("corrupt");
+    std::fs::create_dir_all(&corrupt)?;
+    copy_dir(&data, &corrupt)?;
+    garble(&corrupt)?;
+    let corrupt_arg = corrupt.display().to_string();
+    let output = serve(&[
+        "--id",
+        "1",
+        "--listen",
+        &second_listen,
+        "--data",
+        &corrupt_arg,
+    ]);
+    assert_refused(&output, "corrupt")?;
+
+    // A data dir that is a file.
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"not a directory")?;
+    let output = serve(&[
+        "--listen",
+        &second_listen,
+        "--data",
+        &file.display().to_string(),
+    ]);
+    assert_refused(&output, "not a directory")?;
+
+    // The original data dir is untouched by all of this.
+    node.restart()?;
+    eventually(Duration::from_secs(20), || {
+        ensure!(server_names(&listen, false)? == ["kept"]);
+        Ok(())
+    })?;
+    Ok(())
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            std::fs::create_dir_all(&target)?;
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
+fn garble(dir: &std::path::Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            garble(&entry.path())?;
+        } else {
+            let len = entry.metadata()?.len().max(64) as usize;
+            let garbage: Vec<u8> = (0..len).map(|i| (i * 7 + 13) as u8).collect();
+            std::fs::write(entry.path(), garbage)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! Three real `mcpfleet` processes on loopback: forwarding, reads on any node, leader
+//! failover, restart from the data dir, joining, graceful shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use common::*;
+
+#[test]
+fn three_nodes_forward_fail_over_and_catch_up() -> Result<()> {
+    let mut cluster = Cluster::start(3)?;
+    let leader = wait_for_leader(&cluster.addr(1), Duration::from_secs(20))?;
+    let follower = if leader == 1 { 2 } else { 1 };
+    let third = 6 - leader - follower;
+
+    // A server added through a follower is readable at once on the third node.
+    let added = cli_json(
+        &cluster.addr(follower),
+        &[
+            "server",
+            "add",
+            "time",
+            "--command",
+            "uvx",
+            "--arg",
+            "mcp-server-time",
+        ],
+    )?;
+    ensure!(
+        added["revision"].as_u64() == Some(1),
+        "first write is revision 1: {added}"
+    );
+    let got = cli_json(&cluster.addr(third), &["server", "get", "time"])?;
+    ensure!(
+        got["name"] == "time" && got["transport"]["stdio"]["command"] == "uvx",
+        "{got}"
+    );
+    for id in 1..=3 {
+        ensure!(
+            server_names(&cluster.addr(id), false)? == ["time"],
+            "node {id} lists time"
+        );
+    }
+
+    // More acknowledged writes, then SIGKILL the leader.
+    let mut acknowledged = vec!["time".to_string()];
+    for i in 0..20 {
+        let name = format!("s{i:02}");
+        cli_json(
+            &cluster.addr(third),
+            &["server", "add", &name, "--command", "echo"],
+        )?;
+        acknowledged.push(name);
+    }
+    acknowledged.sort();
+    cluster.node(leader).kill();
+
+    // A survivor accepts writes again once a new leader is elected.
+    let write = eventually(Duration::from_secs(15), || {
+        cli_json(
+            &cluster.addr(follower),
+            &["server", "add", "after-kill", "--command", "echo"],
+        )
+    })?;
+    ensure!(write["revision"].as_u64() == Some(22), "{write}");
+    let new_leader = wait_for_leader(&cluster.addr(third), Duration::from_secs(10))?;
+    ensure!(new_leader != leader, "a survivor leads");
+    let mut expected = acknowledged.clone();
+    expected.push("after-kill".into());
+    expected.sort();
+    for id in [follower, third] {
+        ensure!(
+            server_names(&cluster.addr(id), false)? == expected,
+            "node {id} kept every write"
+        );
+    }
+
+    // The killed node restarts from its data dir and catches up.
+    cluster.node(leader).restart()?;
+    let addr = cluster.addr(leader);
+    eventually(Duration::from_secs(20), || {
+        let names = server_names(&addr, true)?;
+        ensure!(names == expected, "restarted node lists {names:?}");
+        Ok(())
+    })?;
+    let status = cli_json(&addr, &["cluster", "status"])?;
+    ensure!(status["revision"].as_u64() == Some(22), "{status}");
+    ensure!(
+        status["members"].as_array().map(Vec::len) == Some(3),
+        "{status}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_node_joins_as_voter_and_stops_on_sigterm() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let first_addr = format!("127.0.0.1:{}", free_port());
+    let mut first = NodeProcess::start(1, &first_addr, &dir.path().join("n1"), &[])?;
+    wait_for_leader(&first_addr, Duration::from_secs(20))?;
+    cli_json(
+        &first_addr,
+        &["server", "add", "before-join", "--command", "echo"],
+    )?;
+
+    let second_addr = format!("127.0.0.1:{}", free_port());
+    let mut second = NodeProcess::start(
+        2,
+        &second_addr,
+        &dir.path().join("n2"),
+        &["--join".into(), first_addr.clone()],
+    )?;
+    eventually(Duration::from_secs(20), || {
+        let status = cli_json(&first_addr, &["cluster", "status"])?;
+        let members = status["members"].as_array().cloned().unwrap_or_default();
+        ensure!(
+            members.len() == 2 && members.iter().all(|m| m["voter"] == true),
+            "members: {members:?}"
+        );
+        Ok(())
+    })?;
+    // The joined node serves linearizable reads of what was written before it joined.
+    ensure!(server_names(&second_addr, false)? == ["before-join"]);
+
+    // Graceful shutdown on SIGTERM, with exit status 0.
+    let status = second.terminate(Duration::from_secs(10))?;
+    ensure!(status.success(), "SIGTERM exit status {status:?}");
+    let status = first.terminate(Duration::from_secs(10))?;
+    ensure!(status.success(), "SIGTERM exit status {status:?}");
+    Ok(())
+}

@@ -1,0 +1,212 @@
+//! Helpers for tests against real `mcpfleet` processes on loopback.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_mcpfleet")
+}
+
+/// A port that was free a moment ago (the kernel picks it).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Runs a client command against `endpoint`.
+pub fn cli(endpoint: &str, args: &[&str]) -> Output {
+    Command::new(binary())
+        .args(args)
+        .arg("--endpoint")
+        .arg(endpoint)
+        .env_remove("MCPFLEET_ENDPOINT")
+        .output()
+        .expect("run mcpfleet")
+}
+
+/// Runs a client command and parses its JSON output; fails on a non-zero exit.
+pub fn cli_json(endpoint: &str, args: &[&str]) -> Result<serde_json::Value> {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["-o", "json"]);
+    let output = cli(endpoint, &all);
+    if !output.status.success() {
+        bail!(
+            "mcpfleet {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    serde_json::from_slice(&output.stdout).context("parse JSON output")
+}
+
+pub struct NodeProcess {
+    pub id: u64,
+    pub addr: String,
+    pub data: PathBuf,
+    pub args: Vec<String>,
+    pub child: Option<Child>,
+}
+
+impl NodeProcess {
+    /// Starts `mcpfleet serve` with `args`; its log goes to `<data>.log`.
+    pub fn start(id: u64, addr: &str, data: &Path, extra: &[String]) -> Result<NodeProcess> {
+        let mut args = vec![
+            "serve".to_string(),
+            "--id".into(),
+            id.to_string(),
+            "--listen".into(),
+            addr.to_string(),
+            "--data".into(),
+            data.display().to_string(),
+        ];
+        args.extend(extra.iter().cloned());
+        let mut node = NodeProcess {
+            id,
+            addr: addr.to_string(),
+            data: data.to_path_buf(),
+            args,
+            child: None,
+        };
+        node.restart()?;
+        Ok(node)
+    }
+
+    /// Starts the process again with the same flags and data dir.
+    pub fn restart(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.with_extension("log"))?;
+        let child = Command::new(binary())
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("spawn mcpfleet serve")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for the exit status.
+    pub fn terminate(&mut self, limit: Duration) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("not running")?;
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()?;
+        assert!(status.success());
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("node {} did not stop within {limit:?}", self.id);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A static cluster of real processes on loopback.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<NodeProcess>,
+}
+
+impl Cluster {
+    pub fn start(size: u64) -> Result<Cluster> {
+        let dir = tempfile::tempdir()?;
+        let addrs: Vec<String> = (0..size)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let initial: Vec<String> = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect();
+        let initial = initial.join(",");
+        let mut nodes = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let id = i as u64 + 1;
+            let data = dir.path().join(format!("node{id}"));
+            nodes.push(NodeProcess::start(
+                id,
+                addr,
+                &data,
+                &["--initial-cluster".into(), initial.clone()],
+            )?);
+        }
+        Ok(Cluster { dir, nodes })
+    }
+
+    pub fn node(&mut self, id: u64) -> &mut NodeProcess {
+        &mut self.nodes[id as usize - 1]
+    }
+
+    pub fn addr(&self, id: u64) -> String {
+        self.nodes[id as usize - 1].addr.clone()
+    }
+}
+
+/// Waits until the node at `endpoint` reports a leader; returns its id.
+pub fn wait_for_leader(endpoint: &str, limit: Duration) -> Result<u64> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(status) = cli_json(endpoint, &["cluster", "status"]) {
+            if let Some(leader) = status["leader_id"].as_u64() {
+                return Ok(leader);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no leader seen at {endpoint} within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Retries `check` until it returns Ok or `limit` passes.
+pub fn eventually<T>(limit: Duration, mut check: impl FnMut() -> Result<T>) -> Result<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match check() {
+            Ok(value) => return Ok(value),
+            Err(error) if Instant::now() > deadline => return Err(error),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// The names `server ls -o json` reports at `endpoint`.
+pub fn server_names(endpoint: &str, stale: bool) -> Result<Vec<String>> {
+    let mut args = vec!["server", "ls"];
+    if stale {
+        args.push("--stale");
+    }
+    let list = cli_json(endpoint, &args)?;
+    Ok(list
+        .as_array()
+        .context("ls prints an array")?
+        .iter()
+        .filter_map(|s| s["name"].as_str().map(str::to_string))
+        .collect())
+}
