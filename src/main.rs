@@ -50,7 +50,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One scheduler thread: node logic never blocks (fsync runs on a blocking-pool
+    // thread), and on small hosts a single thread avoids cross-thread wake-ups.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -29,8 +29,11 @@ pub enum DiskError {
 /// Durable storage for one node. Reads see every completed write.
 #[async_trait]
 pub trait Disk: Send + Sync + 'static {
-    /// Writes log entries, replacing any at the same index; durable on return.
-    async fn append_log(&self, entries: Vec<(u64, Vec<u8>)>) -> Result<(), DiskError>;
+    /// Writes log entries, replacing any at the same index. They are readable at once
+    /// but durable only after the next `sync`.
+    fn append_log(&self, entries: Vec<(u64, Vec<u8>)>) -> Result<(), DiskError>;
+    /// Makes every earlier write durable (fsync).
+    async fn sync(&self) -> Result<(), DiskError>;
     /// Entries with `start <= index < end`, in index order.
     fn read_log(&self, start: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, DiskError>;
     /// The entry with the highest index.
@@ -68,6 +71,8 @@ impl SledDisk {
         let db = sled::Config::new()
             .path(&path)
             .cache_capacity(64 * 1024 * 1024)
+            // Durability comes from explicit syncs; no periodic background flush.
+            .flush_every_ms(None)
             .open()
             .map_err(|e| open_error(&path, e))?;
         let log = db.open_tree("log").map_err(|e| open_error(&path, e))?;
@@ -80,8 +85,15 @@ impl SledDisk {
         })
     }
 
+    /// fsyncs on tokio's blocking pool. (sled's own `flush_async` hands every flush
+    /// to a pool of up to seven threads that contend with each other; callers here
+    /// already serialize and batch their syncs.)
     async fn flush(&self) -> Result<(), DiskError> {
-        self.db.flush_async().await.map_err(storage_error)?;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| DiskError::Storage(format!("flush task failed: {e}")))?
+            .map_err(storage_error)?;
         Ok(())
     }
 }
@@ -130,12 +142,15 @@ fn key_index(key: &[u8]) -> Result<u64, DiskError> {
 
 #[async_trait]
 impl Disk for SledDisk {
-    async fn append_log(&self, entries: Vec<(u64, Vec<u8>)>) -> Result<(), DiskError> {
+    fn append_log(&self, entries: Vec<(u64, Vec<u8>)>) -> Result<(), DiskError> {
         let mut batch = sled::Batch::default();
         for (index, bytes) in entries {
             batch.insert(&index_key(index), bytes);
         }
-        self.log.apply_batch(batch).map_err(storage_error)?;
+        self.log.apply_batch(batch).map_err(storage_error)
+    }
+
+    async fn sync(&self) -> Result<(), DiskError> {
         self.flush().await
     }
 
@@ -231,11 +246,15 @@ impl MemoryDisk {
 
 #[async_trait]
 impl Disk for MemoryDisk {
-    async fn append_log(&self, entries: Vec<(u64, Vec<u8>)>) -> Result<(), DiskError> {
+    fn append_log(&self, entries: Vec<(u64, Vec<u8>)>) -> Result<(), DiskError> {
         let mut contents = self.contents();
         for (index, bytes) in entries {
             contents.log.insert(index, bytes);
         }
+        Ok(())
+    }
+
+    async fn sync(&self) -> Result<(), DiskError> {
         Ok(())
     }
 

@@ -10,6 +10,8 @@ use openraft::{
     Entry, ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, RaftLogReader, StorageIOError, Vote,
 };
 
+use tokio::sync::mpsc;
+
 use super::codec::{decode, encode};
 use super::{LogId, NodeId, StorageError, TypeConfig};
 use crate::env::Disk;
@@ -17,10 +19,31 @@ use crate::env::Disk;
 const VOTE_KEY: &str = "vote";
 const LAST_PURGED_KEY: &str = "last_purged";
 
-/// Log storage for one node. Clones share the same disk.
+/// Appends waiting for their fsync, beyond which `append` waits (backpressure).
+pub const MAX_PENDING_SYNCS: usize = 4_096;
+
+/// Log storage for one node. Clones share the same disk and the same syncer.
 #[derive(Clone)]
 pub struct LogStore {
     disk: Arc<dyn Disk>,
+    syncer: mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+/// Group commit: one task fsyncs the disk and then acknowledges, in order, every append
+/// that was written before that fsync began. Appends arriving during an fsync share the
+/// next one, so many concurrent writes cost one fsync.
+async fn run_syncer(disk: Arc<dyn Disk>, mut pending: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    let mut batch = Vec::new();
+    while pending.recv_many(&mut batch, MAX_PENDING_SYNCS).await > 0 {
+        let result = disk.sync().await;
+        for callback in batch.drain(..) {
+            let outcome = match &result {
+                Ok(()) => Ok(()),
+                Err(error) => Err(std::io::Error::other(error.to_string())),
+            };
+            callback.log_io_completed(outcome);
+        }
+    }
 }
 
 fn io_error(
@@ -32,9 +55,13 @@ fn io_error(
 }
 
 impl LogStore {
-    /// Opens the log on `disk` and checks that what it holds decodes.
+    /// Opens the log on `disk` and checks that what it holds decodes. Starts the
+    /// syncer task, so it must be called inside a tokio runtime; the task ends when
+    /// the last clone of the store is dropped.
     pub fn open(disk: Arc<dyn Disk>) -> Result<LogStore, StorageError> {
-        let store = LogStore { disk };
+        let (syncer, pending) = mpsc::channel(MAX_PENDING_SYNCS);
+        tokio::spawn(run_syncer(disk.clone(), pending));
+        let store = LogStore { disk, syncer };
         store.read_vote_now()?;
         store.last_purged()?;
         store.last_entry()?;
@@ -143,18 +170,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 encode(&entry).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
             encoded.push((entry.get_log_id().index, bytes));
         }
-        let result = self.disk.append_log(encoded).await;
-        match result {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(error) => {
-                let message = error.to_string();
-                callback.log_io_completed(Err(std::io::Error::other(message)));
-                Err(io_error(ErrorSubject::Logs, ErrorVerb::Write, error))
-            }
-        }
+        self.disk
+            .append_log(encoded)
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        // Readable now; acknowledged to openraft once the syncer's fsync covers it.
+        self.syncer.send(callback).await.map_err(|_| {
+            io_error(
+                ErrorSubject::Logs,
+                ErrorVerb::Write,
+                std::io::Error::other("log syncer stopped"),
+            )
+        })
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
