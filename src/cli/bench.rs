@@ -1,4 +1,5 @@
-//! `mcpfleet bench put`: closed-loop registry writes from N clients for a duration.
+//! `mcpfleet bench put`: closed-loop registry writes (or, with `--operation`, reads)
+//! from N clients for a duration.
 //! Each client overwrites its own small set of servers, so the registry stays bounded
 //! however long the benchmark runs.
 
@@ -32,6 +33,16 @@ pub struct PutArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Instead of writing, read the servers back: `get` (linearizable) or `get-stale`.
+    #[arg(long, value_enum, default_value_t = Operation::Put)]
+    pub operation: Operation,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Put,
+    Get,
+    GetStale,
 }
 
 struct ClientResult {
@@ -68,6 +79,7 @@ pub async fn run_put(args: PutArgs) -> Result<(), CliError> {
     let mut tasks = Vec::new();
     for (number, mut client) in clients.into_iter().enumerate() {
         let value = "v".repeat(args.value_bytes);
+        let operation = args.operation;
         tasks.push(tokio::spawn(async move {
             let mut result = ClientResult {
                 latencies_us: Vec::new(),
@@ -90,8 +102,38 @@ pub async fn run_put(args: PutArgs) -> Result<(), CliError> {
                     expected_revision: None,
                 };
                 let sent = Instant::now();
-                match client.put_server(request).await {
-                    Ok(_) => result.latencies_us.push(sent.elapsed().as_micros() as u64),
+                let answer = match operation {
+                    Operation::Put => client.put_server(request).await.map(|_| ()),
+                    Operation::Get | Operation::GetStale => {
+                        let name = request.spec.map(|s| s.name).unwrap_or_default();
+                        let stale = operation == Operation::GetStale;
+                        // The first pass writes each server once so that reads find it.
+                        if i < KEYS_PER_CLIENT {
+                            let put = pb::PutServerRequest {
+                                spec: Some(pb::ServerSpec {
+                                    name: name.clone(),
+                                    transport: Some(pb::server_spec::Transport::Stdio(
+                                        pb::StdioTransport {
+                                            command: "bench".into(),
+                                            ..Default::default()
+                                        },
+                                    )),
+                                    replicas: 1,
+                                    ..Default::default()
+                                }),
+                                expected_revision: None,
+                            };
+                            client.put_server(put).await.map(|_| ())
+                        } else {
+                            client
+                                .get_server(pb::GetServerRequest { name, stale })
+                                .await
+                                .map(|_| ())
+                        }
+                    }
+                };
+                match answer {
+                    Ok(()) => result.latencies_us.push(sent.elapsed().as_micros() as u64),
                     Err(status) => {
                         result.errors += 1;
                         result

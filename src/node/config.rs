@@ -153,7 +153,9 @@ impl Config {
             election_timeout_min: self.election_timeout_min_ms,
             election_timeout_max: self.election_timeout_max_ms,
             install_snapshot_timeout: 10_000,
-            max_payload_entries: 512,
+            // Entries are batches of up to 64 commands (see node::proposer): this bounds one
+            // AppendEntries message at about 32 MiB.
+            max_payload_entries: 8,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_after_logs),
             max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot,
             purge_batch_size: 256,

@@ -161,10 +161,11 @@ impl NodeHandle {
     /// Carries out `op` if this node is the leader.
     pub async fn execute_local(&self, op: LeaderOp) -> Result<LeaderOpResult, LeaderError> {
         match op {
-            LeaderOp::Propose(command) => match self.raft.client_write(command).await {
-                Ok(response) => Ok(LeaderOpResult::Outcome(response.data)),
-                Err(error) => Err(self.write_error(error)),
-            },
+            LeaderOp::Propose(command) => self
+                .proposer
+                .propose(command)
+                .await
+                .map(LeaderOpResult::Outcome),
             LeaderOp::ReadIndex => match self.raft.get_read_log_id().await {
                 Ok((read_log_id, _applied)) => Ok(LeaderOpResult::ReadIndex(read_log_id)),
                 Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(

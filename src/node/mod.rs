@@ -4,6 +4,7 @@
 
 pub mod config;
 mod leader;
+mod proposer;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use tonic::transport::Channel;
 
 pub use config::{Config, ConfigError};
 pub use leader::{LeaderError, LeaderOp, LeaderOpResult, Member};
+pub use proposer::Proposer;
 
 use crate::env::{Environment, Network, NetworkError};
 use crate::raft::{LogStore, NetworkFactory, NodeId, Raft, RegistryView, StateMachineStore};
@@ -46,6 +48,7 @@ pub struct NodeHandle {
     pub config: Config,
     pub raft: Raft,
     pub view: Arc<RegistryView>,
+    proposer: Proposer,
     network: Arc<dyn Network>,
     /// Channels to other nodes' APIs, by address.
     peers: DashMap<String, Channel>,
@@ -120,6 +123,7 @@ pub async fn run(
         config: config.clone(),
         raft: raft.clone(),
         view,
+        proposer: Proposer::start(raft.clone()),
         network: env.network.clone(),
         peers: DashMap::new(),
         shutdown: stop_rx,

@@ -10,8 +10,6 @@ use openraft::{
     Entry, ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, RaftLogReader, StorageIOError, Vote,
 };
 
-use tokio::sync::mpsc;
-
 use super::codec::{decode, encode};
 use super::{LogId, NodeId, StorageError, TypeConfig};
 use crate::env::Disk;
@@ -19,31 +17,10 @@ use crate::env::Disk;
 const VOTE_KEY: &str = "vote";
 const LAST_PURGED_KEY: &str = "last_purged";
 
-/// Appends waiting for their fsync, beyond which `append` waits (backpressure).
-pub const MAX_PENDING_SYNCS: usize = 4_096;
-
-/// Log storage for one node. Clones share the same disk and the same syncer.
+/// Log storage for one node. Clones share the same disk.
 #[derive(Clone)]
 pub struct LogStore {
     disk: Arc<dyn Disk>,
-    syncer: mpsc::Sender<LogFlushed<TypeConfig>>,
-}
-
-/// Group commit: one task fsyncs the disk and then acknowledges, in order, every append
-/// that was written before that fsync began. Appends arriving during an fsync share the
-/// next one, so many concurrent writes cost one fsync.
-async fn run_syncer(disk: Arc<dyn Disk>, mut pending: mpsc::Receiver<LogFlushed<TypeConfig>>) {
-    let mut batch = Vec::new();
-    while pending.recv_many(&mut batch, MAX_PENDING_SYNCS).await > 0 {
-        let result = disk.sync().await;
-        for callback in batch.drain(..) {
-            let outcome = match &result {
-                Ok(()) => Ok(()),
-                Err(error) => Err(std::io::Error::other(error.to_string())),
-            };
-            callback.log_io_completed(outcome);
-        }
-    }
 }
 
 fn io_error(
@@ -55,13 +32,9 @@ fn io_error(
 }
 
 impl LogStore {
-    /// Opens the log on `disk` and checks that what it holds decodes. Starts the
-    /// syncer task, so it must be called inside a tokio runtime; the task ends when
-    /// the last clone of the store is dropped.
+    /// Opens the log on `disk` and checks that what it holds decodes.
     pub fn open(disk: Arc<dyn Disk>) -> Result<LogStore, StorageError> {
-        let (syncer, pending) = mpsc::channel(MAX_PENDING_SYNCS);
-        tokio::spawn(run_syncer(disk.clone(), pending));
-        let store = LogStore { disk, syncer };
+        let store = LogStore { disk };
         store.read_vote_now()?;
         store.last_purged()?;
         store.last_entry()?;
@@ -173,14 +146,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.disk
             .append_log(encoded)
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-        // Readable now; acknowledged to openraft once the syncer's fsync covers it.
-        self.syncer.send(callback).await.map_err(|_| {
-            io_error(
-                ErrorSubject::Logs,
-                ErrorVerb::Write,
-                std::io::Error::other("log syncer stopped"),
-            )
-        })
+        // Acknowledged to openraft only once durable. (openraft 0.9 waits for this
+        // callback before its next step, so there is nothing to gain from deferring
+        // the fsync to another task.)
+        match self.disk.sync().await {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(error) => {
+                callback.log_io_completed(Err(std::io::Error::other(error.to_string())));
+                Err(io_error(ErrorSubject::Logs, ErrorVerb::Write, error))
+            }
+        }
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

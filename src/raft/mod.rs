@@ -13,14 +13,25 @@ pub use log_store::LogStore;
 pub use network::NetworkFactory;
 pub use state_machine::{RegistryView, StateMachineStore, WatchMessage};
 
+use serde::{Deserialize, Serialize};
+
 use crate::env::SeededRuntime;
 use crate::registry::{Command, Outcome};
 
+/// One Raft entry: registry commands applied in order. Writes that arrive together
+/// share an entry, so the per-entry cost of Raft (log append, replication, fsync) is
+/// paid once for all of them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    pub commands: Vec<Command>,
+}
+
 openraft::declare_raft_types!(
-    /// The Raft types of mcpfleet: registry commands in, outcomes out.
+    /// The Raft types of mcpfleet: batches of registry commands in, one outcome per
+    /// command out.
     pub TypeConfig:
-        D = Command,
-        R = Outcome,
+        D = Batch,
+        R = Vec<Outcome>,
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,

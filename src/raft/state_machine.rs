@@ -204,7 +204,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((applied.last_applied, applied.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Outcome>>, StorageError>
     where
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -213,32 +213,32 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut applied = self.view.write();
         for entry in entries {
             applied.last_applied = Some(entry.log_id);
-            let outcome = match entry.payload {
-                EntryPayload::Blank => Outcome::Applied {
-                    revision: applied.registry.revision,
-                },
-                EntryPayload::Normal(command) => {
-                    let (outcome, change) = applied.registry.apply(&command);
-                    if let Some(change) = change {
-                        if applied.history.len() >= WATCH_HISTORY_LEN {
-                            if let Some(dropped) = applied.history.pop_front() {
-                                applied.history_floor = dropped.revision();
+            let entry_outcomes = match entry.payload {
+                EntryPayload::Blank => Vec::new(),
+                EntryPayload::Normal(batch) => {
+                    let mut entry_outcomes = Vec::with_capacity(batch.commands.len());
+                    for command in &batch.commands {
+                        let (outcome, change) = applied.registry.apply(command);
+                        if let Some(change) = change {
+                            if applied.history.len() >= WATCH_HISTORY_LEN {
+                                if let Some(dropped) = applied.history.pop_front() {
+                                    applied.history_floor = dropped.revision();
+                                }
                             }
+                            applied.history.push_back(change.clone());
+                            // No receivers is fine: nobody is watching.
+                            let _ = self.changes().send(WatchMessage::Change(change));
                         }
-                        applied.history.push_back(change.clone());
-                        // No receivers is fine: nobody is watching.
-                        let _ = self.changes().send(WatchMessage::Change(change));
+                        entry_outcomes.push(outcome);
                     }
-                    outcome
+                    entry_outcomes
                 }
                 EntryPayload::Membership(membership) => {
                     applied.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    Outcome::Applied {
-                        revision: applied.registry.revision,
-                    }
+                    Vec::new()
                 }
             };
-            outcomes.push(outcome);
+            outcomes.push(entry_outcomes);
         }
         Ok(outcomes)
     }

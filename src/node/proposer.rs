@@ -1,0 +1,126 @@
+//! Batches concurrent registry writes into one Raft entry.
+//!
+//! Every write on the leader goes through one proposer task. It takes whatever writes
+//! are waiting (up to a limit), submits them as one entry, and goes on to the next batch
+//! without waiting for the first to commit; a bounded number of batches may be in
+//! flight. A lone write is submitted at once, so batching adds no delay.
+
+use std::sync::Arc;
+
+use openraft::error::ClientWriteError;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::LeaderError;
+use crate::raft::{Batch, Raft};
+use crate::registry::{Command, Outcome};
+
+/// Writes waiting for the proposer, beyond which callers wait (backpressure).
+pub const MAX_PENDING_PROPOSALS: usize = 4_096;
+/// Commands in one Raft entry. With specs capped at 64 KiB this bounds an entry at
+/// about 4 MiB.
+pub const MAX_BATCH_COMMANDS: usize = 64;
+/// Batches submitted to Raft and not yet committed.
+pub const MAX_BATCHES_IN_FLIGHT: usize = 32;
+
+type Reply = oneshot::Sender<Result<Outcome, LeaderError>>;
+
+struct Proposal {
+    command: Command,
+    reply: Reply,
+}
+
+/// The handle writers use; cheap to clone.
+#[derive(Clone)]
+pub struct Proposer {
+    queue: mpsc::Sender<Proposal>,
+}
+
+impl Proposer {
+    /// Starts the proposer task for `raft`; it stops when every handle is dropped.
+    pub fn start(raft: Raft) -> Proposer {
+        let (queue, pending) = mpsc::channel(MAX_PENDING_PROPOSALS);
+        tokio::spawn(run(raft, pending));
+        Proposer { queue }
+    }
+
+    /// Submits `command` and waits for its outcome.
+    pub async fn propose(&self, command: Command) -> Result<Outcome, LeaderError> {
+        let (reply, outcome) = oneshot::channel();
+        self.queue
+            .send(Proposal { command, reply })
+            .await
+            .map_err(|_| LeaderError::Failed("node is shutting down".into()))?;
+        outcome
+            .await
+            .map_err(|_| LeaderError::Failed("node is shutting down".into()))?
+    }
+}
+
+async fn run(raft: Raft, mut pending: mpsc::Receiver<Proposal>) {
+    let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
+    let mut proposals = Vec::with_capacity(MAX_BATCH_COMMANDS);
+    while pending.recv_many(&mut proposals, MAX_BATCH_COMMANDS).await > 0 {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let (commands, replies): (Vec<Command>, Vec<Reply>) =
+            proposals.drain(..).map(|p| (p.command, p.reply)).unzip();
+        match raft.client_write_ff(Batch { commands }).await {
+            Ok(response) => {
+                tokio::spawn(async move {
+                    let result = response.await;
+                    drop(permit);
+                    deliver(result, replies);
+                });
+            }
+            Err(fatal) => fail_all(replies, LeaderError::Failed(fatal.to_string())),
+        }
+    }
+}
+
+type WriteResult = Result<
+    Result<
+        openraft::raft::ClientWriteResponse<crate::raft::TypeConfig>,
+        ClientWriteError<crate::raft::NodeId, crate::raft::Node>,
+    >,
+    oneshot::error::RecvError,
+>;
+
+fn deliver(result: WriteResult, replies: Vec<Reply>) {
+    match result {
+        Ok(Ok(response)) => {
+            if response.data.len() != replies.len() {
+                let error = format!(
+                    "a batch of {} commands produced {} outcomes",
+                    replies.len(),
+                    response.data.len()
+                );
+                return fail_all(replies, LeaderError::Failed(error));
+            }
+            for (reply, outcome) in replies.into_iter().zip(response.data) {
+                // A caller that gave up no longer listens; nothing to do.
+                let _ = reply.send(Ok(outcome));
+            }
+        }
+        Ok(Err(ClientWriteError::ForwardToLeader(forward))) => fail_all(
+            replies,
+            LeaderError::NotLeader {
+                leader: forward
+                    .leader_id
+                    .zip(forward.leader_node.map(|node| node.addr)),
+            },
+        ),
+        Ok(Err(ClientWriteError::ChangeMembershipError(error))) => {
+            fail_all(replies, LeaderError::Failed(error.to_string()))
+        }
+        // Raft dropped the request (it stopped leading or is shutting down): the
+        // callers look for the leader again.
+        Err(_) => fail_all(replies, LeaderError::NotLeader { leader: None }),
+    }
+}
+
+fn fail_all(replies: Vec<Reply>, error: LeaderError) {
+    for reply in replies {
+        let _ = reply.send(Err(error.clone()));
+    }
+}
