@@ -33,7 +33,6 @@ pub async fn serve(handle: Arc<NodeHandle>, incoming: Incoming) -> Result<(), No
     Server::builder()
         .tcp_nodelay(true)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .timeout(handle.request_timeout() * 2)
         .add_service(client)
         .add_service(internal)
         .serve_with_incoming_shutdown(incoming, handle.shutdown_signal())

@@ -11,6 +11,10 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
+/// sled's page cache. The registry itself lives in memory; the cache mostly holds
+/// recent log entries.
+pub const SLED_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
     #[error("data dir {path} is in use by another process")]
@@ -71,7 +75,7 @@ impl SledDisk {
         }
         let db = sled::Config::new()
             .path(&path)
-            .cache_capacity(64 * 1024 * 1024)
+            .cache_capacity(SLED_CACHE_BYTES)
             // Durability comes from explicit syncs; no periodic background flush.
             .flush_every_ms(None)
             .open()

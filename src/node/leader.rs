@@ -27,7 +27,7 @@ const JOIN_BACKOFF_MAX_MS: u64 = 2_000;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum LeaderOp {
     /// Commit a registry command.
-    Propose(Command),
+    Propose(Box<Command>),
     /// Confirm leadership and return the index a linearizable read must wait for.
     ReadIndex,
     /// Add a node (as a learner, then as a voter while there are fewer than
@@ -163,7 +163,7 @@ impl NodeHandle {
         match op {
             LeaderOp::Propose(command) => self
                 .proposer
-                .propose(command)
+                .propose(*command)
                 .await
                 .map(LeaderOpResult::Outcome),
             LeaderOp::ReadIndex => match self.raft.get_read_log_id().await {
@@ -285,7 +285,7 @@ impl NodeHandle {
 
     /// Commits `command` and returns its outcome.
     pub async fn propose(&self, command: Command) -> Result<Outcome, NodeError> {
-        match self.on_leader(LeaderOp::Propose(command)).await? {
+        match self.on_leader(LeaderOp::Propose(Box::new(command))).await? {
             LeaderOpResult::Outcome(outcome) => Ok(outcome),
             other => Err(NodeError::Raft(format!("unexpected answer {other:?}"))),
         }

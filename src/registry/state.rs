@@ -24,8 +24,14 @@ pub struct Registry {
 /// A change to the server table, as watchers see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
-    Put { record: ServerRecord, revision: u64 },
-    Delete { name: String, revision: u64 },
+    Put {
+        record: Box<ServerRecord>,
+        revision: u64,
+    },
+    Delete {
+        name: String,
+        revision: u64,
+    },
 }
 
 impl Change {
@@ -111,7 +117,7 @@ impl Registry {
             .retain(|(server, slot), _| server != &spec.name || *slot < spec.replicas);
         self.servers.insert(spec.name.clone(), record.clone());
         Ok(Some(Change::Put {
-            record,
+            record: Box::new(record),
             revision: self.revision,
         }))
     }
