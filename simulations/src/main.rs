@@ -23,6 +23,14 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
+    // Node logs, for replaying a seed: RUST_LOG=mcpfleet=debug,openraft=info.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .without_time()
+            .init();
+    }
     let seeds: Vec<u64> = match args.seed {
         Some(seed) => vec![seed],
         None => (0..args.seeds).collect(),

@@ -91,6 +91,10 @@ pub fn leader_crash(seed: u64) -> Result<Report, String> {
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
         .simulation_duration(Duration::from_secs(120))
+        // A LAN, which the production timings (election timeout 150-300 ms) are made for;
+        // turmoil's default of up to 100 ms per message is a WAN.
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(10))
         .tcp_capacity(4096)
         .build();
     add_nodes(&mut sim, seed, cluster_configs(3));

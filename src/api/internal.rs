@@ -1,14 +1,17 @@
-//! The node-to-node service: openraft's RPCs and operations forwarded to the leader.
+//! The node-to-node service: openraft's RPCs (over one stream per sender) and
+//! operations forwarded to the leader.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
+use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::{LeaderOp, NodeHandle};
 use crate::proto::internal::raft_internal_server::RaftInternal;
-use crate::proto::internal::RaftMessage;
+use crate::proto::internal::{RaftKind, RaftMessage};
 use crate::raft::codec::{decode, encode};
 
 pub struct InternalApi {
@@ -21,44 +24,81 @@ impl InternalApi {
     }
 }
 
-fn decode_request<T: DeserializeOwned>(request: Request<RaftMessage>) -> Result<T, Status> {
-    decode(&request.into_inner().payload)
+fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
+    decode(payload)
         .map_err(|e| Status::invalid_argument(format!("malformed internal message: {e}")))
 }
 
-fn reply<T: Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
-    let payload = encode(value).map_err(|e| Status::internal(e.to_string()))?;
-    Ok(Response::new(RaftMessage { payload }))
+fn encode_payload<T: Serialize>(value: &T) -> Result<Vec<u8>, Status> {
+    encode(value).map_err(|e| Status::internal(e.to_string()))
 }
+
+/// Answers one Raft request with openraft's result, encoded.
+async fn answer(node: &NodeHandle, request: RaftMessage) -> Result<RaftMessage, Status> {
+    let raft = &node.raft;
+    let payload = match RaftKind::try_from(request.kind) {
+        Ok(RaftKind::AppendEntries) => {
+            encode_payload(&raft.append_entries(decode_payload(&request.payload)?).await)?
+        }
+        Ok(RaftKind::Vote) => encode_payload(&raft.vote(decode_payload(&request.payload)?).await)?,
+        Ok(RaftKind::InstallSnapshot) => encode_payload(
+            &raft
+                .install_snapshot(decode_payload(&request.payload)?)
+                .await,
+        )?,
+        _ => {
+            return Err(Status::invalid_argument(format!(
+                "unknown raft message kind {}",
+                request.kind
+            )))
+        }
+    };
+    Ok(RaftMessage {
+        payload,
+        id: request.id,
+        kind: request.kind,
+    })
+}
+
+type RaftStream = Pin<Box<dyn Stream<Item = Result<RaftMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl RaftInternal for InternalApi {
-    async fn append_entries(
-        &self,
-        request: Request<RaftMessage>,
-    ) -> Result<Response<RaftMessage>, Status> {
-        let rpc = decode_request(request)?;
-        reply(&self.node.raft.append_entries(rpc).await)
-    }
+    type RaftStream = RaftStream;
 
-    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let rpc = decode_request(request)?;
-        reply(&self.node.raft.vote(rpc).await)
-    }
-
-    async fn install_snapshot(
+    async fn raft(
         &self,
-        request: Request<RaftMessage>,
-    ) -> Result<Response<RaftMessage>, Status> {
-        let rpc = decode_request(request)?;
-        reply(&self.node.raft.install_snapshot(rpc).await)
+        request: Request<Streaming<RaftMessage>>,
+    ) -> Result<Response<RaftStream>, Status> {
+        let inbound = request.into_inner();
+        let node = self.node.clone();
+        // Requests are answered one at a time, in order; the stream ends when the sender
+        // closes it, on the first malformed message, or when this node shuts down.
+        let answers = futures::stream::unfold(
+            (inbound, node, false),
+            |(mut inbound, node, failed)| async move {
+                if failed {
+                    return None;
+                }
+                let request = inbound.message().await.ok()??;
+                let answer = answer(&node, request).await;
+                let failed = answer.is_err();
+                Some((answer, (inbound, node, failed)))
+            },
+        );
+        let answers = answers.take_until(self.node.shutdown_signal());
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn execute(
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let op: LeaderOp = decode_request(request)?;
-        reply(&self.node.execute_local(op).await)
+        let op: LeaderOp = decode_payload(&request.into_inner().payload)?;
+        let payload = encode_payload(&self.node.execute_local(op).await)?;
+        Ok(Response::new(RaftMessage {
+            payload,
+            ..Default::default()
+        }))
     }
 }

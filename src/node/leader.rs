@@ -126,12 +126,20 @@ impl NodeHandle {
                     leader_hint: last_hint,
                 });
             }
-            // Wait for the leader to change (or a short pause), then try again.
+            // Wait until this node sees a different leader, or a short pause. (Waking on
+            // any metrics change would spin: openraft updates its metrics constantly.)
+            let seen = self.known_leader().map(|(id, _)| id);
             let mut metrics = self.raft.metrics();
-            let pause = tokio::time::sleep(Duration::from_millis(RETRY_PAUSE_MS));
-            tokio::select! {
-                _ = pause => {}
-                _ = metrics.changed() => {}
+            let leader_changed = async {
+                metrics
+                    .wait_for(|m| m.current_leader != seen)
+                    .await
+                    .map(|_| ())
+            };
+            let pause = Duration::from_millis(RETRY_PAUSE_MS);
+            let waited = tokio::time::timeout(pause, leader_changed).await;
+            if let Ok(Err(_)) = waited {
+                return Err(NodeError::ShuttingDown);
             }
         }
     }
@@ -147,7 +155,10 @@ impl NodeHandle {
             .map_err(|e| LeaderError::Failed(e.to_string()))?;
         let payload = encode(op).map_err(|e| LeaderError::Failed(e.to_string()))?;
         let mut client = RaftInternalClient::new(channel);
-        let call = client.execute(RaftMessage { payload });
+        let call = client.execute(RaftMessage {
+            payload,
+            ..Default::default()
+        });
         match tokio::time::timeout_at(deadline, call).await {
             Ok(Ok(response)) => {
                 decode::<Result<LeaderOpResult, LeaderError>>(&response.into_inner().payload)

@@ -1,5 +1,5 @@
-//! The Raft network client: openraft's RPCs as bincode payloads over the internal
-//! gRPC service, each call bounded by the timeout openraft gives it.
+//! The Raft network client: openraft's RPCs as bincode payloads over one internal
+//! gRPC stream per peer, each call bounded by the timeout openraft gives it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,13 +15,16 @@ use openraft::raft::{
 use openraft::RPCTypes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
+use tonic::Streaming;
 
 use super::codec::{decode, encode};
 use super::{Node, NodeId, TypeConfig};
 use crate::env::Network;
 use crate::proto::internal::raft_internal_client::RaftInternalClient;
-use crate::proto::internal::RaftMessage;
+use crate::proto::internal::{RaftKind, RaftMessage};
 
 /// Builds one client per peer.
 #[derive(Clone)]
@@ -47,6 +50,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             id: self.id,
             target,
             client: client.map_err(|e| e.to_string()),
+            stream: None,
+            next_request_id: 0,
         }
     }
 }
@@ -54,69 +59,118 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 /// Largest Raft message accepted over the wire, in bytes.
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
-/// The client to one peer.
+/// The client to one peer: one long-lived request stream, one request at a time
+/// (openraft never has two calls in flight on one client).
 pub struct PeerClient {
     id: NodeId,
     target: NodeId,
     client: Result<RaftInternalClient<Channel>, String>,
+    stream: Option<PeerStream>,
+    next_request_id: u64,
+}
+
+struct PeerStream {
+    requests: mpsc::Sender<RaftMessage>,
+    answers: Streaming<RaftMessage>,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct TransportError(String);
 
+type CallError<E> = RPCError<NodeId, Node, RaftError<NodeId, E>>;
+
 impl PeerClient {
+    fn unreachable<E: std::error::Error>(reason: String) -> CallError<E> {
+        RPCError::Unreachable(Unreachable::new(&TransportError(reason)))
+    }
+
+    /// Sends `message` on the request stream, opening one if there is none. A new
+    /// stream carries its first message with the call itself, so opening costs no extra
+    /// round trip.
+    async fn send<E: std::error::Error>(
+        &mut self,
+        message: RaftMessage,
+    ) -> Result<&mut PeerStream, CallError<E>> {
+        if let Some(stream) = &mut self.stream {
+            if stream.requests.send(message).await.is_err() {
+                return Err(Self::unreachable("request stream closed".into()));
+            }
+            return Ok(self.stream.as_mut().expect("checked above"));
+        }
+        let client = match &mut self.client {
+            Ok(client) => client,
+            Err(reason) => return Err(Self::unreachable(reason.clone())),
+        };
+        let (requests, outbound) = mpsc::channel(1);
+        // Cannot fail: the channel has room for one and the receiver is right here.
+        let _ = requests.try_send(message);
+        let answers = client
+            .raft(ReceiverStream::new(outbound))
+            .await
+            .map_err(|status| {
+                Self::unreachable(format!("{}: {}", status.code(), status.message()))
+            })?
+            .into_inner();
+        Ok(self.stream.insert(PeerStream { requests, answers }))
+    }
+
     async fn call<Req, Resp, E>(
         &mut self,
         action: RPCTypes,
+        kind: RaftKind,
         request: &Req,
         option: &RPCOption,
-    ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
+    ) -> Result<Resp, CallError<E>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let client = match &mut self.client {
-            Ok(client) => client,
-            Err(reason) => {
-                return Err(RPCError::Unreachable(Unreachable::new(&TransportError(
-                    reason.clone(),
-                ))))
-            }
-        };
         let payload = encode(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let message = RaftMessage { payload };
+        self.next_request_id += 1;
+        let id = self.next_request_id;
         let timeout: Duration = option.hard_ttl();
-        let call = async {
-            match action {
-                RPCTypes::Vote => client.vote(message).await,
-                RPCTypes::InstallSnapshot => client.install_snapshot(message).await,
-                _ => client.append_entries(message).await,
+        let exchange = async {
+            let message = RaftMessage {
+                payload,
+                id,
+                kind: kind as i32,
+            };
+            let stream = self.send::<E>(message).await?;
+            match stream.answers.message().await {
+                Ok(Some(answer)) if answer.id == id => Ok(answer),
+                Ok(Some(answer)) => Err(RPCError::Network(NetworkError::new(&TransportError(
+                    format!("answer {} to request {id}", answer.id),
+                )))),
+                Ok(None) => Err(Self::unreachable("answer stream ended".into())),
+                Err(status) => Err(Self::unreachable(format!(
+                    "{}: {}",
+                    status.code(),
+                    status.message()
+                ))),
             }
         };
-        let response = match tokio::time::timeout(timeout, call).await {
+        let answer = match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(error)) => {
+                // The stream is in an unknown state: open a new one next time.
+                self.stream = None;
+                return Err(error);
+            }
             Err(_) => {
+                // A late answer must not be taken for the next request's.
+                self.stream = None;
                 return Err(RPCError::Timeout(Timeout {
                     action,
                     id: self.id,
                     target: self.target,
                     timeout,
-                }))
+                }));
             }
-            Ok(Err(status)) => {
-                let error = TransportError(format!("{}: {}", status.code(), status.message()));
-                return Err(match status.code() {
-                    tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown => {
-                        RPCError::Unreachable(Unreachable::new(&error))
-                    }
-                    _ => RPCError::Network(NetworkError::new(&error)),
-                });
-            }
-            Ok(Ok(response)) => response.into_inner(),
         };
         let result: Result<Resp, RaftError<NodeId, E>> =
-            decode(&response.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            decode(&answer.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -127,7 +181,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        self.call(RPCTypes::AppendEntries, &rpc, &option).await
+        self.call(
+            RPCTypes::AppendEntries,
+            RaftKind::AppendEntries,
+            &rpc,
+            &option,
+        )
+        .await
     }
 
     async fn install_snapshot(
@@ -138,7 +198,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(RPCTypes::InstallSnapshot, &rpc, &option).await
+        self.call(
+            RPCTypes::InstallSnapshot,
+            RaftKind::InstallSnapshot,
+            &rpc,
+            &option,
+        )
+        .await
     }
 
     async fn vote(
@@ -146,6 +212,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        self.call(RPCTypes::Vote, &rpc, &option).await
+        self.call(RPCTypes::Vote, RaftKind::Vote, &rpc, &option)
+            .await
     }
 }
