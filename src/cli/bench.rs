@@ -164,13 +164,18 @@ pub async fn run_put(args: PutArgs) -> Result<(), CliError> {
         let rank = ((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
         latencies[rank - 1] as f64 / 1000.0
     };
-    let writes_per_second = latencies.len() as f64 / elapsed;
+    let per_second = latencies.len() as f64 / elapsed;
+    let unit = match args.operation {
+        Operation::Put => "writes",
+        Operation::Get | Operation::GetStale => "reads",
+    };
     let summary = serde_json::json!({
+        "operation": unit,
         "clients": args.clients,
         "seconds": elapsed,
-        "writes": latencies.len(),
+        "operations": latencies.len(),
         "errors": errors,
-        "writes_per_second": writes_per_second,
+        "per_second": per_second,
         "p50_ms": percentile(0.50),
         "p99_ms": percentile(0.99),
         "max_ms": latencies.last().map_or(0.0, |l| *l as f64 / 1000.0),
@@ -179,12 +184,12 @@ pub async fn run_put(args: PutArgs) -> Result<(), CliError> {
         println!("{summary}");
     } else {
         println!(
-            "clients={} writes={} errors={} seconds={:.1} writes/s={:.0} p50={:.2}ms p99={:.2}ms max={:.2}ms",
+            "clients={} {unit}={} errors={} seconds={:.1} {unit}/s={:.0} p50={:.2}ms p99={:.2}ms max={:.2}ms",
             args.clients,
             latencies.len(),
             errors,
             elapsed,
-            writes_per_second,
+            per_second,
             percentile(0.50),
             percentile(0.99),
             summary["max_ms"].as_f64().unwrap_or(0.0),
