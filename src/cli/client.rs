@@ -253,6 +253,16 @@ fn print_members(members: &[pb::Member], leader: Option<u64>) {
     print_table(&["ID", "ADDR", "ROLE", "LEADER"], &rows);
 }
 
+/// Prints the members after a membership change.
+fn print_membership(members: &[pb::Member], json: bool) -> Result<(), CliError> {
+    if json {
+        print_json(&serde_json::json!({"members": members_json(members)})).map_err(CliError::Failed)
+    } else {
+        print_members(members, None);
+        Ok(())
+    }
+}
+
 async fn cluster_command(
     client: &mut RegistryClient<Channel>,
     command: ClusterCommand,
@@ -299,24 +309,14 @@ async fn cluster_command(
                 .add_node(pb::AddNodeRequest { id, addr })
                 .await?
                 .into_inner();
-            if json {
-                print_json(&serde_json::json!({"members": members_json(&response.members)}))
-                    .map_err(CliError::Failed)?;
-            } else {
-                print_members(&response.members, None);
-            }
+            print_membership(&response.members, json)?;
         }
         ClusterCommand::RemoveNode { id } => {
             let response = client
                 .remove_node(pb::RemoveNodeRequest { id })
                 .await?
                 .into_inner();
-            if json {
-                print_json(&serde_json::json!({"members": members_json(&response.members)}))
-                    .map_err(CliError::Failed)?;
-            } else {
-                print_members(&response.members, None);
-            }
+            print_membership(&response.members, json)?;
         }
     }
     Ok(())

@@ -6,12 +6,10 @@ use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{
-    Entry, ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, RaftLogReader, StorageIOError, Vote,
-};
+use openraft::{Entry, ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, RaftLogReader, Vote};
 
 use super::codec::{decode, encode};
-use super::{LogId, NodeId, StorageError, TypeConfig};
+use super::{io_error, LogId, NodeId, StorageError, TypeConfig};
 use crate::env::Disk;
 
 const VOTE_KEY: &str = "vote";
@@ -21,14 +19,6 @@ const LAST_PURGED_KEY: &str = "last_purged";
 #[derive(Clone)]
 pub struct LogStore {
     disk: Arc<dyn Disk>,
-}
-
-fn io_error(
-    subject: ErrorSubject<NodeId>,
-    verb: ErrorVerb,
-    error: impl std::error::Error + 'static,
-) -> StorageError {
-    StorageIOError::new(subject, verb, openraft::AnyError::new(&error)).into()
 }
 
 impl LogStore {

@@ -49,5 +49,14 @@ pub type Node = openraft::BasicNode;
 pub type LogId = openraft::LogId<NodeId>;
 pub type StorageError = openraft::StorageError<NodeId>;
 
+/// A storage error as openraft wants it, from any error of ours.
+pub(crate) fn io_error(
+    subject: openraft::ErrorSubject<NodeId>,
+    verb: openraft::ErrorVerb,
+    error: impl std::error::Error + 'static,
+) -> StorageError {
+    openraft::StorageIOError::new(subject, verb, openraft::AnyError::new(&error)).into()
+}
+
 #[cfg(test)]
 mod tests;

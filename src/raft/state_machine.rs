@@ -9,13 +9,13 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use openraft::storage::RaftStateMachine;
 use openraft::{
     EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, Snapshot,
-    SnapshotMeta, StorageIOError, StoredMembership,
+    SnapshotMeta, StoredMembership,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use super::codec::{decode, encode};
-use super::{LogId, Node, NodeId, StorageError, TypeConfig};
+use super::{io_error, LogId, Node, NodeId, StorageError, TypeConfig};
 use crate::env::Disk;
 use crate::registry::{Change, Outcome, Registry};
 
@@ -109,14 +109,6 @@ pub struct StateMachineStore {
     view: Arc<RegistryView>,
 }
 
-fn io_error(
-    subject: ErrorSubject<NodeId>,
-    verb: ErrorVerb,
-    error: impl std::error::Error + 'static,
-) -> StorageError {
-    StorageIOError::new(subject, verb, openraft::AnyError::new(&error)).into()
-}
-
 impl StateMachineStore {
     /// Opens the state machine from the last snapshot on `disk`, if any.
     pub fn open(disk: Arc<dyn Disk>) -> Result<StateMachineStore, StorageError> {
@@ -173,20 +165,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             meta: meta.clone(),
             data,
         };
-        let bytes = encode(&stored).map_err(|e| {
-            io_error(
-                ErrorSubject::Snapshot(Some(meta.signature())),
-                ErrorVerb::Write,
-                e,
-            )
-        })?;
-        self.disk.put_meta(SNAPSHOT_KEY, bytes).await.map_err(|e| {
-            io_error(
-                ErrorSubject::Snapshot(Some(meta.signature())),
-                ErrorVerb::Write,
-                e,
-            )
-        })?;
+        self.save_snapshot(&stored).await?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(stored.data)),
@@ -268,20 +247,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta: meta.clone(),
             data,
         };
-        let bytes = encode(&stored).map_err(|e| {
-            io_error(
-                ErrorSubject::Snapshot(Some(meta.signature())),
-                ErrorVerb::Write,
-                e,
-            )
-        })?;
-        self.disk.put_meta(SNAPSHOT_KEY, bytes).await.map_err(|e| {
-            io_error(
-                ErrorSubject::Snapshot(Some(meta.signature())),
-                ErrorVerb::Write,
-                e,
-            )
-        })?;
+        self.save_snapshot(&stored).await?;
         let mut applied = self.view.write();
         applied.history.clear();
         applied.history_floor = registry.revision;
@@ -301,6 +267,22 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 }
 
 impl StateMachineStore {
+    /// Makes `stored` the current snapshot on disk (durable on return).
+    async fn save_snapshot(&self, stored: &StoredSnapshot) -> Result<(), StorageError> {
+        let error = |e: &dyn std::fmt::Display| {
+            io_error(
+                ErrorSubject::Snapshot(Some(stored.meta.signature())),
+                ErrorVerb::Write,
+                std::io::Error::other(e.to_string()),
+            )
+        };
+        let bytes = encode(stored).map_err(|e| error(&e))?;
+        self.disk
+            .put_meta(SNAPSHOT_KEY, bytes)
+            .await
+            .map_err(|e| error(&e))
+    }
+
     fn changes(&self) -> &broadcast::Sender<WatchMessage> {
         &self.view.changes
     }
