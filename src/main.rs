@@ -48,8 +48,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Parses the command line. Help and version print as usual; a usage error prints
+/// only its first line (the reason), like every other error, and exits with 2.
+fn parse_command_line() -> Cli {
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) if !error.use_stderr() => error.exit(),
+        Err(error) => {
+            let text = error.render().to_string();
+            let reason = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("error: invalid usage");
+            eprintln!("{reason}");
+            std::process::exit(2);
+        }
+    }
+}
+
 fn main() {
-    let cli = Cli::parse();
+    let cli = parse_command_line();
     // One scheduler thread: node logic never blocks (fsync runs on a blocking-pool
     // thread), and on small hosts a single thread avoids cross-thread wake-ups.
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -91,6 +91,19 @@ fn bad_client_input_is_refused_and_changes_nothing() -> Result<()> {
             ],
             "more than the limit",
         ),
+        (
+            vec![
+                "server",
+                "add",
+                "ok",
+                "--command",
+                "x",
+                "--replicas",
+                "many",
+            ],
+            "invalid value",
+        ),
+        (vec!["server", "add", "ok"], "required"),
         (vec!["server", "get", "nope"], "not found"),
         (vec!["server", "rm", "nope"], "not found"),
         (

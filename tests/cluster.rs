@@ -95,7 +95,7 @@ fn three_nodes_forward_fail_over_and_catch_up() -> Result<()> {
 }
 
 #[test]
-fn a_node_joins_as_voter_and_stops_on_sigterm() -> Result<()> {
+fn a_node_joins_as_voter_is_removed_and_nodes_stop_on_sigterm() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let first_addr = format!("127.0.0.1:{}", free_port());
     let mut first = NodeProcess::start(1, &first_addr, &dir.path().join("n1"), &[])?;
@@ -123,6 +123,27 @@ fn a_node_joins_as_voter_and_stops_on_sigterm() -> Result<()> {
     })?;
     // The joined node serves linearizable reads of what was written before it joined.
     ensure!(server_names(&second_addr, false)? == ["before-join"]);
+
+    // Removing the joined node leaves node 1 alone; it still accepts writes.
+    let removed = cli_json(&second_addr, &["cluster", "remove-node", "2"])?;
+    let members = removed["members"].as_array().cloned().unwrap_or_default();
+    ensure!(
+        members.len() == 1 && members[0]["id"] == 1,
+        "members: {members:?}"
+    );
+    eventually(Duration::from_secs(10), || {
+        cli_json(
+            &first_addr,
+            &["server", "add", "after-remove", "--command", "echo"],
+        )
+    })?;
+    // The last voter cannot be removed.
+    let output = cli(&first_addr, &["cluster", "remove-node", "1"]);
+    ensure!(
+        !output.status.success(),
+        "removing the last voter must fail"
+    );
+    ensure!(String::from_utf8_lossy(&output.stderr).contains("last voter"));
 
     // Graceful shutdown on SIGTERM, with exit status 0.
     let status = second.terminate(Duration::from_secs(10))?;

@@ -54,7 +54,7 @@ async fn find_leader(candidates: &[u64]) -> Result<u64, String> {
     for _ in 0..200 {
         for id in candidates {
             if let Ok(status) = client(*id)
-                .cluster_status(pb::ClusterStatusRequest { stale: true })
+                .cluster_status(pb::ClusterStatusRequest {})
                 .await
             {
                 if let Some(leader) = status.into_inner().leader_id {

@@ -271,7 +271,7 @@ async fn cluster_command(
     match command {
         ClusterCommand::Status => {
             let status = client
-                .cluster_status(pb::ClusterStatusRequest { stale: false })
+                .cluster_status(pb::ClusterStatusRequest {})
                 .await?
                 .into_inner();
             if json {
