@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -101,9 +102,14 @@ pub fn add_nodes(
         let id = config.id;
         let disk = Arc::new(MemoryDisk::new());
         disks.insert(id, disk.clone());
+        // Each start of the host is a new boot with its own seed, as a real restart is.
+        let boots = Arc::new(AtomicU64::new(0));
         sim.host(host_name(id), move || {
+            let boot = boots.fetch_add(1, Ordering::Relaxed);
             let env = Environment {
-                seed: seed ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                seed: seed
+                    ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                    ^ boot.wrapping_mul(0xd1b5_4a32_d192_ed03),
                 network: Arc::new(TurmoilNetwork),
                 disk: disk.clone(),
             };

@@ -5,6 +5,7 @@
 //! by the request timeout) and only then reports `NoLeader` with the last known leader.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -15,7 +16,7 @@ use super::{NodeError, NodeHandle};
 use crate::proto::internal::raft_internal_client::RaftInternalClient;
 use crate::proto::internal::RaftMessage;
 use crate::raft::codec::{decode, encode};
-use crate::raft::{LogId, NodeId};
+use crate::raft::{LogId, NodeId, Proposal, RequestId};
 use crate::registry::{Command, Outcome};
 
 /// Pause between attempts while the cluster has no reachable leader.
@@ -27,7 +28,7 @@ const JOIN_BACKOFF_MAX_MS: u64 = 2_000;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum LeaderOp {
     /// Commit a registry command.
-    Propose(Box<Command>),
+    Propose(Box<Proposal>),
     /// Confirm leadership and return the index a linearizable read must wait for.
     ReadIndex,
     /// Add a node (as a learner, then as a voter while there are fewer than
@@ -172,9 +173,9 @@ impl NodeHandle {
     /// Carries out `op` if this node is the leader.
     pub async fn execute_local(&self, op: LeaderOp) -> Result<LeaderOpResult, LeaderError> {
         match op {
-            LeaderOp::Propose(command) => self
+            LeaderOp::Propose(proposal) => self
                 .proposer
-                .propose(*command)
+                .propose(*proposal)
                 .await
                 .map(LeaderOpResult::Outcome),
             LeaderOp::ReadIndex => match self.raft.get_read_log_id().await {
@@ -294,9 +295,19 @@ impl NodeHandle {
         }
     }
 
-    /// Commits `command` and returns its outcome.
+    /// Commits `command` and returns its outcome. However often the attempt is retried
+    /// (a lost answer, a leader change), the command is applied at most once.
     pub async fn propose(&self, command: Command) -> Result<Outcome, NodeError> {
-        match self.on_leader(LeaderOp::Propose(Box::new(command))).await? {
+        let id = RequestId {
+            node: self.id(),
+            boot: self.boot,
+            seq: self.next_request.fetch_add(1, Ordering::Relaxed),
+        };
+        let proposal = Proposal { id, command };
+        match self
+            .on_leader(LeaderOp::Propose(Box::new(proposal)))
+            .await?
+        {
             LeaderOpResult::Outcome(outcome) => Ok(outcome),
             other => Err(NodeError::Raft(format!("unexpected answer {other:?}"))),
         }

@@ -7,6 +7,7 @@ mod leader;
 mod proposer;
 
 use std::future::Future;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +50,9 @@ pub struct NodeHandle {
     pub raft: Raft,
     pub view: Arc<RegistryView>,
     proposer: Proposer,
+    /// Drawn at start; with `next_request` it names this node's writes (`RequestId`).
+    boot: u64,
+    next_request: AtomicU64,
     network: Arc<dyn Network>,
     /// Channels to other nodes' APIs, by address.
     peers: DashMap<String, Channel>,
@@ -124,6 +128,8 @@ pub async fn run(
         raft: raft.clone(),
         view,
         proposer: Proposer::start(raft.clone()),
+        boot: env.seed,
+        next_request: AtomicU64::new(0),
         network: env.network.clone(),
         peers: DashMap::new(),
         shutdown: stop_rx,

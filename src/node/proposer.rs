@@ -11,8 +11,8 @@ use openraft::error::ClientWriteError;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::LeaderError;
-use crate::raft::{Batch, Raft};
-use crate::registry::{Command, Outcome};
+use crate::raft::{Batch, Proposal, Raft};
+use crate::registry::Outcome;
 
 /// Writes waiting for the proposer, beyond which callers wait (backpressure).
 pub const MAX_PENDING_PROPOSALS: usize = 4_096;
@@ -24,15 +24,15 @@ pub const MAX_BATCHES_IN_FLIGHT: usize = 32;
 
 type Reply = oneshot::Sender<Result<Outcome, LeaderError>>;
 
-struct Proposal {
-    command: Command,
+struct Pending {
+    proposal: Proposal,
     reply: Reply,
 }
 
 /// The handle writers use; cheap to clone.
 #[derive(Clone)]
 pub struct Proposer {
-    queue: mpsc::Sender<Proposal>,
+    queue: mpsc::Sender<Pending>,
 }
 
 impl Proposer {
@@ -43,11 +43,11 @@ impl Proposer {
         Proposer { queue }
     }
 
-    /// Submits `command` and waits for its outcome.
-    pub async fn propose(&self, command: Command) -> Result<Outcome, LeaderError> {
+    /// Submits `proposal` and waits for its outcome.
+    pub async fn propose(&self, proposal: Proposal) -> Result<Outcome, LeaderError> {
         let (reply, outcome) = oneshot::channel();
         self.queue
-            .send(Proposal { command, reply })
+            .send(Pending { proposal, reply })
             .await
             .map_err(|_| LeaderError::Failed("node is shutting down".into()))?;
         outcome
@@ -56,16 +56,16 @@ impl Proposer {
     }
 }
 
-async fn run(raft: Raft, mut pending: mpsc::Receiver<Proposal>) {
+async fn run(raft: Raft, mut pending: mpsc::Receiver<Pending>) {
     let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
-    let mut proposals = Vec::with_capacity(MAX_BATCH_COMMANDS);
-    while pending.recv_many(&mut proposals, MAX_BATCH_COMMANDS).await > 0 {
+    let mut waiting = Vec::with_capacity(MAX_BATCH_COMMANDS);
+    while pending.recv_many(&mut waiting, MAX_BATCH_COMMANDS).await > 0 {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let (commands, replies): (Vec<Command>, Vec<Reply>) =
-            proposals.drain(..).map(|p| (p.command, p.reply)).unzip();
-        match raft.client_write_ff(Batch { commands }).await {
+        let (proposals, replies): (Vec<Proposal>, Vec<Reply>) =
+            waiting.drain(..).map(|p| (p.proposal, p.reply)).unzip();
+        match raft.client_write_ff(Batch { proposals }).await {
             Ok(response) => {
                 tokio::spawn(async move {
                     let result = response.await;
@@ -113,8 +113,9 @@ fn deliver(result: WriteResult, replies: Vec<Reply>) {
         Ok(Err(ClientWriteError::ChangeMembershipError(error))) => {
             fail_all(replies, LeaderError::Failed(error.to_string()))
         }
-        // Raft dropped the request (it stopped leading or is shutting down): the
-        // callers look for the leader again.
+        // Raft dropped the request (it stopped leading or is shutting down). The entry
+        // may still commit under the next leader: the callers retry with the same
+        // request ids, which the state machine applies at most once.
         Err(_) => fail_all(replies, LeaderError::NotLeader { leader: None }),
     }
 }

@@ -15,19 +15,36 @@ use std::io::Cursor;
 
 pub use log_store::LogStore;
 pub use network::NetworkFactory;
-pub use state_machine::{RegistryView, StateMachineStore, WatchMessage};
+pub use state_machine::{RecentRequests, RegistryView, StateMachineStore, WatchMessage};
 
 use serde::{Deserialize, Serialize};
 
 use crate::env::SeededRuntime;
 use crate::registry::{Command, Outcome};
 
-/// One Raft entry: registry commands applied in order. Writes that arrive together
-/// share an entry, so the per-entry cost of Raft (log append, replication, fsync) is
-/// paid once for all of them.
+/// Names one client write across retries: the node that took it, that node's boot (a
+/// random number drawn at start, so a restarted node never reuses an id), and a counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RequestId {
+    pub node: NodeId,
+    pub boot: u64,
+    pub seq: u64,
+}
+
+/// A registry command with the id that makes retrying it safe: the state machine
+/// applies each id at most once and answers a repeat with the first outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub id: RequestId,
+    pub command: Command,
+}
+
+/// One Raft entry: proposals applied in order. Writes that arrive together share an
+/// entry, so the per-entry cost of Raft (log append, replication, fsync) is paid once
+/// for all of them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
-    pub commands: Vec<Command>,
+    pub proposals: Vec<Proposal>,
 }
 
 openraft::declare_raft_types!(
