@@ -21,6 +21,8 @@ use crate::registry::{Command, Outcome};
 
 /// Pause between attempts while the cluster has no reachable leader.
 const RETRY_PAUSE_MS: u64 = 25;
+/// Leader hints a joining node follows before it pauses.
+const MAX_JOIN_HINTS: u32 = 3;
 /// Longest pause between attempts to join a cluster.
 const JOIN_BACKOFF_MAX_MS: u64 = 2_000;
 
@@ -331,6 +333,8 @@ pub(super) async fn join(handle: &NodeHandle, join_addr: &str) -> Result<(), Nod
     };
     let mut backoff_ms = 100;
     let mut target = join_addr.to_string();
+    // Hints followed without a pause; stale hints could otherwise bounce for ever.
+    let mut hints_followed = 0;
     loop {
         if handle.members().iter().any(|m| m.id == handle.id()) && handle.known_leader().is_some() {
             // Already a member (restarted from its data dir).
@@ -352,13 +356,15 @@ pub(super) async fn join(handle: &NodeHandle, join_addr: &str) -> Result<(), Nod
             // Follow the hint straight to the leader.
             Err(LeaderError::NotLeader {
                 leader: Some((_, leader_addr)),
-            }) if leader_addr != target => {
+            }) if leader_addr != target && hints_followed < MAX_JOIN_HINTS => {
+                hints_followed += 1;
                 target = leader_addr;
                 continue;
             }
             Err(error) => {
                 tracing::info!(%target, %error, backoff_ms, "join not accepted yet");
                 target = join_addr.to_string();
+                hints_followed = 0;
             }
         }
         let mut shutdown = handle.shutdown.clone();
