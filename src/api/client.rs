@@ -270,6 +270,7 @@ impl Registry for ClientApi {
             revision,
             members: members_to_proto(self.node.members()),
             server_count,
+            data_bytes: self.node.disk_size(),
         }))
     }
 

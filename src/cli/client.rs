@@ -73,7 +73,11 @@ fn source_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(inner) = source {
-        text = format!("{text}: {inner}");
+        // Layers often repeat their inner error's text; say each part once.
+        let part = inner.to_string();
+        if !text.ends_with(&part) {
+            text = format!("{text}: {part}");
+        }
         source = inner.source();
     }
     text
@@ -284,6 +288,7 @@ async fn cluster_command(
                     "applied_index": status.applied_index,
                     "revision": status.revision,
                     "server_count": status.server_count,
+                    "data_bytes": status.data_bytes,
                     "members": members_json(&status.members),
                 }))
                 .map_err(CliError::Failed)?;
@@ -294,13 +299,14 @@ async fn cluster_command(
                     .leader_id
                     .map_or("none".to_string(), |id| id.to_string());
                 println!(
-                    "answered by node {}; leader {leader}; term {}; commit {}; applied {}; revision {}; servers {}",
+                    "answered by node {}; leader {leader}; term {}; commit {}; applied {}; revision {}; servers {}; data {} KiB",
                     status.node_id,
                     status.term,
                     status.commit_index,
                     status.applied_index,
                     status.revision,
-                    status.server_count
+                    status.server_count,
+                    status.data_bytes / 1024
                 );
             }
         }

@@ -19,7 +19,7 @@ pub use config::{Config, ConfigError};
 pub use leader::{LeaderError, LeaderOp, LeaderOpResult, Member};
 pub use proposer::Proposer;
 
-use crate::env::{Environment, Network, NetworkError};
+use crate::env::{Disk, Environment, Network, NetworkError};
 use crate::raft::{LogStore, NetworkFactory, NodeId, Raft, RegistryView, StateMachineStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +57,7 @@ pub struct NodeHandle {
     /// Channels to other nodes' APIs, by address.
     peers: DashMap<String, Channel>,
     shutdown: watch::Receiver<bool>,
-    disk_size: Box<dyn Fn() -> u64 + Send + Sync>,
+    disk: Arc<dyn Disk>,
 }
 
 impl NodeHandle {
@@ -83,8 +83,9 @@ impl NodeHandle {
         }
     }
 
+    /// Bytes this node's storage takes on disk.
     pub fn disk_size(&self) -> u64 {
-        (self.disk_size)()
+        self.disk.size_on_disk()
     }
 
     pub fn request_timeout(&self) -> Duration {
@@ -100,10 +101,15 @@ pub async fn run(
 ) -> Result<(), NodeError> {
     config.validate()?;
     let id = config.id;
-    let log_store =
-        LogStore::open(env.disk.clone()).map_err(|e| NodeError::Storage(e.to_string()))?;
-    let state_machine =
-        StateMachineStore::open(env.disk.clone()).map_err(|e| NodeError::Storage(e.to_string()))?;
+    // What sled opened but cannot be decoded is as corrupt as what sled cannot open.
+    let corrupt = |e: crate::raft::StorageError| {
+        NodeError::Storage(format!(
+            "data dir {} is corrupt: {e}",
+            config.data_dir.display()
+        ))
+    };
+    let log_store = LogStore::open(env.disk.clone()).map_err(corrupt)?;
+    let state_machine = StateMachineStore::open(env.disk.clone()).map_err(corrupt)?;
     let view = state_machine.view();
     let raft_config = Arc::new(
         config
@@ -122,7 +128,6 @@ pub async fn run(
 
     let incoming = env.network.listen(&config.listen).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let disk = env.disk.clone();
     let handle = Arc::new(NodeHandle {
         config: config.clone(),
         raft: raft.clone(),
@@ -133,7 +138,7 @@ pub async fn run(
         network: env.network.clone(),
         peers: DashMap::new(),
         shutdown: stop_rx,
-        disk_size: Box::new(move || disk.size_on_disk()),
+        disk: env.disk.clone(),
     });
 
     let server = tokio::spawn(crate::api::serve(handle.clone(), incoming));
