@@ -16,6 +16,9 @@ struct Args {
     /// Run seeds 0..N.
     #[arg(long, default_value_t = 10)]
     seeds: u64,
+    /// Run every seed twice and fail if the two traces differ.
+    #[arg(long)]
+    check_determinism: bool,
     /// The scenario to run.
     #[arg(long, default_value = "leader-crash", value_parser = ["leader-crash"])]
     scenario: String,
@@ -39,20 +42,39 @@ fn main() {
     let mut failed = 0;
     let mut sim_seconds = 0.0;
     for seed in &seeds {
-        match mcpfleet_sim::scenarios::leader_crash(*seed) {
+        let run = mcpfleet_sim::scenarios::leader_crash(*seed).and_then(|report| {
+            if !args.check_determinism {
+                return Ok(report);
+            }
+            let again = mcpfleet_sim::scenarios::leader_crash(*seed)?;
+            if again.trace_hash != report.trace_hash {
+                return Err(format!(
+                    "not deterministic: trace hash {:016x} then {:016x}",
+                    report.trace_hash, again.trace_hash
+                ));
+            }
+            Ok(report)
+        });
+        match run {
             Ok(report) => {
                 sim_seconds += report.sim_seconds;
                 if args.seed.is_some() {
                     for event in &report.events {
                         println!("{event}");
                     }
+                    println!("trace hash {:016x}", report.trace_hash);
                 }
             }
             Err(error) => {
                 failed += 1;
                 println!("seed {seed} FAILED: {error}");
+                let check = if args.check_determinism {
+                    " --check-determinism"
+                } else {
+                    ""
+                };
                 println!(
-                    "replay: cargo run --release -p mcpfleet-sim -- --scenario {} --seed {seed}",
+                    "replay: cargo run --release -p mcpfleet-sim -- --scenario {} --seed {seed}{check}",
                     args.scenario
                 );
             }

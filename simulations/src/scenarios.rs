@@ -1,9 +1,12 @@
 //! Scenarios: each named after what it breaks.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
+use mcpfleet::env::MemoryDisk;
 use mcpfleet::proto::v1 as pb;
 
 use crate::{add_nodes, client, cluster_configs, host_name};
@@ -15,6 +18,22 @@ pub struct Report {
     pub sim_seconds: f64,
     /// Human-readable events, in order.
     pub events: Vec<String>,
+    /// A hash of the events and of every node's disk at the end: two runs of one seed
+    /// must give the same value.
+    pub trace_hash: u64,
+}
+
+fn trace_hash(events: &[String], sim_seconds: f64, disks: &BTreeMap<u64, Arc<MemoryDisk>>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: stable across runs and processes.
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    events.hash(&mut hasher);
+    sim_seconds.to_bits().hash(&mut hasher);
+    for (id, disk) in disks {
+        id.hash(&mut hasher);
+        disk.fingerprint().hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 fn spec(name: &str) -> pb::PutServerRequest {
@@ -97,7 +116,7 @@ pub fn leader_crash(seed: u64) -> Result<Report, String> {
         .max_message_latency(Duration::from_millis(10))
         .tcp_capacity(4096)
         .build();
-    add_nodes(&mut sim, seed, cluster_configs(3));
+    let disks = add_nodes(&mut sim, seed, cluster_configs(3));
     let events = Rc::new(RefCell::new(Vec::<String>::new()));
     let leader = Rc::new(RefCell::new(None::<u64>));
 
@@ -118,6 +137,8 @@ pub fn leader_crash(seed: u64) -> Result<Report, String> {
     )?;
     let crashed = leader.borrow().expect("set above");
     sim.crash(host_name(crashed));
+    // The machine went down with the process: what was not synced is gone.
+    disks[&crashed].crash();
     events
         .borrow_mut()
         .push(format!("crashed node {crashed} at {:?}", sim.elapsed()));
@@ -186,9 +207,11 @@ pub fn leader_crash(seed: u64) -> Result<Report, String> {
         "before the restarted node caught up",
     )?;
     let events = events.borrow().clone();
+    let sim_seconds = sim.elapsed().as_secs_f64();
     Ok(Report {
         seed,
-        sim_seconds: sim.elapsed().as_secs_f64(),
+        sim_seconds,
+        trace_hash: trace_hash(&events, sim_seconds, &disks),
         events,
     })
 }

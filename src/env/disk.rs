@@ -227,21 +227,70 @@ impl std::fmt::Debug for SledDisk {
     }
 }
 
-/// In-memory storage. Shared through an `Arc`, it outlives a simulated crash.
+/// In-memory storage. Shared through an `Arc`, it outlives a simulated crash; `crash()`
+/// then drops what was written but not yet made durable, as a power loss would.
 #[derive(Debug, Default)]
 pub struct MemoryDisk {
     inner: Mutex<MemoryContents>,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 struct MemoryContents {
     log: BTreeMap<u64, Vec<u8>>,
     meta: BTreeMap<String, Vec<u8>>,
+    /// How to undo each change made since the last sync, oldest first.
+    unsynced: Vec<Undo>,
+}
+
+#[derive(Debug)]
+enum Undo {
+    /// A log write: the entry that was at `index` before, if any.
+    LogWrite {
+        index: u64,
+        previous: Option<Vec<u8>>,
+    },
+    /// A purge: the entries it removed.
+    Purge { removed: BTreeMap<u64, Vec<u8>> },
 }
 
 impl MemoryDisk {
     pub fn new() -> MemoryDisk {
         MemoryDisk::default()
+    }
+
+    /// Loses every change not yet made durable, newest first: what a crash of the
+    /// machine leaves behind.
+    pub fn crash(&self) {
+        let mut contents = self.contents();
+        while let Some(undo) = contents.unsynced.pop() {
+            match undo {
+                Undo::LogWrite {
+                    index,
+                    previous: Some(bytes),
+                } => {
+                    contents.log.insert(index, bytes);
+                }
+                Undo::LogWrite {
+                    index,
+                    previous: None,
+                } => {
+                    contents.log.remove(&index);
+                }
+                Undo::Purge { mut removed } => contents.log.append(&mut removed),
+            }
+        }
+    }
+
+    /// A hash of everything stored, the same for the same contents in every run (the
+    /// simulator compares runs of one seed with it).
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        // SipHash with fixed keys: stable across runs and processes.
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        let contents = self.contents();
+        contents.log.hash(&mut hasher);
+        contents.meta.hash(&mut hasher);
+        hasher.finish()
     }
 
     fn contents(&self) -> std::sync::MutexGuard<'_, MemoryContents> {
@@ -256,12 +305,14 @@ impl Disk for MemoryDisk {
     fn append_log(&self, entries: Vec<(u64, Vec<u8>)>) -> Result<(), DiskError> {
         let mut contents = self.contents();
         for (index, bytes) in entries {
-            contents.log.insert(index, bytes);
+            let previous = contents.log.insert(index, bytes);
+            contents.unsynced.push(Undo::LogWrite { index, previous });
         }
         Ok(())
     }
 
     async fn sync(&self) -> Result<(), DiskError> {
+        self.contents().unsynced.clear();
         Ok(())
     }
 
@@ -286,21 +337,28 @@ impl Disk for MemoryDisk {
     }
 
     async fn truncate_log(&self, from: u64) -> Result<(), DiskError> {
-        self.contents().log.split_off(&from);
+        let mut contents = self.contents();
+        contents.log.split_off(&from);
+        // Durable on return, and (like an fsync) everything written before with it.
+        contents.unsynced.clear();
         Ok(())
     }
 
     async fn purge_log(&self, upto: u64) -> Result<(), DiskError> {
         let mut contents = self.contents();
-        contents.log = match upto.checked_add(1) {
+        let kept = match upto.checked_add(1) {
             Some(first_kept) => contents.log.split_off(&first_kept),
             None => BTreeMap::new(),
         };
+        let removed = std::mem::replace(&mut contents.log, kept);
+        contents.unsynced.push(Undo::Purge { removed });
         Ok(())
     }
 
     async fn put_meta(&self, key: &str, value: Vec<u8>) -> Result<(), DiskError> {
-        self.contents().meta.insert(key.to_string(), value);
+        let mut contents = self.contents();
+        contents.meta.insert(key.to_string(), value);
+        contents.unsynced.clear();
         Ok(())
     }
 
@@ -313,5 +371,33 @@ impl Disk for MemoryDisk {
         let log: usize = contents.log.values().map(|v| v.len() + 8).sum();
         let meta: usize = contents.meta.iter().map(|(k, v)| k.len() + v.len()).sum();
         (log + meta) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_crash_loses_exactly_what_was_not_synced() {
+        let disk = MemoryDisk::new();
+        disk.append_log(vec![(1, b"a".to_vec()), (2, b"b".to_vec())])
+            .unwrap();
+        disk.sync().await.unwrap();
+        disk.append_log(vec![(2, b"B".to_vec()), (3, b"c".to_vec())])
+            .unwrap();
+        disk.purge_log(1).await.unwrap();
+        disk.crash();
+        // The synced entries are back as they were; the unsynced writes and purge are gone.
+        assert_eq!(
+            disk.read_log(0, 10).unwrap(),
+            vec![(1, b"a".to_vec()), (2, b"b".to_vec())]
+        );
+        // A durable metadata write makes earlier writes durable too, as an fsync does.
+        disk.append_log(vec![(3, b"c".to_vec())]).unwrap();
+        disk.put_meta("vote", b"v".to_vec()).await.unwrap();
+        disk.crash();
+        assert_eq!(disk.last_log().unwrap(), Some((3, b"c".to_vec())));
+        assert_eq!(disk.get_meta("vote").unwrap(), Some(b"v".to_vec()));
     }
 }
