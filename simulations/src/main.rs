@@ -24,6 +24,22 @@ struct Args {
     scenario: String,
 }
 
+/// Runs `--seed seed` in a fresh process and returns the trace hash it prints.
+fn trace_hash_of_replay(seed: u64, scenario: &str) -> Result<String, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+    let output = std::process::Command::new(exe)
+        .args(["--scenario", scenario, "--seed", &seed.to_string()])
+        .env_remove("RUST_LOG")
+        .output()
+        .map_err(|e| format!("cannot run a replay: {e}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("trace hash "))
+        .map(str::to_string)
+        .ok_or_else(|| format!("the replay of seed {seed} printed no trace hash: {stdout}"))
+}
+
 fn main() {
     let args = Args::parse();
     // Node logs, for replaying a seed: RUST_LOG=mcpfleet=debug,openraft=info.
@@ -46,11 +62,13 @@ fn main() {
             if !args.check_determinism {
                 return Ok(report);
             }
-            let again = mcpfleet_sim::scenarios::leader_crash(*seed)?;
-            if again.trace_hash != report.trace_hash {
+            // Two fresh processes, as a replay would be: in one process, state that
+            // outlives a simulation can still differ between consecutive runs.
+            let first = trace_hash_of_replay(*seed, &args.scenario)?;
+            let second = trace_hash_of_replay(*seed, &args.scenario)?;
+            if first != second {
                 return Err(format!(
-                    "not deterministic: trace hash {:016x} then {:016x}",
-                    report.trace_hash, again.trace_hash
+                    "not deterministic: trace hash {first} then {second}"
                 ));
             }
             Ok(report)
