@@ -110,7 +110,7 @@ pub fn leader_crash(seed: u64) -> Result<Report, String> {
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
         .simulation_duration(Duration::from_secs(120))
-        // A LAN, which the production timings (election timeout 150-300 ms) are made for;
+        // A LAN, which the production timings (election timeout 120-240 ms) are made for;
         // turmoil's default of up to 100 ms per message is a WAN.
         .min_message_latency(Duration::from_millis(1))
         .max_message_latency(Duration::from_millis(10))

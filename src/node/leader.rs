@@ -19,6 +19,9 @@ use crate::raft::codec::{decode, encode};
 use crate::raft::{LogId, NodeId, Proposal, RequestId};
 use crate::registry::{Command, Outcome};
 
+/// Longest wait for the leader's answer to one forwarded write or read index, before
+/// looking for the leader again.
+const ATTEMPT_TIMEOUT_MS: u64 = 1_000;
 /// Pause between attempts while the cluster has no reachable leader.
 const RETRY_PAUSE_MS: u64 = 25;
 /// Leader hints a joining node follows before it pauses.
@@ -107,7 +110,17 @@ impl NodeHandle {
                 Some((id, _)) if id == self.id() => self.execute_local(op.clone()).await,
                 Some((id, addr)) => {
                     last_hint = Some((id, addr.clone()));
-                    self.execute_remote(&addr, &op, deadline).await
+                    // A leader that is cut off but alive would hold the call until the
+                    // deadline; bound each attempt so a newly elected leader is found.
+                    // (Writes carry request ids: retrying one is safe.) Membership
+                    // changes wait for a learner to catch up, so they get the whole time.
+                    let attempt_deadline = match op {
+                        LeaderOp::AddNode { .. } | LeaderOp::RemoveNode { .. } => deadline,
+                        _ => deadline.min(
+                            tokio::time::Instant::now() + Duration::from_millis(ATTEMPT_TIMEOUT_MS),
+                        ),
+                    };
+                    self.execute_remote(&addr, &op, attempt_deadline).await
                 }
                 None => Err(LeaderError::NotLeader { leader: None }),
             };
