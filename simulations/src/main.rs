@@ -20,7 +20,7 @@ struct Args {
     #[arg(long)]
     check_determinism: bool,
     /// The scenario to run.
-    #[arg(long, default_value = "leader-crash", value_parser = ["leader-crash"])]
+    #[arg(long, default_value = "leader-crash", value_parser = mcpfleet_sim::scenarios::SCENARIOS)]
     scenario: String,
 }
 
@@ -58,7 +58,7 @@ fn main() {
     let mut failed = 0;
     let mut sim_seconds = 0.0;
     for seed in &seeds {
-        let run = mcpfleet_sim::scenarios::leader_crash(*seed).and_then(|report| {
+        let run = mcpfleet_sim::scenarios::run(&args.scenario, *seed).and_then(|report| {
             if !args.check_determinism {
                 return Ok(report);
             }

@@ -68,6 +68,19 @@ fn run_until(
     }
 }
 
+/// A simulation of hosts on a LAN, seeded.
+fn lan_sim(seed: u64) -> turmoil::Sim<'static> {
+    turmoil::Builder::new()
+        .rng_seed(seed)
+        .simulation_duration(Duration::from_secs(120))
+        // A LAN, which the production timings (election timeout 120-240 ms) are made for;
+        // turmoil's default of up to 100 ms per message is a WAN.
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(10))
+        .tcp_capacity(4096)
+        .build()
+}
+
 /// Polls the nodes in `candidates` until one reports a leader.
 async fn find_leader(candidates: &[u64]) -> Result<u64, String> {
     for _ in 0..200 {
@@ -107,15 +120,7 @@ async fn put_until_acknowledged(node: u64, name: &str) -> Result<u64, String> {
 /// survivor must be acknowledged and both writes must be readable on the other
 /// survivor. The crashed node then restarts from its disk and must catch up.
 pub fn leader_crash(seed: u64) -> Result<Report, String> {
-    let mut sim = turmoil::Builder::new()
-        .rng_seed(seed)
-        .simulation_duration(Duration::from_secs(120))
-        // A LAN, which the production timings (election timeout 120-240 ms) are made for;
-        // turmoil's default of up to 100 ms per message is a WAN.
-        .min_message_latency(Duration::from_millis(1))
-        .max_message_latency(Duration::from_millis(10))
-        .tcp_capacity(4096)
-        .build();
+    let mut sim = lan_sim(seed);
     let disks = add_nodes(&mut sim, seed, cluster_configs(3));
     let events = Rc::new(RefCell::new(Vec::<String>::new()));
     let leader = Rc::new(RefCell::new(None::<u64>));
@@ -214,4 +219,211 @@ pub fn leader_crash(seed: u64) -> Result<Report, String> {
         trace_hash: trace_hash(&events, sim_seconds, &disks),
         events,
     })
+}
+
+/// Who each node says leads, by term: a checker for "at most one leader per term".
+#[derive(Default)]
+struct LeaderObservations {
+    by_term: BTreeMap<u64, u64>,
+}
+
+impl LeaderObservations {
+    /// Records who the nodes said leads in which term.
+    fn record(&mut self, observed: Vec<(u64, u64)>) -> Result<(), String> {
+        for (term, leader) in observed {
+            if let Some(other) = self.by_term.insert(term, leader) {
+                if other != leader {
+                    return Err(format!(
+                        "two leaders in term {term}: node {other} and node {leader}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Asks every node in `nodes` for its term and leader; nodes that do not answer or know
+/// no leader are left out.
+async fn observe_leaders(nodes: &[u64]) -> Vec<(u64, u64)> {
+    let mut observed = Vec::new();
+    for id in nodes {
+        if let Ok(status) = client(*id)
+            .cluster_status(pb::ClusterStatusRequest {})
+            .await
+        {
+            let status = status.into_inner();
+            if let Some(leader) = status.leader_id {
+                observed.push((status.term, leader));
+            }
+        }
+    }
+    observed
+}
+
+/// Three nodes; the leader is cut off from both others. The majority side must elect
+/// a leader and acknowledge a write; a write sent to the old leader must not be
+/// acknowledged while it is cut off. After the partition heals, every node must hold
+/// every acknowledged write, and no term may ever have had two leaders.
+pub fn leader_partition(seed: u64) -> Result<Report, String> {
+    let mut sim = lan_sim(seed);
+    let disks = add_nodes(&mut sim, seed, cluster_configs(3));
+    let events = Rc::new(RefCell::new(Vec::<String>::new()));
+    let observations = Rc::new(RefCell::new(LeaderObservations::default()));
+    let leader = Rc::new(RefCell::new(None::<u64>));
+
+    let (log, found, seen) = (events.clone(), leader.clone(), observations.clone());
+    sim.client("client-before", async move {
+        let id = find_leader(&[1, 2, 3]).await?;
+        let revision = put_until_acknowledged(id, "before").await?;
+        log.borrow_mut().push(format!(
+            "leader is node {id}; 'before' acknowledged at revision {revision}"
+        ));
+        let observed = observe_leaders(&[1, 2, 3]).await;
+        seen.borrow_mut().record(observed)?;
+        *found.borrow_mut() = Some(id);
+        Ok(())
+    });
+    run_until(
+        &mut sim,
+        || leader.borrow().is_some(),
+        "before the first write",
+    )?;
+    let isolated = leader.borrow().expect("set above");
+    let majority: Vec<u64> = (1..=3).filter(|id| *id != isolated).collect();
+    for other in &majority {
+        sim.partition(host_name(isolated), host_name(*other));
+    }
+    events
+        .borrow_mut()
+        .push(format!("cut node {isolated} off at {:?}", sim.elapsed()));
+
+    let acknowledged = Rc::new(RefCell::new(vec!["before".to_string()]));
+    let (log, done, seen, acked) = (
+        events.clone(),
+        Rc::new(RefCell::new(false)),
+        observations.clone(),
+        acknowledged.clone(),
+    );
+    let finished = done.clone();
+    let nodes = majority.clone();
+    sim.client("client-majority", async move {
+        let revision = put_until_acknowledged(nodes[0], "during").await?;
+        acked.borrow_mut().push("during".into());
+        let leader = find_leader(&nodes).await?;
+        log.borrow_mut().push(format!(
+            "majority leader is node {leader}; 'during' acknowledged at revision {revision}"
+        ));
+        let observed = observe_leaders(&[1, 2, 3]).await;
+        seen.borrow_mut().record(observed)?;
+        *finished.borrow_mut() = true;
+        Ok(())
+    });
+    let (log, acked) = (events.clone(), acknowledged.clone());
+    sim.client("client-minority", async move {
+        // One attempt through the cut-off node: it cannot reach a quorum, so it must
+        // not acknowledge while the partition lasts.
+        match client(isolated).put_server(spec("minority")).await {
+            Ok(response) => {
+                acked.borrow_mut().push("minority".into());
+                log.borrow_mut().push(format!(
+                    "'minority' acknowledged at revision {} (after the partition healed)",
+                    response.into_inner().revision
+                ));
+            }
+            Err(status) => log
+                .borrow_mut()
+                .push(format!("'minority' refused: {}", status.code())),
+        }
+        Ok(())
+    });
+    run_until(
+        &mut sim,
+        || *done.borrow(),
+        "before the majority acknowledged a write",
+    )?;
+    if acknowledged.borrow().iter().any(|n| n == "minority") {
+        return Err(format!(
+            "node {isolated} acknowledged a write while cut off from the majority"
+        ));
+    }
+    for other in &majority {
+        sim.repair(host_name(isolated), host_name(*other));
+    }
+    events
+        .borrow_mut()
+        .push(format!("healed the partition at {:?}", sim.elapsed()));
+
+    let (log, done, seen, acked) = (
+        events.clone(),
+        Rc::new(RefCell::new(false)),
+        observations.clone(),
+        acknowledged.clone(),
+    );
+    let finished = done.clone();
+    sim.client("client-after", async move {
+        // Let the minority write finish one way or the other (its deadline is 5 s).
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        for _ in 0..100 {
+            let observed = observe_leaders(&[1, 2, 3]).await;
+            seen.borrow_mut().record(observed)?;
+            let mut converged = true;
+            for id in 1..=3 {
+                let listed = client(id)
+                    .list_servers(pb::ListServersRequest { stale: true })
+                    .await;
+                let names: Vec<String> = match listed {
+                    Ok(listed) => listed
+                        .into_inner()
+                        .servers
+                        .into_iter()
+                        .filter_map(|s| s.spec.map(|s| s.name))
+                        .collect(),
+                    Err(_) => Vec::new(),
+                };
+                if !acked.borrow().iter().all(|n| names.contains(n)) {
+                    converged = false;
+                }
+            }
+            if converged {
+                log.borrow_mut()
+                    .push("every node holds every acknowledged write".into());
+                *finished.borrow_mut() = true;
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(
+            "the nodes did not converge on the acknowledged writes after the partition healed"
+                .into(),
+        )
+    });
+    run_until(&mut sim, || *done.borrow(), "before the nodes converged")?;
+    let terms = observations.borrow().by_term.len();
+    events
+        .borrow_mut()
+        .push(format!("one leader in each of the {terms} terms observed"));
+    let events = events.borrow().clone();
+    let sim_seconds = sim.elapsed().as_secs_f64();
+    Ok(Report {
+        seed,
+        sim_seconds,
+        trace_hash: trace_hash(&events, sim_seconds, &disks),
+        events,
+    })
+}
+
+/// The scenarios by name, for the command line.
+pub const SCENARIOS: [&str; 2] = ["leader-crash", "leader-partition"];
+
+/// Runs the scenario called `name` for `seed`.
+pub fn run(name: &str, seed: u64) -> Result<Report, String> {
+    match name {
+        "leader-crash" => leader_crash(seed),
+        "leader-partition" => leader_partition(seed),
+        other => Err(format!(
+            "unknown scenario {other:?}; known: {}",
+            SCENARIOS.join(", ")
+        )),
+    }
 }
