@@ -81,6 +81,44 @@ fn lan_sim(seed: u64) -> turmoil::Sim<'static> {
         .build()
 }
 
+/// Finds the leader and has it acknowledge a write of a server named "before"; returns
+/// the leader's id.
+fn write_before(
+    sim: &mut turmoil::Sim<'_>,
+    events: &Rc<RefCell<Vec<String>>>,
+) -> Result<u64, String> {
+    let leader = Rc::new(RefCell::new(None::<u64>));
+    let (log, found) = (events.clone(), leader.clone());
+    sim.client("client-before", async move {
+        let id = find_leader(&[1, 2, 3]).await?;
+        let revision = put_until_acknowledged(id, "before").await?;
+        log.borrow_mut().push(format!(
+            "leader is node {id}; 'before' acknowledged at revision {revision}"
+        ));
+        *found.borrow_mut() = Some(id);
+        Ok(())
+    });
+    run_until(sim, || leader.borrow().is_some(), "before the first write")?;
+    let id = leader.borrow().expect("set by the client");
+    Ok(id)
+}
+
+/// The report of a finished run.
+fn report(
+    seed: u64,
+    sim: &turmoil::Sim<'_>,
+    events: &[String],
+    disks: &BTreeMap<u64, Arc<MemoryDisk>>,
+) -> Report {
+    let sim_seconds = sim.elapsed().as_secs_f64();
+    Report {
+        seed,
+        sim_seconds,
+        trace_hash: trace_hash(events, sim_seconds, disks),
+        events: events.to_vec(),
+    }
+}
+
 /// Polls the nodes in `candidates` until one reports a leader.
 async fn find_leader(candidates: &[u64]) -> Result<u64, String> {
     for _ in 0..200 {
@@ -123,24 +161,7 @@ pub fn leader_crash(seed: u64) -> Result<Report, String> {
     let mut sim = lan_sim(seed);
     let disks = add_nodes(&mut sim, seed, cluster_configs(3));
     let events = Rc::new(RefCell::new(Vec::<String>::new()));
-    let leader = Rc::new(RefCell::new(None::<u64>));
-
-    let (log, found) = (events.clone(), leader.clone());
-    sim.client("client-before", async move {
-        let id = find_leader(&[1, 2, 3]).await?;
-        let revision = put_until_acknowledged(id, "before").await?;
-        log.borrow_mut().push(format!(
-            "leader is node {id}; 'before' acknowledged at revision {revision}"
-        ));
-        *found.borrow_mut() = Some(id);
-        Ok(())
-    });
-    run_until(
-        &mut sim,
-        || leader.borrow().is_some(),
-        "before the first write",
-    )?;
-    let crashed = leader.borrow().expect("set above");
+    let crashed = write_before(&mut sim, &events)?;
     sim.crash(host_name(crashed));
     // The machine went down with the process: what was not synced is gone.
     disks[&crashed].crash();
@@ -212,13 +233,7 @@ pub fn leader_crash(seed: u64) -> Result<Report, String> {
         "before the restarted node caught up",
     )?;
     let events = events.borrow().clone();
-    let sim_seconds = sim.elapsed().as_secs_f64();
-    Ok(Report {
-        seed,
-        sim_seconds,
-        trace_hash: trace_hash(&events, sim_seconds, &disks),
-        events,
-    })
+    Ok(report(seed, &sim, &events, &disks))
 }
 
 /// Who each node says leads, by term: a checker for "at most one leader per term".
@@ -270,26 +285,7 @@ pub fn leader_partition(seed: u64) -> Result<Report, String> {
     let disks = add_nodes(&mut sim, seed, cluster_configs(3));
     let events = Rc::new(RefCell::new(Vec::<String>::new()));
     let observations = Rc::new(RefCell::new(LeaderObservations::default()));
-    let leader = Rc::new(RefCell::new(None::<u64>));
-
-    let (log, found, seen) = (events.clone(), leader.clone(), observations.clone());
-    sim.client("client-before", async move {
-        let id = find_leader(&[1, 2, 3]).await?;
-        let revision = put_until_acknowledged(id, "before").await?;
-        log.borrow_mut().push(format!(
-            "leader is node {id}; 'before' acknowledged at revision {revision}"
-        ));
-        let observed = observe_leaders(&[1, 2, 3]).await;
-        seen.borrow_mut().record(observed)?;
-        *found.borrow_mut() = Some(id);
-        Ok(())
-    });
-    run_until(
-        &mut sim,
-        || leader.borrow().is_some(),
-        "before the first write",
-    )?;
-    let isolated = leader.borrow().expect("set above");
+    let isolated = write_before(&mut sim, &events)?;
     let majority: Vec<u64> = (1..=3).filter(|id| *id != isolated).collect();
     for other in &majority {
         sim.partition(host_name(isolated), host_name(*other));
@@ -404,13 +400,7 @@ pub fn leader_partition(seed: u64) -> Result<Report, String> {
         .borrow_mut()
         .push(format!("one leader in each of the {terms} terms observed"));
     let events = events.borrow().clone();
-    let sim_seconds = sim.elapsed().as_secs_f64();
-    Ok(Report {
-        seed,
-        sim_seconds,
-        trace_hash: trace_hash(&events, sim_seconds, &disks),
-        events,
-    })
+    Ok(report(seed, &sim, &events, &disks))
 }
 
 /// The scenarios by name, for the command line.
