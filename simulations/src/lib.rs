@@ -8,16 +8,21 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use hyper_util::rt::TokioIo;
 use mcpfleet::env::network::{endpoint, Connection, Incoming, Network, NetworkError};
-use mcpfleet::env::{Environment, MemoryDisk};
+use mcpfleet::env::{Environment, MemoryDisk, Probe, RaftMetrics};
 use mcpfleet::node::Config;
+use mcpfleet::raft::RegistryView;
+use tokio::sync::watch;
 use tonic::transport::{Channel, Uri};
 
+pub mod checkers;
+pub mod faults;
 pub mod scenarios;
+pub mod workload;
 
 /// The port every simulated node listens on.
 pub const NODE_PORT: u16 = 7700;
@@ -90,20 +95,71 @@ pub fn cluster_configs(nodes: u64) -> Vec<Config> {
         .collect()
 }
 
-/// Registers node hosts on `sim`, each with a disk that outlives crashes. Returns the
-/// disks by node id.
-pub fn add_nodes(
-    sim: &mut turmoil::Sim<'_>,
-    seed: u64,
-    configs: Vec<Config>,
-) -> BTreeMap<u64, Arc<MemoryDisk>> {
+/// What the checkers can see of one running node.
+pub struct NodeWindow {
+    pub metrics: watch::Receiver<RaftMetrics>,
+    pub view: Arc<RegistryView>,
+}
+
+/// The simulator's probe: a window into every running node.
+#[derive(Default)]
+pub struct SimProbe {
+    nodes: Mutex<BTreeMap<u64, NodeWindow>>,
+}
+
+impl Probe for SimProbe {
+    fn node_started(
+        &self,
+        id: u64,
+        metrics: watch::Receiver<RaftMetrics>,
+        view: Arc<RegistryView>,
+    ) {
+        self.lock().insert(id, NodeWindow { metrics, view });
+    }
+}
+
+impl SimProbe {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, NodeWindow>> {
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the windows of the running nodes, by id.
+    pub fn with_nodes<R>(&self, f: impl FnOnce(&BTreeMap<u64, NodeWindow>) -> R) -> R {
+        f(&self.lock())
+    }
+
+    fn forget(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+}
+
+/// The simulated nodes: their disks, which outlive crashes, and the probe.
+pub struct SimCluster {
+    pub disks: BTreeMap<u64, Arc<MemoryDisk>>,
+    pub probe: Arc<SimProbe>,
+}
+
+impl SimCluster {
+    /// Crashes node `id` as a power loss would: its tasks stop and what it had not made
+    /// durable is gone.
+    pub fn crash(&self, sim: &mut turmoil::Sim<'_>, id: u64) {
+        sim.crash(host_name(id));
+        self.disks[&id].crash();
+        self.probe.forget(id);
+    }
+}
+
+/// Registers node hosts on `sim`, each with a disk that outlives crashes.
+pub fn add_nodes(sim: &mut turmoil::Sim<'_>, seed: u64, configs: Vec<Config>) -> SimCluster {
     let mut disks = BTreeMap::new();
+    let probe = Arc::new(SimProbe::default());
     for config in configs {
         let id = config.id;
         let disk = Arc::new(MemoryDisk::new());
         disks.insert(id, disk.clone());
         // Each start of the host is a new boot with its own seed, as a real restart is.
         let boots = Arc::new(AtomicU64::new(0));
+        let node_probe = probe.clone();
         sim.host(host_name(id), move || {
             let boot = boots.fetch_add(1, Ordering::Relaxed);
             let env = Environment {
@@ -112,6 +168,7 @@ pub fn add_nodes(
                     ^ boot.wrapping_mul(0xd1b5_4a32_d192_ed03),
                 network: Arc::new(TurmoilNetwork),
                 disk: disk.clone(),
+                probe: Some(node_probe.clone()),
             };
             let config = config.clone();
             async move {
@@ -120,7 +177,7 @@ pub fn add_nodes(
             }
         });
     }
-    disks
+    SimCluster { disks, probe }
 }
 
 /// A client of node `id`'s API inside the simulation.

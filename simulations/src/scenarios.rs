@@ -9,7 +9,10 @@ use std::time::Duration;
 use mcpfleet::env::MemoryDisk;
 use mcpfleet::proto::v1 as pb;
 
-use crate::{add_nodes, client, cluster_configs, host_name};
+use crate::checkers::{check_history, AppliedStates, FinalState, LeadersPerTerm};
+use crate::faults::Nemesis;
+use crate::workload::{self, Event, EventKind, History, Ret, CLIENT_TIMEOUT};
+use crate::{add_nodes, client, cluster_configs, host_name, SimCluster};
 
 /// What a finished scenario reports.
 #[derive(Debug)]
@@ -18,16 +21,45 @@ pub struct Report {
     pub sim_seconds: f64,
     /// Human-readable events, in order.
     pub events: Vec<String>,
-    /// A hash of the events and of every node's disk at the end: two runs of one seed
-    /// must give the same value.
+    /// A hash of the events, the workload's history and every node's disk at the end:
+    /// two runs of one seed must give the same value.
     pub trace_hash: u64,
+    /// What a checker found, if anything.
+    pub failure: Option<String>,
+    /// The workload's history, if the scenario ran one.
+    pub history: Vec<Event>,
 }
 
-fn trace_hash(events: &[String], sim_seconds: f64, disks: &BTreeMap<u64, Arc<MemoryDisk>>) -> u64 {
+/// The workload's history of `report`, one line per event.
+pub fn history_lines(report: &Report) -> Vec<String> {
+    report
+        .history
+        .iter()
+        .map(|e| {
+            format!(
+                "[{:>7.3}s] client {} op {} on {:?} via node {}: {:?}",
+                e.at.as_secs_f64(),
+                e.client,
+                e.op_number,
+                e.key,
+                e.node,
+                e.kind
+            )
+        })
+        .collect()
+}
+
+fn trace_hash(
+    events: &[String],
+    history: &[Event],
+    sim_seconds: f64,
+    disks: &BTreeMap<u64, Arc<MemoryDisk>>,
+) -> u64 {
     use std::hash::{Hash, Hasher};
     // SipHash with fixed keys: stable across runs and processes.
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     events.hash(&mut hasher);
+    history.hash(&mut hasher);
     sim_seconds.to_bits().hash(&mut hasher);
     for (id, disk) in disks {
         id.hash(&mut hasher);
@@ -109,13 +141,16 @@ fn report(
     sim: &turmoil::Sim<'_>,
     events: &[String],
     disks: &BTreeMap<u64, Arc<MemoryDisk>>,
+    history: &[Event],
 ) -> Report {
     let sim_seconds = sim.elapsed().as_secs_f64();
     Report {
         seed,
         sim_seconds,
-        trace_hash: trace_hash(events, sim_seconds, disks),
+        trace_hash: trace_hash(events, history, sim_seconds, disks),
         events: events.to_vec(),
+        failure: None,
+        history: history.to_vec(),
     }
 }
 
@@ -159,7 +194,7 @@ async fn put_until_acknowledged(node: u64, name: &str) -> Result<u64, String> {
 /// survivor. The crashed node then restarts from its disk and must catch up.
 pub fn leader_crash(seed: u64) -> Result<Report, String> {
     let mut sim = lan_sim(seed);
-    let disks = add_nodes(&mut sim, seed, cluster_configs(3));
+    let disks = add_nodes(&mut sim, seed, cluster_configs(3)).disks;
     let events = Rc::new(RefCell::new(Vec::<String>::new()));
     let crashed = write_before(&mut sim, &events)?;
     sim.crash(host_name(crashed));
@@ -233,29 +268,7 @@ pub fn leader_crash(seed: u64) -> Result<Report, String> {
         "before the restarted node caught up",
     )?;
     let events = events.borrow().clone();
-    Ok(report(seed, &sim, &events, &disks))
-}
-
-/// Who each node says leads, by term: a checker for "at most one leader per term".
-#[derive(Default)]
-struct LeaderObservations {
-    by_term: BTreeMap<u64, u64>,
-}
-
-impl LeaderObservations {
-    /// Records who the nodes said leads in which term.
-    fn record(&mut self, observed: Vec<(u64, u64)>) -> Result<(), String> {
-        for (term, leader) in observed {
-            if let Some(other) = self.by_term.insert(term, leader) {
-                if other != leader {
-                    return Err(format!(
-                        "two leaders in term {term}: node {other} and node {leader}"
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
+    Ok(report(seed, &sim, &events, &disks, &[]))
 }
 
 /// Asks every node in `nodes` for its term and leader; nodes that do not answer or know
@@ -282,9 +295,9 @@ async fn observe_leaders(nodes: &[u64]) -> Vec<(u64, u64)> {
 /// every acknowledged write, and no term may ever have had two leaders.
 pub fn leader_partition(seed: u64) -> Result<Report, String> {
     let mut sim = lan_sim(seed);
-    let disks = add_nodes(&mut sim, seed, cluster_configs(3));
+    let disks = add_nodes(&mut sim, seed, cluster_configs(3)).disks;
     let events = Rc::new(RefCell::new(Vec::<String>::new()));
-    let observations = Rc::new(RefCell::new(LeaderObservations::default()));
+    let observations = Rc::new(RefCell::new(LeadersPerTerm::default()));
     let isolated = write_before(&mut sim, &events)?;
     let majority: Vec<u64> = (1..=3).filter(|id| *id != isolated).collect();
     for other in &majority {
@@ -311,7 +324,7 @@ pub fn leader_partition(seed: u64) -> Result<Report, String> {
             "majority leader is node {leader}; 'during' acknowledged at revision {revision}"
         ));
         let observed = observe_leaders(&[1, 2, 3]).await;
-        seen.borrow_mut().record(observed)?;
+        seen.borrow_mut().observe_all(observed)?;
         *finished.borrow_mut() = true;
         Ok(())
     });
@@ -362,7 +375,7 @@ pub fn leader_partition(seed: u64) -> Result<Report, String> {
         tokio::time::sleep(Duration::from_secs(6)).await;
         for _ in 0..100 {
             let observed = observe_leaders(&[1, 2, 3]).await;
-            seen.borrow_mut().record(observed)?;
+            seen.borrow_mut().observe_all(observed)?;
             let mut converged = true;
             for id in 1..=3 {
                 let listed = client(id)
@@ -395,25 +408,232 @@ pub fn leader_partition(seed: u64) -> Result<Report, String> {
         )
     });
     run_until(&mut sim, || *done.borrow(), "before the nodes converged")?;
-    let terms = observations.borrow().by_term.len();
+    let terms = observations.borrow().terms();
     events
         .borrow_mut()
         .push(format!("one leader in each of the {terms} terms observed"));
     let events = events.borrow().clone();
-    Ok(report(seed, &sim, &events, &disks))
+    Ok(report(seed, &sim, &events, &disks, &[]))
 }
 
-/// The scenarios by name, for the command line.
-pub const SCENARIOS: [&str; 2] = ["leader-crash", "leader-partition"];
+/// The scenarios by name, for the command line; the first is the default.
+pub const SCENARIOS: [&str; 3] = ["chaos", "leader-crash", "leader-partition"];
 
-/// Runs the scenario called `name` for `seed`.
-pub fn run(name: &str, seed: u64) -> Result<Report, String> {
+/// Runs the scenario called `name` for `seed` with `nodes` nodes.
+pub fn run(name: &str, seed: u64, nodes: u64) -> Report {
+    let fixed = |result: Result<Report, String>| {
+        result.unwrap_or_else(|failure| Report {
+            seed,
+            sim_seconds: 0.0,
+            events: Vec::new(),
+            trace_hash: 0,
+            failure: Some(failure),
+            history: Vec::new(),
+        })
+    };
     match name {
-        "leader-crash" => leader_crash(seed),
-        "leader-partition" => leader_partition(seed),
-        other => Err(format!(
+        "chaos" => chaos(seed, nodes),
+        "leader-crash" => fixed(leader_crash(seed)),
+        "leader-partition" => fixed(leader_partition(seed)),
+        other => fixed(Err(format!(
             "unknown scenario {other:?}; known: {}",
             SCENARIOS.join(", ")
-        )),
+        ))),
     }
+}
+
+/// The chaos scenario's phases, in simulated time from the start of a run.
+pub mod phases {
+    use std::time::Duration;
+
+    /// The first fault: the cluster has elected a leader and taken writes by then.
+    pub const FAULTS_START: Duration = Duration::from_secs(2);
+    /// The end of the safety phase: every fault is healed and crashed nodes restart.
+    pub const FAULTS_END: Duration = Duration::from_secs(20);
+    /// After the faults end, the cluster must converge within this long: every node up,
+    /// one leader that all follow, every node's log applied, and a write acknowledged.
+    pub const CONVERGENCE_BOUND: Duration = Duration::from_secs(10);
+    /// Clients start no operation after this.
+    pub const WORKLOAD_END: Duration = Duration::from_secs(31);
+    /// Clients of the workload.
+    pub const CLIENTS: u32 = 4;
+}
+
+/// A hash of a node's registry, equal for equal registries.
+fn registry_fingerprint(registry: &mcpfleet::registry::Registry) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    mcpfleet::raft::codec::encode(registry)
+        .unwrap_or_default()
+        .hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Feeds the per-step checkers from every running node; returns the node that leads in
+/// the highest term, if any.
+fn observe(
+    cluster: &SimCluster,
+    leaders: &mut LeadersPerTerm,
+    states: &mut AppliedStates,
+) -> Result<Option<u64>, String> {
+    cluster.probe.with_nodes(|nodes| {
+        let mut leader: Option<(u64, u64)> = None;
+        for (id, window) in nodes {
+            let (state, term) = {
+                let metrics = window.metrics.borrow();
+                (metrics.state, metrics.current_term)
+            };
+            if state == openraft::ServerState::Leader {
+                leaders.observe(term, *id)?;
+                if leader.is_none_or(|(t, _)| term > t) {
+                    leader = Some((term, *id));
+                }
+            }
+            let applied = window.view.read();
+            let index = applied.last_applied.map_or(0, |log_id| log_id.index);
+            states.observe(*id, index, || registry_fingerprint(&applied.registry))?;
+        }
+        Ok(leader.map(|(_, id)| id))
+    })
+}
+
+/// Every node runs, follows one leader in one term, and has applied its whole log,
+/// which is the leader's.
+fn converged(cluster: &SimCluster, nodes: u64) -> bool {
+    cluster.probe.with_nodes(|windows| {
+        if windows.len() as u64 != nodes {
+            return false;
+        }
+        let metrics: Vec<_> = windows
+            .values()
+            .map(|w| w.metrics.borrow().clone())
+            .collect();
+        let first = &metrics[0];
+        let Some(leader) = first.current_leader else {
+            return false;
+        };
+        let leading = windows
+            .get(&leader)
+            .is_some_and(|w| w.metrics.borrow().state == openraft::ServerState::Leader);
+        leading
+            && metrics.iter().all(|m| {
+                m.current_leader == Some(leader)
+                    && m.current_term == first.current_term
+                    && m.last_log_index == first.last_log_index
+                    && m.last_applied.map(|l| l.index) == first.last_log_index
+            })
+    })
+}
+
+/// The registry as the nodes hold it at the end (they are equal once converged).
+fn final_state(cluster: &SimCluster) -> FinalState {
+    cluster.probe.with_nodes(|windows| {
+        let Some(window) = windows.values().next() else {
+            return FinalState::default();
+        };
+        let applied = window.view.read();
+        let servers = applied
+            .registry
+            .servers
+            .iter()
+            .filter_map(|(name, record)| match &record.spec.transport {
+                mcpfleet::registry::Transport::Stdio { args, .. } => args
+                    .first()
+                    .map(|value| (name.clone(), (value.clone(), record.mod_revision))),
+                _ => None,
+            })
+            .collect();
+        FinalState {
+            revision: applied.registry.revision,
+            servers,
+        }
+    })
+}
+
+/// The chaos scenario: `nodes` nodes and a workload of clients through random nodes,
+/// with random faults (partitions, one-way partitions, lossy and slow links, crashes
+/// and power losses, several at once) for the safety phase; then the faults stop and
+/// the cluster must converge within a bound. Every step, at most one leader per term
+/// and equal state machines at equal applied indexes; at the end, the history must be
+/// linearizable per server name with no acknowledged write lost.
+pub fn chaos(seed: u64, nodes: u64) -> Report {
+    use phases::*;
+    let mut sim = lan_sim(seed);
+    let cluster = add_nodes(&mut sim, seed, cluster_configs(nodes));
+    let history: History = Rc::default();
+    for id in 0..CLIENTS {
+        let history = history.clone();
+        let all: Vec<u64> = (1..=nodes).collect();
+        sim.client(format!("client{id}"), async move {
+            workload::run_client(id, seed, all, WORKLOAD_END, history).await
+        });
+    }
+    let mut events = Vec::new();
+    let mut log = |now: Duration, line: String| {
+        events.push(format!("[{:>7.3}s] {line}", now.as_secs_f64()));
+    };
+    let mut leaders = LeadersPerTerm::default();
+    let mut states = AppliedStates::default();
+    let mut nemesis = Nemesis::new(seed, nodes, FAULTS_START);
+    let mut converged_at = None;
+    let mut clients_done = false;
+    let outcome: Result<(), String> = (|| loop {
+        let now = sim.elapsed();
+        let leader = observe(&cluster, &mut leaders, &mut states)?;
+        if now < FAULTS_END {
+            for line in nemesis.step(&mut sim, &cluster, now, leader) {
+                log(now, line);
+            }
+        } else if now == FAULTS_END {
+            for line in nemesis.heal_all(&mut sim) {
+                log(now, line);
+            }
+            log(now, "faults end: liveness phase".into());
+        } else if converged_at.is_none() {
+            let acknowledged_since = history.borrow().iter().any(|e| {
+                e.at > FAULTS_END && matches!(e.kind, EventKind::Return(Ret::Written { .. }))
+            });
+            if acknowledged_since && converged(&cluster, nodes) {
+                converged_at = Some(now);
+                log(
+                    now,
+                    format!("converged {:?} after the faults ended", now - FAULTS_END),
+                );
+            } else if now > FAULTS_END + CONVERGENCE_BOUND {
+                return Err(format!(
+                    "the cluster did not converge within {CONVERGENCE_BOUND:?} after the faults ended"
+                ));
+            }
+        } else if clients_done && converged(&cluster, nodes) {
+            log(
+                now,
+                format!("workload done; {} terms had a leader", leaders.terms()),
+            );
+            return Ok(());
+        } else if now > WORKLOAD_END + CLIENT_TIMEOUT + CONVERGENCE_BOUND {
+            return Err(
+                "the workload did not finish, or the cluster did not settle after it".into(),
+            );
+        }
+        clients_done = sim.step().map_err(|e| e.to_string())? || clients_done;
+    })();
+    let outcome = outcome.and_then(|()| {
+        let final_state = final_state(&cluster);
+        let stats = check_history(&history.borrow(), Some(&final_state))?;
+        log(
+            sim.elapsed(),
+            format!(
+                "history: {} operations, {} writes acknowledged, {} outcomes unknown; linearizable, nothing lost; final revision {}; {} applied indexes compared",
+                stats.operations,
+                stats.acknowledged_writes,
+                stats.unknown_outcomes,
+                final_state.revision,
+                states.indexes()
+            ),
+        );
+        Ok(())
+    });
+    let mut report = report(seed, &sim, &events, &cluster.disks, &history.borrow());
+    report.failure = outcome.err();
+    report
 }

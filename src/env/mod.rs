@@ -3,6 +3,7 @@
 //! network and disk through the same traits. This is the only module (with main.rs)
 //! that may touch real sockets, real files, threads or entropy.
 
+pub mod bugs;
 pub mod disk;
 pub mod network;
 pub mod runtime;
@@ -20,6 +21,23 @@ pub struct Environment {
     pub seed: u64,
     pub network: Arc<dyn Network>,
     pub disk: Arc<dyn Disk>,
+    /// Lets a harness watch the node from outside; production nodes have none.
+    pub probe: Option<Arc<dyn Probe>>,
+}
+
+/// What the node's Raft reports about itself.
+pub type RaftMetrics = openraft::RaftMetrics<crate::raft::NodeId, crate::raft::Node>;
+
+/// A window into a running node for a test harness: the simulator's checkers read every
+/// node's Raft metrics and applied state through it. It only observes.
+pub trait Probe: Send + Sync + 'static {
+    /// Called at every start of node `id`, once its Raft and state machine exist.
+    fn node_started(
+        &self,
+        id: crate::raft::NodeId,
+        metrics: tokio::sync::watch::Receiver<RaftMetrics>,
+        view: Arc<crate::raft::RegistryView>,
+    );
 }
 
 impl Environment {
@@ -40,6 +58,7 @@ impl Environment {
             seed,
             network: Arc::new(TcpNetwork),
             disk,
+            probe: None,
         }
     }
 }

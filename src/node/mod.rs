@@ -126,6 +126,9 @@ pub async fn run(
     .await
     .map_err(|e| NodeError::Raft(e.to_string()))?;
 
+    if let Some(probe) = &env.probe {
+        probe.node_started(id, raft.metrics(), view.clone());
+    }
     let incoming = env.network.listen(&config.listen).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let handle = Arc::new(NodeHandle {

@@ -10,6 +10,7 @@ use openraft::{Entry, ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, RaftLogR
 
 use super::codec::{decode, encode};
 use super::{io_error, LogId, NodeId, StorageError, TypeConfig};
+use crate::env::bugs::{self, Bug};
 use crate::env::Disk;
 
 const VOTE_KEY: &str = "vote";
@@ -19,12 +20,19 @@ const LAST_PURGED_KEY: &str = "last_purged";
 #[derive(Clone)]
 pub struct LogStore {
     disk: Arc<dyn Disk>,
+    /// Where the `skip-vote-fsync` bug keeps the vote: in memory only.
+    #[cfg(feature = "inject-bugs")]
+    volatile_vote: Arc<std::sync::Mutex<Option<Vote<NodeId>>>>,
 }
 
 impl LogStore {
     /// Opens the log on `disk` and checks that what it holds decodes.
     pub fn open(disk: Arc<dyn Disk>) -> Result<LogStore, StorageError> {
-        let store = LogStore { disk };
+        let store = LogStore {
+            disk,
+            #[cfg(feature = "inject-bugs")]
+            volatile_vote: Arc::default(),
+        };
         store.read_vote_now()?;
         store.last_purged()?;
         store.last_entry()?;
@@ -107,6 +115,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        #[cfg(feature = "inject-bugs")]
+        if bugs::active(Bug::SkipVoteFsync) {
+            *self.volatile_vote.lock().unwrap_or_else(|e| e.into_inner()) = Some(*vote);
+            return Ok(());
+        }
         let bytes = encode(vote).map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, e))?;
         self.disk
             .put_meta(VOTE_KEY, bytes)
@@ -115,6 +128,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
+        #[cfg(feature = "inject-bugs")]
+        if let Some(vote) = *self.volatile_vote.lock().unwrap_or_else(|e| e.into_inner()) {
+            return Ok(Some(vote));
+        }
         self.read_vote_now()
     }
 
@@ -136,6 +153,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.disk
             .append_log(encoded)
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        if bugs::active(Bug::SkipLogFsync) {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        }
         // Acknowledged to openraft only once durable. (openraft 0.9 waits for this
         // callback before its next step, so there is nothing to gain from deferring
         // the fsync to another task.)

@@ -196,10 +196,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             (data, applied.last_applied, applied.membership.clone())
         };
         let snapshot_id = match last_log_id {
-            Some(id) => format!(
-                "{}-{}-{}",
-                id.leader_id.term, id.leader_id.node_id, id.index
-            ),
+            Some(id) => format!("{}-{}", id.leader_id.term, id.index),
             None => "empty".to_string(),
         };
         let meta = SnapshotMeta {

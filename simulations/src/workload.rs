@@ -1,0 +1,241 @@
+//! The workload: simulated clients that put, get, delete and compare-and-set servers
+//! through random nodes, and record every invocation and return with its simulated
+//! time. The checkers read that history.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use mcpfleet::proto::v1 as pb;
+use mcpfleet::proto::v1::registry_client::RegistryClient;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tonic::transport::Channel;
+use tonic::Code;
+
+use crate::client;
+
+/// The server names the clients work on: few, so that clients collide on them.
+pub const KEYS: [&str; 5] = ["alpha", "bravo", "charlie", "delta", "echo"];
+/// How long a client waits for an answer before it gives up on the operation (longer
+/// than a node's own 5 s request deadline).
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// An operation on one server name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// Create or replace the server; `value` is unique in a run.
+    Put {
+        value: String,
+    },
+    /// Replace only if the server's revision is `expected` (0: it must not exist).
+    CompareAndSet {
+        value: String,
+        expected: u64,
+    },
+    Delete,
+    /// A linearizable read.
+    Get,
+}
+
+impl Op {
+    pub fn is_write(&self) -> bool {
+        !matches!(self, Op::Get)
+    }
+}
+
+/// What an operation returned.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Ret {
+    /// A put or compare-and-set took effect at this revision.
+    Written { revision: u64 },
+    /// A compare-and-set found another revision and changed nothing.
+    Mismatch,
+    /// A delete took effect at this revision.
+    Deleted { revision: u64 },
+    /// A delete found no server and changed nothing.
+    NotFound,
+    /// A read: the value and its revision, or nothing.
+    Read { value: Option<(String, u64)> },
+}
+
+/// One line of the history.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Event {
+    /// Simulated time since the start of the run.
+    pub at: Duration,
+    /// The client and the operation's number within it: together they name the
+    /// operation.
+    pub client: u32,
+    pub op_number: u32,
+    pub key: String,
+    pub node: u64,
+    pub kind: EventKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Invoke(Op),
+    Return(Ret),
+    /// The outcome is unknown (a timeout or a lost connection): the operation may or
+    /// may not have taken effect, now or later.
+    Unknown(String),
+    /// The operation certainly had no effect (a read that failed): the checkers drop it.
+    Failed(String),
+}
+
+/// The shared history of a run, in the order things happened.
+pub type History = Rc<RefCell<Vec<Event>>>;
+
+fn now() -> Duration {
+    turmoil::sim_elapsed().unwrap_or_default()
+}
+
+fn spec(name: &str, value: &str) -> pb::ServerSpec {
+    pb::ServerSpec {
+        name: name.to_string(),
+        transport: Some(pb::server_spec::Transport::Stdio(pb::StdioTransport {
+            command: "mcp-server-time".into(),
+            args: vec![value.to_string()],
+            ..Default::default()
+        })),
+        replicas: 1,
+        ..Default::default()
+    }
+}
+
+/// The value a server record carries (its first argument), with its revision.
+fn value_of(server: &pb::Server) -> Option<(String, u64)> {
+    let spec = server.spec.as_ref()?;
+    let value = match &spec.transport {
+        Some(pb::server_spec::Transport::Stdio(stdio)) => stdio.args.first().cloned(),
+        _ => None,
+    }?;
+    Some((value, server.mod_revision))
+}
+
+/// Runs one client until simulated time `until`: random operations on random keys
+/// through random nodes, each recorded in `history`.
+pub async fn run_client(
+    id: u32,
+    seed: u64,
+    nodes: Vec<u64>,
+    until: Duration,
+    history: History,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut rng =
+        SmallRng::seed_from_u64(seed ^ (u64::from(id) + 1).wrapping_mul(0xa076_1d64_78bd_642f));
+    let mut clients: BTreeMap<u64, RegistryClient<Channel>> = BTreeMap::new();
+    // The last revision this client saw per key: what its compare-and-sets expect.
+    let mut seen: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut op_number = 0u32;
+    while now() < until {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(10..150))).await;
+        let key = KEYS[rng.gen_range(0..KEYS.len())];
+        let node = nodes[rng.gen_range(0..nodes.len())];
+        let value = format!("c{id}-{op_number}");
+        let op = match rng.gen_range(0..100) {
+            0..=34 => Op::Put { value },
+            35..=49 => Op::CompareAndSet {
+                value,
+                expected: seen.get(key).copied().unwrap_or(0),
+            },
+            50..=59 => Op::Delete,
+            _ => Op::Get,
+        };
+        let event = |kind| Event {
+            at: now(),
+            client: id,
+            op_number,
+            key: key.to_string(),
+            node,
+            kind,
+        };
+        history
+            .borrow_mut()
+            .push(event(EventKind::Invoke(op.clone())));
+        let api = clients.entry(node).or_insert_with(|| client(node));
+        let outcome = tokio::time::timeout(CLIENT_TIMEOUT, call(api, key, &op)).await;
+        let kind = match outcome {
+            Ok(Ok(ret)) => {
+                match &ret {
+                    Ret::Written { revision } => {
+                        seen.insert(key, *revision);
+                    }
+                    Ret::Read { value } => {
+                        seen.insert(key, value.as_ref().map_or(0, |(_, r)| *r));
+                    }
+                    Ret::Deleted { .. } | Ret::NotFound => {
+                        seen.insert(key, 0);
+                    }
+                    Ret::Mismatch => {
+                        seen.remove(key);
+                    }
+                }
+                EventKind::Return(ret)
+            }
+            Ok(Err(status)) if !op.is_write() => {
+                EventKind::Failed(format!("{:?}: {}", status.code(), status.message()))
+            }
+            Ok(Err(status)) => {
+                EventKind::Unknown(format!("{:?}: {}", status.code(), status.message()))
+            }
+            Err(_) if !op.is_write() => EventKind::Failed("client timeout".into()),
+            Err(_) => EventKind::Unknown("client timeout".into()),
+        };
+        history.borrow_mut().push(event(kind));
+        op_number += 1;
+    }
+    Ok(())
+}
+
+/// Carries out `op` on `key` through `api`. Answers that say what happened become a
+/// `Ret`; every other answer is an error status.
+async fn call(api: &mut RegistryClient<Channel>, key: &str, op: &Op) -> Result<Ret, tonic::Status> {
+    match op {
+        Op::Put { value } | Op::CompareAndSet { value, .. } => {
+            let expected_revision = match op {
+                Op::CompareAndSet { expected, .. } => Some(*expected),
+                _ => None,
+            };
+            let request = pb::PutServerRequest {
+                spec: Some(spec(key, value)),
+                expected_revision,
+            };
+            match api.put_server(request).await {
+                Ok(response) => Ok(Ret::Written {
+                    revision: response.into_inner().revision,
+                }),
+                Err(status) if status.code() == Code::FailedPrecondition => Ok(Ret::Mismatch),
+                Err(status) => Err(status),
+            }
+        }
+        Op::Delete => {
+            let request = pb::DeleteServerRequest {
+                name: key.to_string(),
+                expected_revision: None,
+            };
+            match api.delete_server(request).await {
+                Ok(response) => Ok(Ret::Deleted {
+                    revision: response.into_inner().revision,
+                }),
+                Err(status) if status.code() == Code::NotFound => Ok(Ret::NotFound),
+                Err(status) => Err(status),
+            }
+        }
+        Op::Get => {
+            let request = pb::GetServerRequest {
+                name: key.to_string(),
+                stale: false,
+            };
+            match api.get_server(request).await {
+                Ok(response) => Ok(Ret::Read {
+                    value: response.into_inner().server.as_ref().and_then(value_of),
+                }),
+                Err(status) if status.code() == Code::NotFound => Ok(Ret::Read { value: None }),
+                Err(status) => Err(status),
+            }
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Bugs that can be switched on deliberately, to prove that the simulator's checkers
+//! catch what they claim to catch.
+//!
+//! The switch exists only with the `inject-bugs` feature, which only the simulator
+//! crate enables. Without it `active` is a constant `false`, every bug path compiles
+//! away, and nothing can switch one on: a production build has none of them.
+
+/// A deliberate bug. Each names the rule of the design that it breaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Bug {
+    /// The leader acknowledges a write as soon as it is submitted, before a quorum has
+    /// stored it, with the revision it expects the write to get.
+    AckBeforeCommit,
+    /// A linearizable read is answered from the node's local state without asking the
+    /// leader for its commit index.
+    StaleFollowerRead,
+    /// A log append is acknowledged to Raft before it is durable: a node that crashes
+    /// loses log entries that the leader counted towards a quorum.
+    SkipLogFsync,
+    /// A vote is kept only in memory: a node that crashes forgets whom it voted for and
+    /// can vote twice in one term.
+    SkipVoteFsync,
+}
+
+impl Bug {
+    pub const ALL: [Bug; 4] = [
+        Bug::AckBeforeCommit,
+        Bug::StaleFollowerRead,
+        Bug::SkipLogFsync,
+        Bug::SkipVoteFsync,
+    ];
+
+    /// The name used on the simulator's command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bug::AckBeforeCommit => "ack-before-commit",
+            Bug::StaleFollowerRead => "stale-follower-read",
+            Bug::SkipLogFsync => "skip-log-fsync",
+            Bug::SkipVoteFsync => "skip-vote-fsync",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Bug> {
+        Bug::ALL.into_iter().find(|bug| bug.name() == name)
+    }
+}
+
+#[cfg(feature = "inject-bugs")]
+mod switch {
+    use std::sync::atomic::{AtomicU8, Ordering};
+
+    use super::Bug;
+
+    /// 0: no bug; otherwise the position of the bug in `Bug::ALL`, plus one.
+    static ACTIVE: AtomicU8 = AtomicU8::new(0);
+
+    fn code(bug: Bug) -> u8 {
+        Bug::ALL
+            .iter()
+            .position(|b| *b == bug)
+            .map_or(0, |i| i as u8 + 1)
+    }
+
+    /// Switches `bug` on for every node in this process (the simulator runs one
+    /// simulation per process), or every bug off.
+    pub fn switch_on(bug: Option<Bug>) {
+        ACTIVE.store(bug.map_or(0, code), Ordering::Relaxed);
+    }
+
+    pub fn active(bug: Bug) -> bool {
+        ACTIVE.load(Ordering::Relaxed) == code(bug)
+    }
+}
+
+#[cfg(feature = "inject-bugs")]
+pub use switch::{active, switch_on};
+
+/// Whether `bug` is switched on: never, in a build without `inject-bugs`.
+#[cfg(not(feature = "inject-bugs"))]
+#[inline(always)]
+pub fn active(_bug: Bug) -> bool {
+    false
+}
