@@ -525,6 +525,27 @@ fn converged(cluster: &SimCluster, nodes: u64) -> bool {
     })
 }
 
+/// Each running node's Raft state, for a failure message.
+fn describe_nodes(cluster: &SimCluster) -> String {
+    cluster.probe.with_nodes(|windows| {
+        let nodes: Vec<String> = windows
+            .iter()
+            .map(|(id, w)| {
+                let m = w.metrics.borrow();
+                format!(
+                    "node {id} {:?} term {} leader {:?} last log {:?} applied {:?}",
+                    m.state,
+                    m.current_term,
+                    m.current_leader,
+                    m.last_log_index,
+                    m.last_applied.map(|l| l.index)
+                )
+            })
+            .collect();
+        format!("{} running: {}", nodes.len(), nodes.join("; "))
+    })
+}
+
 /// The registry as the nodes hold it at the end (they are equal once converged).
 fn final_state(cluster: &SimCluster) -> FinalState {
     cluster.probe.with_nodes(|windows| {
@@ -601,7 +622,9 @@ pub fn chaos(seed: u64, nodes: u64) -> Report {
                 );
             } else if now > FAULTS_END + CONVERGENCE_BOUND {
                 return Err(format!(
-                    "the cluster did not converge within {CONVERGENCE_BOUND:?} after the faults ended"
+                    "the cluster did not converge within {CONVERGENCE_BOUND:?} after the faults \
+                     ended: {}",
+                    describe_nodes(&cluster)
                 ));
             }
         } else if clients_done && converged(&cluster, nodes) {

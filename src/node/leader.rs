@@ -182,8 +182,13 @@ impl NodeHandle {
                 decode::<Result<LeaderOpResult, LeaderError>>(&response.into_inner().payload)
                     .map_err(|e| LeaderError::Failed(e.to_string()))?
             }
-            // The leader is unreachable or too slow: treat it as gone and look again.
-            Ok(Err(_)) | Err(_) => Err(LeaderError::NotLeader { leader: None }),
+            // The leader is unreachable or too slow: treat it as gone and look again,
+            // over a new connection (the old one may have come back from a network
+            // fault stalled).
+            Ok(Err(_)) | Err(_) => {
+                self.forget_peer_channel(addr);
+                Err(LeaderError::NotLeader { leader: None })
+            }
         }
     }
 

@@ -75,6 +75,11 @@ impl NodeHandle {
         Ok(channel)
     }
 
+    /// Drops the channel to `addr`: the next call opens a new connection.
+    pub fn forget_peer_channel(&self, addr: &str) {
+        self.peers.remove(addr);
+    }
+
     /// Resolves when the node starts shutting down.
     pub fn shutdown_signal(&self) -> impl Future<Output = ()> + Send + 'static {
         let mut shutdown = self.shutdown.clone();

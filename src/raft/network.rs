@@ -43,13 +43,12 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
-        let client = self.network.channel(&node.addr).map(|channel| {
-            RaftInternalClient::new(channel).max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-        });
         PeerClient {
             id: self.id,
             target,
-            client: client.map_err(|e| e.to_string()),
+            addr: node.addr.clone(),
+            network: self.network.clone(),
+            client: None,
             stream: None,
             next_request_id: 0,
         }
@@ -63,11 +62,16 @@ pub const UNREACHABLE_RETRY_MS: u64 = 40;
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// The client to one peer: one long-lived request stream, one request at a time
-/// (openraft never has two calls in flight on one client).
+/// (openraft never has two calls in flight on one client). A call that fails or times
+/// out drops the stream and the connection under it, and the next call opens new ones:
+/// a connection that came back from a network fault in a bad state (a stalled stream,
+/// a half-open socket) is never used again.
 pub struct PeerClient {
     id: NodeId,
     target: NodeId,
-    client: Result<RaftInternalClient<Channel>, String>,
+    addr: String,
+    network: Arc<dyn Network>,
+    client: Option<RaftInternalClient<Channel>>,
     stream: Option<PeerStream>,
     next_request_id: u64,
 }
@@ -102,8 +106,17 @@ impl PeerClient {
             return Ok(self.stream.as_mut().expect("checked above"));
         }
         let client = match &mut self.client {
-            Ok(client) => client,
-            Err(reason) => return Err(Self::unreachable(reason.clone())),
+            Some(client) => client,
+            None => {
+                let channel = self
+                    .network
+                    .channel(&self.addr)
+                    .map_err(|e| Self::unreachable(e.to_string()))?;
+                self.client.insert(
+                    RaftInternalClient::new(channel)
+                        .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES),
+                )
+            }
         };
         let (requests, outbound) = mpsc::channel(1);
         // Cannot fail: the channel has room for one and the receiver is right here.
@@ -159,11 +172,13 @@ impl PeerClient {
             Ok(Err(error)) => {
                 // The stream is in an unknown state: open a new one next time.
                 self.stream = None;
+                self.client = None;
                 return Err(error);
             }
             Err(_) => {
                 // A late answer must not be taken for the next request's.
                 self.stream = None;
+                self.client = None;
                 return Err(RPCError::Timeout(Timeout {
                     action,
                     id: self.id,
