@@ -481,6 +481,9 @@ fn observe(
         for (id, window) in nodes {
             let (state, term) = {
                 let metrics = window.metrics.borrow();
+                if let Err(fatal) = &metrics.running_state {
+                    return Err(format!("node {id}: its Raft core stopped: {fatal}"));
+                }
                 (metrics.state, metrics.current_term)
             };
             if state == openraft::ServerState::Leader {

@@ -3,6 +3,7 @@
 //! logic that every write, linearizable read and membership change goes through.
 
 pub mod config;
+mod elections;
 mod leader;
 mod proposer;
 
@@ -150,6 +151,11 @@ pub async fn run(
     });
 
     let server = tokio::spawn(crate::api::serve(handle.clone(), incoming));
+    tokio::spawn(elections::spread_rounds(
+        raft.clone(),
+        env.seed,
+        config.election_timeout_max_ms.saturating_mul(2),
+    ));
     tracing::info!(id, listen = %config.listen, "node started");
 
     let startup = start_membership(handle.clone());

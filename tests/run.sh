@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Every test of mcpfleet, on a fresh machine with the Rust toolchain:
+#  1. `cargo test --workspace`: unit tables, the storage suite, multi-process tests on
+#     loopback, and the simulator's own tests;
+#  2. a sweep of the chaos simulation over 200 seeds (release build);
+#  3. every deliberate bug of the simulator switched on in turn: each must be caught.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SIM_SEEDS=${SIM_SEEDS:-200}
+BUG_SEEDS=${BUG_SEEDS:-50}
+
+cargo test --workspace
+
+cargo build --release -p mcpfleet-sim
+sim=./target/release/mcpfleet-sim
+"$sim" --seeds "$SIM_SEEDS"
+
+for bug in $("$sim" --inject-bug list); do
+    if output=$("$sim" --inject-bug "$bug" --seeds "$BUG_SEEDS" 2>&1); then
+        echo "injected bug $bug was not caught in $BUG_SEEDS seeds:"
+        echo "$output"
+        exit 1
+    fi
+    if ! grep -q "FAILED: " <<<"$output" || ! grep -q "^replay: " <<<"$output"; then
+        echo "injected bug $bug: the simulator failed without reporting a violation:"
+        echo "$output"
+        exit 1
+    fi
+    echo "injected bug $bug caught: $(grep -m1 'FAILED: ' <<<"$output" | cut -c1-200)"
+done
+echo "all tests passed"
