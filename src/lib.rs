@@ -10,6 +10,7 @@ pub mod env;
 pub mod node;
 pub mod raft;
 pub mod registry;
+pub mod scheduler;
 
 /// Generated gRPC code.
 pub mod proto {

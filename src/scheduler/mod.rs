@@ -1,0 +1,238 @@
+//! The scheduler: from a view of the cluster, plans where each server's replicas run.
+//!
+//! Pure and deterministic: the same view always gives the same plan (ordered maps only,
+//! ties broken by node id). It owns no state and does no I/O; the leader feeds it the
+//! registry and proposes its plan through Raft.
+//!
+//! Rules, in order:
+//! 1. A replica may run only on a node that is up, carries every tag the server asks
+//!    for, and has room (its capacity, if it has one).
+//! 2. Replicas of one server sit on distinct nodes. A slot for which no such node exists
+//!    stays unplaced, with the reason, rather than doubling up.
+//! 3. As little as possible moves: an assignment that satisfies 1 and 2 is kept.
+//! 4. New replicas go to the eligible node with the fewest replicas (then the lowest id).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::registry::{NodeId, NodeStatus, Registry};
+
+#[cfg(test)]
+mod tests;
+
+/// What the scheduler knows of one node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeView {
+    pub status: NodeStatus,
+    pub tags: BTreeSet<String>,
+    /// Most replicas the node may run; `None` is no limit.
+    pub capacity: Option<u32>,
+}
+
+/// What the scheduler knows of one server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerView {
+    pub replicas: u32,
+    /// Tags a node must carry (all of them).
+    pub node_tags: BTreeSet<String>,
+}
+
+/// The input of a plan.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterView {
+    pub nodes: BTreeMap<NodeId, NodeView>,
+    pub servers: BTreeMap<String, ServerView>,
+    /// (server, slot) -> node.
+    pub assignments: BTreeMap<(String, u32), NodeId>,
+}
+
+impl ClusterView {
+    /// The view of `registry`. The registry records no node capacity yet: every node is
+    /// unlimited.
+    pub fn from_registry(registry: &Registry) -> ClusterView {
+        ClusterView {
+            nodes: registry
+                .nodes
+                .iter()
+                .map(|(id, node)| {
+                    let view = NodeView {
+                        status: node.status,
+                        tags: node.tags.iter().cloned().collect(),
+                        capacity: None,
+                    };
+                    (*id, view)
+                })
+                .collect(),
+            servers: registry
+                .servers
+                .iter()
+                .map(|(name, record)| {
+                    let view = ServerView {
+                        replicas: record.spec.replicas,
+                        node_tags: record.spec.node_tags.iter().cloned().collect(),
+                    };
+                    (name.clone(), view)
+                })
+                .collect(),
+            assignments: registry
+                .assignments
+                .iter()
+                .map(|(key, assignment)| (key.clone(), assignment.node_id))
+                .collect(),
+        }
+    }
+}
+
+/// One change to the assignments.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Move {
+    /// Slot `slot` of `server` goes to `node` (from wherever it was, if anywhere).
+    Assign {
+        server: String,
+        slot: u32,
+        node: NodeId,
+    },
+    /// Slot `slot` of `server` runs nowhere.
+    Unassign { server: String, slot: u32 },
+}
+
+/// Why a slot could not be placed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unplaced {
+    #[error("no node is up")]
+    NoNodeUp,
+    #[error("no node that is up carries the tags {0:?}")]
+    NoNodeWithTags(Vec<String>),
+    #[error("every eligible node already runs a replica of this server or is full")]
+    NoRoom,
+}
+
+/// What the scheduler decided.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// The changes: assignments, then unassignments, each in (server, slot) order.
+    pub moves: Vec<Move>,
+    /// Slots left without a node, and why.
+    pub unplaced: BTreeMap<(String, u32), Unplaced>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.moves.is_empty()
+    }
+}
+
+/// Whether `node` may run a replica of `server` at all (rules 1, without room).
+fn eligible(node: &NodeView, server: &ServerView) -> bool {
+    node.status == NodeStatus::Up && server.node_tags.is_subset(&node.tags)
+}
+
+/// Plans the assignments for `view`.
+pub fn plan(view: &ClusterView) -> Plan {
+    // Replicas each node runs under the plan being built.
+    let mut load: BTreeMap<NodeId, u32> = view.nodes.keys().map(|id| (*id, 0)).collect();
+    let has_room = |load: &BTreeMap<NodeId, u32>, id: NodeId| {
+        let node = &view.nodes[&id];
+        node.capacity.is_none_or(|limit| load[&id] < limit)
+    };
+    // Rules 1-3: keep what is valid, in (server, slot) order, so that when two slots
+    // of one server share a node (or a node is over capacity) the lower slot keeps it.
+    let mut kept: BTreeMap<(String, u32), NodeId> = BTreeMap::new();
+    for ((server, slot), node) in &view.assignments {
+        let Some(spec) = view.servers.get(server) else {
+            continue;
+        };
+        let valid = *slot < spec.replicas
+            && view.nodes.get(node).is_some_and(|n| eligible(n, spec))
+            && !kept.iter().any(|((s, _), n)| s == server && n == node)
+            && has_room(&load, *node);
+        if valid {
+            *load.get_mut(node).expect("eligible nodes are in the view") += 1;
+            kept.insert((server.clone(), *slot), *node);
+        }
+    }
+    // Rule 4: place every slot that is not kept.
+    let mut placed = kept.clone();
+    let mut unplaced = BTreeMap::new();
+    for (server, spec) in &view.servers {
+        for slot in 0..spec.replicas {
+            let key = (server.clone(), slot);
+            if placed.contains_key(&key) {
+                continue;
+            }
+            let used: BTreeSet<NodeId> = placed
+                .iter()
+                .filter(|((s, _), _)| s == server)
+                .map(|(_, n)| *n)
+                .collect();
+            let choice = view
+                .nodes
+                .iter()
+                .filter(|(id, node)| {
+                    eligible(node, spec) && !used.contains(id) && has_room(&load, **id)
+                })
+                .min_by_key(|(id, _)| (load[id], **id))
+                .map(|(id, _)| *id);
+            match choice {
+                Some(node) => {
+                    *load.get_mut(&node).expect("chosen from the view") += 1;
+                    placed.insert(key, node);
+                }
+                None => {
+                    unplaced.insert(key, why_unplaced(view, spec));
+                }
+            }
+        }
+    }
+    // The moves: what differs between the current assignments and the plan.
+    let mut moves = Vec::new();
+    for (key, node) in &placed {
+        if view.assignments.get(key) != Some(node) {
+            moves.push(Move::Assign {
+                server: key.0.clone(),
+                slot: key.1,
+                node: *node,
+            });
+        }
+    }
+    for key in view.assignments.keys() {
+        if !placed.contains_key(key) {
+            moves.push(Move::Unassign {
+                server: key.0.clone(),
+                slot: key.1,
+            });
+        }
+    }
+    moves.sort();
+    Plan { moves, unplaced }
+}
+
+fn why_unplaced(view: &ClusterView, spec: &ServerView) -> Unplaced {
+    let up: Vec<&NodeView> = view
+        .nodes
+        .values()
+        .filter(|n| n.status == NodeStatus::Up)
+        .collect();
+    if up.is_empty() {
+        Unplaced::NoNodeUp
+    } else if !up.iter().any(|n| spec.node_tags.is_subset(&n.tags)) {
+        Unplaced::NoNodeWithTags(spec.node_tags.iter().cloned().collect())
+    } else {
+        Unplaced::NoRoom
+    }
+}
+
+/// `view` with `plan`'s moves carried out: what the registry holds once they commit.
+pub fn apply(view: &ClusterView, plan: &Plan) -> ClusterView {
+    let mut next = view.clone();
+    for change in &plan.moves {
+        match change {
+            Move::Assign { server, slot, node } => {
+                next.assignments.insert((server.clone(), *slot), *node);
+            }
+            Move::Unassign { server, slot } => {
+                next.assignments.remove(&(server.clone(), *slot));
+            }
+        }
+    }
+    next
+}
