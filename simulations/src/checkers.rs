@@ -8,6 +8,7 @@
 //!   server name are linearizable (stateright's `LinearizabilityTester`).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use stateright::semantics::{ConsistencyTester, LinearizabilityTester, SequentialSpec};
 
@@ -92,11 +93,13 @@ pub struct FinalState {
 }
 
 /// What `check_history` looked at.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct HistoryStats {
     pub operations: usize,
     pub acknowledged_writes: usize,
     pub unknown_outcomes: usize,
+    /// Set if the linearizability search gave up (see `check_linearizable`).
+    pub inconclusive: Option<String>,
 }
 
 /// One operation of the history with its outcome.
@@ -110,6 +113,8 @@ struct Operation {
     ret: Option<Ret>,
     returned: Option<std::time::Duration>,
     failed: bool,
+    /// The outcome was unknown when the client gave up on it.
+    unknown: bool,
     /// Positions in the history: the order in which things happened.
     invoked_at: usize,
     returned_at: Option<usize>,
@@ -138,6 +143,7 @@ fn operations(history: &[Event]) -> Result<Vec<Operation>, String> {
                     ret: None,
                     returned: None,
                     failed: false,
+                    unknown: false,
                     invoked_at: position,
                     returned_at: None,
                 });
@@ -154,7 +160,8 @@ fn operations(history: &[Event]) -> Result<Vec<Operation>, String> {
                         operation.returned_at = Some(position);
                     }
                     EventKind::Failed(_) => operation.failed = true,
-                    EventKind::Unknown(_) | EventKind::Invoke(_) => {}
+                    EventKind::Unknown(_) => operation.unknown = true,
+                    EventKind::Invoke(_) => {}
                 }
             }
         }
@@ -188,14 +195,18 @@ pub fn check_history(
             .iter()
             .filter(|o| o.ret.is_none() && !o.failed)
             .count(),
+        inconclusive: None,
     };
     check_read_revisions(&operations)?;
     check_stale_reads(&operations)?;
     if let Some(final_state) = final_state {
         check_lost_writes(&operations, final_state)?;
     }
-    check_linearizable(&operations)?;
-    Ok(stats)
+    let inconclusive = check_linearizable(&operations)?;
+    Ok(HistoryStats {
+        inconclusive,
+        ..stats
+    })
 }
 
 /// A value is written once; a read of it must show the revision its write was
@@ -426,8 +437,44 @@ impl SequentialSpec for NameSpec {
     }
 }
 
-/// The operations on each server name are linearizable.
-fn check_linearizable(operations: &[Operation]) -> Result<(), String> {
+/// How long the linearizability search may take for one run before it gives up.
+pub const LINEARIZABILITY_BUDGET: Duration = Duration::from_secs(20);
+
+/// A write whose outcome is unknown but whose value a read returned took effect, at
+/// the revision the read saw and before that read returned: record it so. This changes
+/// no verdict (a valid order must place it there anyway) and spares the search from
+/// trying every other place for it.
+fn resolve_observed_writes(operations: &[Operation]) -> Vec<Operation> {
+    let mut resolved = operations.to_vec();
+    for operation in resolved.iter_mut().filter(|o| o.ret.is_none() && !o.failed) {
+        let (Op::Put { value } | Op::CompareAndSet { value, .. }) = &operation.op else {
+            continue;
+        };
+        let first_read = operations
+            .iter()
+            .filter(|read| read.key == operation.key)
+            .filter_map(|read| match &read.ret {
+                Some(Ret::Read {
+                    value: Some((seen, revision)),
+                }) if seen == value => read.returned_at.map(|at| (at, read.returned, *revision)),
+                _ => None,
+            })
+            .min_by_key(|(at, _, _)| *at);
+        if let Some((at, returned, revision)) = first_read {
+            operation.ret = Some(Ret::Written { revision });
+            operation.returned = returned;
+            operation.returned_at = Some(at);
+        }
+    }
+    resolved
+}
+
+/// The operations on each server name are linearizable. The search is stateright's,
+/// which can take exponential time on long histories with many overlapping or
+/// unknown operations: it runs on its own thread, and a search still going after
+/// `LINEARIZABILITY_BUDGET` is reported as inconclusive (`Ok(Some(..))`), not passed.
+fn check_linearizable(operations: &[Operation]) -> Result<Option<String>, String> {
+    let operations = &resolve_observed_writes(operations);
     // A client runs one operation at a time, but after an unknown outcome its next
     // operation may overlap the unknown one: each unknown outcome starts a new thread
     // of that client. Threads that end with an unknown outcome get the highest ids, so
@@ -438,8 +485,11 @@ fn check_linearizable(operations: &[Operation]) -> Result<(), String> {
     for operation in operations {
         let current = generation.entry(operation.client).or_insert(0);
         thread_of.push((operation.client, *current));
-        if operation.ret.is_none() && !operation.failed {
-            ends_unknown.insert((operation.client, *current), true);
+        // A resolved unknown operation still overlaps what its client did next.
+        if operation.unknown {
+            if operation.ret.is_none() {
+                ends_unknown.insert((operation.client, *current), true);
+            }
             *current += 1;
         }
     }
@@ -476,8 +526,33 @@ fn check_linearizable(operations: &[Operation]) -> Result<(), String> {
         };
         result.map_err(|e| format!("history is malformed: {e}"))?;
     }
-    for (key, tester) in testers {
-        if !tester.is_consistent() {
+    let keys: Vec<String> = testers.keys().map(|k| k.to_string()).collect();
+    let testers: Vec<(String, LinearizabilityTester<u64, NameSpec>)> = testers
+        .into_iter()
+        .map(|(key, tester)| (key.to_string(), tester))
+        .collect();
+    let (sender, verdicts) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for (key, tester) in testers {
+            if sender.send((key, tester.is_consistent())).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + LINEARIZABILITY_BUDGET;
+    for key in keys {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok((key, consistent)) = verdicts.recv_timeout(left) else {
+            return Ok(Some(format!(
+                "linearizability search for {key:?} gave up after {LINEARIZABILITY_BUDGET:?} \
+                 ({} operations on it)",
+                operations
+                    .iter()
+                    .filter(|o| o.key == key && !o.failed)
+                    .count()
+            )));
+        };
+        if !consistent {
             let lines: Vec<String> = operations
                 .iter()
                 .filter(|o| o.key == key && !o.failed)
@@ -498,5 +573,5 @@ fn check_linearizable(operations: &[Operation]) -> Result<(), String> {
             ));
         }
     }
-    Ok(())
+    Ok(None)
 }

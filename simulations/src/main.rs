@@ -157,6 +157,12 @@ fn run_one(args: &Args, seed: u64, bug: Option<Bug>) -> ExitCode {
             }
         }
     }
+    if args.quiet {
+        // A sweep shows what a passing seed could not check.
+        for event in report.events.iter().filter(|e| e.contains("INCONCLUSIVE")) {
+            println!("seed {seed}: {event}");
+        }
+    }
     if let Some(failure) = &report.failure {
         println!("seed {seed} FAILED: {failure}");
         println!("replay: {}", args.replay_command(seed));
@@ -321,6 +327,9 @@ fn sweep(args: &Args) -> ExitCode {
         sim_seconds += result.sim_seconds;
         if !result.passed {
             failed += 1;
+        }
+        // A failure, or what a passing seed could not check.
+        if !result.output.is_empty() {
             if progress {
                 eprint!("\r\x1b[K");
             }

@@ -649,10 +649,14 @@ pub fn chaos(seed: u64, nodes: u64) -> Report {
         log(
             sim.elapsed(),
             format!(
-                "history: {} operations, {} writes acknowledged, {} outcomes unknown; linearizable, nothing lost; final revision {}; {} applied indexes compared",
+                "history: {} operations, {} writes acknowledged, {} outcomes unknown; {}, nothing lost; final revision {}; {} applied indexes compared",
                 stats.operations,
                 stats.acknowledged_writes,
                 stats.unknown_outcomes,
+                match &stats.inconclusive {
+                    None => "linearizable".to_string(),
+                    Some(reason) => format!("INCONCLUSIVE: {reason}"),
+                },
                 final_state.revision,
                 states.indexes()
             ),

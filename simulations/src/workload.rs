@@ -16,8 +16,11 @@ use tonic::Code;
 
 use crate::client;
 
-/// The server names the clients work on: few, so that clients collide on them.
-pub const KEYS: [&str; 5] = ["alpha", "bravo", "charlie", "delta", "echo"];
+/// The server names the clients work on: few enough that clients collide on them, and
+/// enough that each name's history stays short for the linearizability search.
+pub const KEYS: [&str; 8] = [
+    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel",
+];
 /// How long a client waits for an answer before it gives up on the operation (longer
 /// than a node's own 5 s request deadline).
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(6);
