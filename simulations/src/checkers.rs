@@ -67,6 +67,10 @@ impl AppliedStates {
         }
         let hash = fingerprint();
         match self.by_index.get(&index) {
+            Some((first, expected)) if *expected != hash && *first == node => Err(format!(
+                "node {node} applied index {index} twice with different results (its log \
+                 changed under it)"
+            )),
             Some((first, expected)) if *expected != hash => Err(format!(
                 "state machines differ at applied index {index}: node {first} and node {node}"
             )),
