@@ -28,7 +28,8 @@ struct Args {
     /// The first seed of a sweep.
     #[arg(long, default_value_t = 0)]
     first_seed: u64,
-    /// Run every seed twice, each in a fresh process, and fail if the trace hashes differ.
+    /// Run every seed (or the one --seed) twice, each in a fresh process, and fail it if
+    /// the two trace hashes differ.
     #[arg(long)]
     check_determinism: bool,
     /// The scenario to run.
@@ -133,8 +134,9 @@ fn main() -> ExitCode {
             .init();
     }
     match args.seed {
-        Some(seed) => run_one(&args, seed, bug),
-        None => sweep(&args),
+        // Checking determinism takes fresh processes: a sweep of one seed.
+        Some(seed) if !args.check_determinism => run_one(&args, seed, bug),
+        _ => sweep(&args),
     }
 }
 
@@ -301,7 +303,10 @@ fn sweep(args: &Args) -> ExitCode {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
     let stop_at_first_failure = args.inject_bug.is_some();
-    let seeds: Vec<u64> = (args.first_seed..args.first_seed.saturating_add(args.seeds)).collect();
+    let seeds: Vec<u64> = match args.seed {
+        Some(seed) => vec![seed],
+        None => (args.first_seed..args.first_seed.saturating_add(args.seeds)).collect(),
+    };
     let started = Instant::now();
     let progress = std::io::stderr().is_terminal();
     let (sender, results) = std::sync::mpsc::channel::<SeedResult>();
