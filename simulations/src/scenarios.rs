@@ -600,6 +600,7 @@ pub fn chaos(seed: u64, nodes: u64) -> Report {
     let mut states = AppliedStates::default();
     let mut nemesis = Nemesis::new(seed, nodes, FAULTS_START);
     let mut converged_at = None;
+    let mut healed = false;
     let mut clients_done = false;
     let outcome: Result<(), String> = (|| loop {
         let now = sim.elapsed();
@@ -608,7 +609,8 @@ pub fn chaos(seed: u64, nodes: u64) -> Report {
             for line in nemesis.step(&mut sim, &cluster, now, leader) {
                 log(now, line);
             }
-        } else if now == FAULTS_END {
+        } else if !healed {
+            healed = true;
             for line in nemesis.heal_all(&mut sim) {
                 log(now, line);
             }
