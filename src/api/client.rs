@@ -60,6 +60,8 @@ fn status_from_registry_error(error: &RegistryError) -> Status {
         }
         RegistryError::RevisionMismatch { .. } => Status::failed_precondition(message),
         RegistryError::TooManyServers { .. } => Status::resource_exhausted(message),
+        RegistryError::StalePlan { .. } => Status::failed_precondition(message),
+        RegistryError::InvalidPlan { .. } => Status::invalid_argument(message),
     }
 }
 

@@ -17,6 +17,7 @@ use tokio::sync::broadcast;
 use super::codec::{decode, encode};
 use super::{io_error, LogId, Node, NodeId, RequestId, StorageError, TypeConfig};
 use crate::env::Disk;
+use crate::registry::LogPosition;
 use crate::registry::{Change, Outcome, Registry};
 
 const SNAPSHOT_KEY: &str = "snapshot";
@@ -245,7 +246,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                             entry_outcomes.push(outcome.clone());
                             continue;
                         }
-                        let (outcome, change) = applied.registry.apply(&proposal.command);
+                        let position = LogPosition {
+                            term: entry.log_id.leader_id.term,
+                            index: entry.log_id.index,
+                        };
+                        let (outcome, change) =
+                            applied.registry.apply_at(&proposal.command, position);
                         applied.recent.remember(proposal.id, outcome.clone());
                         if let Some(change) = change {
                             if applied.history.len() >= WATCH_HISTORY_LEN {

@@ -26,6 +26,28 @@ pub enum Command {
     RemoveNode {
         id: NodeId,
     },
+    /// Carry out a placement plan that the leader of `term` made. Rejected, whole,
+    /// unless the entry carrying it was written in `term`: a plan made by a leader that
+    /// has since been deposed never takes effect.
+    ApplyPlan {
+        term: u64,
+        placements: Vec<Placement>,
+    },
+}
+
+/// Slot `slot` of `server` runs on `node`, or nowhere.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub server: String,
+    pub slot: u32,
+    pub node: Option<NodeId>,
+}
+
+/// Where in the Raft log a command is applied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogPosition {
+    pub term: u64,
+    pub index: u64,
 }
 
 impl Command {
@@ -35,6 +57,7 @@ impl Command {
             Command::DeleteServer { .. } => "delete-server",
             Command::PutNode { .. } => "put-node",
             Command::RemoveNode { .. } => "remove-node",
+            Command::ApplyPlan { .. } => "apply-plan",
         }
     }
 }
@@ -66,4 +89,8 @@ pub enum RegistryError {
     NodeNotFound { id: NodeId },
     #[error("registry full: at most {limit} servers")]
     TooManyServers { limit: usize },
+    #[error("plan made in term {planned} arrived in term {current}")]
+    StalePlan { planned: u64, current: u64 },
+    #[error("invalid plan: {reason}")]
+    InvalidPlan { reason: String },
 }

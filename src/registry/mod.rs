@@ -7,7 +7,7 @@ pub mod model;
 mod state;
 pub mod validate;
 
-pub use command::{Command, Outcome, RegistryError};
+pub use command::{Command, LogPosition, Outcome, Placement, RegistryError};
 pub use model::*;
 pub use state::{Change, Registry};
 

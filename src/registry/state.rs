@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::command::{Command, Outcome, RegistryError};
+use super::command::{Command, LogPosition, Outcome, Placement, RegistryError};
 use super::model::*;
 use super::validate::{validate_name, validate_spec};
 
@@ -46,6 +46,16 @@ impl Registry {
     /// Applies one command. Returns its outcome and, if the server table changed, the
     /// change for watchers.
     pub fn apply(&mut self, command: &Command) -> (Outcome, Option<Change>) {
+        self.apply_at(command, LogPosition::default())
+    }
+
+    /// Applies `command` carried by the log entry at `position`: assignments take the
+    /// entry's index as their epoch, and a plan must come from the entry's term.
+    pub fn apply_at(
+        &mut self,
+        command: &Command,
+        position: LogPosition,
+    ) -> (Outcome, Option<Change>) {
         let result = match command {
             Command::PutServer {
                 spec,
@@ -59,6 +69,9 @@ impl Registry {
                 self.revision += 1;
                 self.nodes.insert(node.id, node.clone());
                 Ok(None)
+            }
+            Command::ApplyPlan { term, placements } => {
+                self.apply_plan(*term, placements, position).map(|()| None)
             }
             Command::RemoveNode { id } => {
                 if self.nodes.remove(id).is_none() {
@@ -81,6 +94,70 @@ impl Registry {
             ),
             Err(error) => (Outcome::Rejected(error), None),
         }
+    }
+
+    fn apply_plan(
+        &mut self,
+        term: u64,
+        placements: &[Placement],
+        position: LogPosition,
+    ) -> Result<(), RegistryError> {
+        if term != position.term {
+            return Err(RegistryError::StalePlan {
+                planned: term,
+                current: position.term,
+            });
+        }
+        let invalid = |reason: String| Err(RegistryError::InvalidPlan { reason });
+        for placement in placements {
+            let Some(record) = self.servers.get(&placement.server) else {
+                return invalid(format!("server {:?} does not exist", placement.server));
+            };
+            if placement.slot >= record.spec.replicas {
+                return invalid(format!(
+                    "server {:?} has {} replicas, not slot {}",
+                    placement.server, record.spec.replicas, placement.slot
+                ));
+            }
+            if let Some(node) = placement.node {
+                if self.nodes.get(&node).map(|n| n.status) != Some(NodeStatus::Up) {
+                    return invalid(format!("node {node} is not up"));
+                }
+            }
+        }
+        let mut next = self.assignments.clone();
+        for placement in placements {
+            let key = (placement.server.clone(), placement.slot);
+            match placement.node {
+                Some(node_id) => {
+                    next.insert(
+                        key,
+                        Assignment {
+                            server: placement.server.clone(),
+                            slot: placement.slot,
+                            node_id,
+                            epoch: position.index,
+                        },
+                    );
+                }
+                None => {
+                    next.remove(&key);
+                }
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(((server, _), a)) = next
+            .iter()
+            .find(|((server, _), a)| !seen.insert((server.clone(), a.node_id)))
+        {
+            return invalid(format!("two replicas of {server:?} on node {}", a.node_id));
+        }
+        // A slot that moved has no health yet on its new node.
+        self.health
+            .retain(|key, health| next.get(key).is_some_and(|a| a.node_id == health.node_id));
+        self.assignments = next;
+        self.revision += 1;
+        Ok(())
     }
 
     fn put_server(

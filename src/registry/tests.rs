@@ -306,6 +306,115 @@ fn shrinking_replicas_drops_slots_beyond_the_new_count() {
     registry.check_invariants().unwrap();
 }
 
+fn place(server: &str, slot: u32, node: Option<NodeId>) -> Placement {
+    Placement {
+        server: server.into(),
+        slot,
+        node,
+    }
+}
+
+#[test]
+fn plans_apply_only_in_the_term_that_made_them() {
+    let mut registry = Registry::default();
+    registry.apply(&Command::PutNode { node: node(1) });
+    registry.apply(&Command::PutNode { node: node(2) });
+    registry.apply(&Command::PutNode {
+        node: NodeRecord {
+            status: NodeStatus::Down,
+            ..node(3)
+        },
+    });
+    registry.apply(&put(with(echo("a"), |s| s.replicas = 2)));
+    let at = |term, index| LogPosition { term, index };
+    let plan = |term, placements| Command::ApplyPlan { term, placements };
+    let before = registry.clone();
+    let rejected: Vec<(&str, Command, RegistryError)> = vec![
+        (
+            "a plan from an earlier term",
+            plan(4, vec![place("a", 0, Some(1))]),
+            RegistryError::StalePlan {
+                planned: 4,
+                current: 5,
+            },
+        ),
+        (
+            "a node that is down",
+            plan(5, vec![place("a", 0, Some(3))]),
+            RegistryError::InvalidPlan {
+                reason: "node 3 is not up".into(),
+            },
+        ),
+        (
+            "an unknown node",
+            plan(5, vec![place("a", 0, Some(9))]),
+            RegistryError::InvalidPlan {
+                reason: "node 9 is not up".into(),
+            },
+        ),
+        (
+            "a slot beyond the replicas",
+            plan(5, vec![place("a", 2, Some(1))]),
+            RegistryError::InvalidPlan {
+                reason: "server \"a\" has 2 replicas, not slot 2".into(),
+            },
+        ),
+        (
+            "an unknown server",
+            plan(5, vec![place("b", 0, Some(1))]),
+            RegistryError::InvalidPlan {
+                reason: "server \"b\" does not exist".into(),
+            },
+        ),
+        (
+            "two replicas on one node",
+            plan(5, vec![place("a", 0, Some(1)), place("a", 1, Some(1))]),
+            RegistryError::InvalidPlan {
+                reason: "two replicas of \"a\" on node 1".into(),
+            },
+        ),
+    ];
+    for (what, command, error) in rejected {
+        let (outcome, _) = registry.apply_at(&command, at(5, 40));
+        assert_eq!(outcome, Outcome::Rejected(error), "{what}");
+        assert_eq!(registry, before, "{what}: a rejected plan changes nothing");
+    }
+
+    let (outcome, _) = registry.apply_at(
+        &plan(5, vec![place("a", 0, Some(1)), place("a", 1, Some(2))]),
+        at(5, 41),
+    );
+    assert_eq!(
+        outcome,
+        Outcome::Applied {
+            revision: before.revision + 1
+        }
+    );
+    assert_eq!(registry.assignments[&("a".into(), 1)].node_id, 2);
+    assert_eq!(registry.assignments[&("a".into(), 1)].epoch, 41);
+    registry.check_invariants().unwrap();
+
+    // Moving a slot drops its health from the old node; unassigning removes it.
+    registry.health.insert(
+        ("a".into(), 0),
+        ReplicaHealth {
+            node_id: 1,
+            state: ReplicaState::Healthy,
+            breaker: BreakerState::Closed,
+            restarts: 0,
+            last_error: None,
+            probe_latency_ms: Some(3),
+        },
+    );
+    registry.apply_at(&plan(6, vec![place("a", 1, None)]), at(6, 50));
+    assert!(registry.health.contains_key(&("a".into(), 0)));
+    assert!(!registry.assignments.contains_key(&("a".into(), 1)));
+    registry.apply_at(&plan(6, vec![place("a", 0, Some(2))]), at(6, 51));
+    assert!(registry.health.is_empty());
+    assert_eq!(registry.assignments[&("a".into(), 0)].epoch, 51);
+    registry.check_invariants().unwrap();
+}
+
 fn arbitrary_command() -> impl Strategy<Value = Command> {
     let name = prop::sample::select(vec!["a", "b", "c", "bad name", ""]);
     prop_oneof![

@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::registry::{NodeId, NodeStatus, Registry};
+use crate::registry::{NodeId, NodeStatus, Placement, Registry};
 
 #[cfg(test)]
 mod tests;
@@ -118,6 +118,25 @@ pub struct Plan {
 impl Plan {
     pub fn is_empty(&self) -> bool {
         self.moves.is_empty()
+    }
+
+    /// The moves as the registry's `Command::ApplyPlan` takes them.
+    pub fn placements(&self) -> Vec<Placement> {
+        self.moves
+            .iter()
+            .map(|change| match change {
+                Move::Assign { server, slot, node } => Placement {
+                    server: server.clone(),
+                    slot: *slot,
+                    node: Some(*node),
+                },
+                Move::Unassign { server, slot } => Placement {
+                    server: server.clone(),
+                    slot: *slot,
+                    node: None,
+                },
+            })
+            .collect()
     }
 }
 
