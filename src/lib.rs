@@ -4,9 +4,11 @@
 //! `api` (gRPC services), `node` (wiring), `env` (the seams to the outside world) and
 //! `cli` (the command line).
 
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod env;
+pub mod mcp;
 pub mod node;
 pub mod raft;
 pub mod registry;

@@ -41,6 +41,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         TopCommand::Cluster { client, command } => {
             cli::run_client(client, cli::ClientCommand::Cluster(command)).await?
         }
+        TopCommand::Status { client, stale } => {
+            cli::run_client(client, cli::ClientCommand::Status { stale }).await?
+        }
+        TopCommand::Node { client, command } => {
+            cli::run_client(client, cli::ClientCommand::Node(command)).await?
+        }
+        TopCommand::Supervise { command } => {
+            let (program, args) = command.split_first().expect("clap requires a command");
+            std::process::exit(mcpfleet::env::launcher::supervise(program, args).await);
+        }
         TopCommand::Bench { command } => match command {
             cli::BenchCommand::Put(args) => cli::bench::run_put(args).await?,
         },

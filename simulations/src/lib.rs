@@ -169,6 +169,7 @@ pub fn add_nodes(sim: &mut turmoil::Sim<'_>, seed: u64, configs: Vec<Config>) ->
                 network: Arc::new(TurmoilNetwork),
                 disk: disk.clone(),
                 probe: Some(node_probe.clone()),
+                launcher: None,
             };
             let config = config.clone();
             async move {

@@ -7,14 +7,14 @@ use futures::Stream;
 use tokio::sync::{broadcast, mpsc};
 use tonic::{Request, Response, Status};
 
-use super::convert::{record_to_proto, spec_from_proto};
+use super::convert::{fleet_nodes_to_proto, record_to_proto, replicas_to_proto, spec_from_proto};
 use super::status_from_node_error;
 use crate::node::{LeaderOp, Member, NodeHandle};
 use crate::proto::v1 as pb;
 use crate::proto::v1::registry_server::Registry;
 use crate::raft::WatchMessage;
 use crate::registry::validate::{validate_name, validate_spec};
-use crate::registry::{Change, Command, Outcome, RegistryError};
+use crate::registry::{Change, Command, NodeStatus, Outcome, RegistryError};
 
 pub struct ClientApi {
     node: Arc<NodeHandle>,
@@ -36,6 +36,36 @@ impl ClientApi {
             Outcome::Applied { revision } => Ok(revision),
             Outcome::Rejected(error) => Err(status_from_registry_error(&error)),
         }
+    }
+
+    async fn cluster_summary(&self) -> Result<pb::ClusterStatusResponse, Status> {
+        let metrics = self.node.raft.metrics().borrow().clone();
+        let committed = self
+            .node
+            .raft
+            .with_raft_state(|state| state.committed)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let leader = self.node.known_leader();
+        let (revision, server_count) = {
+            let applied = self.node.view.read();
+            (
+                applied.registry.revision,
+                applied.registry.servers.len() as u64,
+            )
+        };
+        Ok(pb::ClusterStatusResponse {
+            node_id: self.node.id(),
+            leader_id: leader.as_ref().map(|(id, _)| *id),
+            leader_addr: leader.map(|(_, addr)| addr).unwrap_or_default(),
+            term: metrics.current_term,
+            commit_index: committed.map_or(0, |c| c.index),
+            applied_index: metrics.last_applied.map_or(0, |a| a.index),
+            revision,
+            members: members_to_proto(self.node.members()),
+            server_count,
+            data_bytes: self.node.disk_size(),
+        })
     }
 
     async fn barrier_unless_stale(&self, stale: bool) -> Result<(), Status> {
@@ -61,7 +91,10 @@ fn status_from_registry_error(error: &RegistryError) -> Status {
         RegistryError::RevisionMismatch { .. } => Status::failed_precondition(message),
         RegistryError::TooManyServers { .. } => Status::resource_exhausted(message),
         RegistryError::StalePlan { .. } => Status::failed_precondition(message),
-        RegistryError::InvalidPlan { .. } => Status::invalid_argument(message),
+        RegistryError::InvalidPlan { .. } | RegistryError::InvalidNode { .. } => {
+            Status::invalid_argument(message)
+        }
+        RegistryError::StaleReport { .. } => Status::failed_precondition(message),
     }
 }
 
@@ -247,33 +280,83 @@ impl Registry for ClientApi {
         &self,
         _request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
-        let metrics = self.node.raft.metrics().borrow().clone();
-        let committed = self
-            .node
-            .raft
-            .with_raft_state(|state| state.committed)
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        let leader = self.node.known_leader();
-        let (revision, server_count) = {
-            let applied = self.node.view.read();
-            (
-                applied.registry.revision,
-                applied.registry.servers.len() as u64,
-            )
-        };
-        Ok(Response::new(pb::ClusterStatusResponse {
-            node_id: self.node.id(),
-            leader_id: leader.as_ref().map(|(id, _)| *id),
-            leader_addr: leader.map(|(_, addr)| addr).unwrap_or_default(),
-            term: metrics.current_term,
-            commit_index: committed.map_or(0, |c| c.index),
-            applied_index: metrics.last_applied.map_or(0, |a| a.index),
-            revision,
-            members: members_to_proto(self.node.members()),
-            server_count,
-            data_bytes: self.node.disk_size(),
+        self.cluster_summary().await.map(Response::new)
+    }
+
+    async fn server_status(
+        &self,
+        request: Request<pb::ServerStatusRequest>,
+    ) -> Result<Response<pb::ServerStatusResponse>, Status> {
+        let request = request.into_inner();
+        validate_name(&request.name).map_err(|e| status_from_registry_error(&e))?;
+        self.barrier_unless_stale(request.stale).await?;
+        let applied = self.node.view.read();
+        let registry = &applied.registry;
+        let record = registry.servers.get(&request.name).ok_or_else(|| {
+            status_from_registry_error(&RegistryError::ServerNotFound {
+                name: request.name.clone(),
+            })
+        })?;
+        let plan = crate::scheduler::plan(&crate::scheduler::ClusterView::from_registry(registry));
+        Ok(Response::new(pb::ServerStatusResponse {
+            server: Some(record_to_proto(record)),
+            replicas: replicas_to_proto(registry, &plan, &request.name),
+            revision: registry.revision,
         }))
+    }
+
+    async fn fleet_status(
+        &self,
+        request: Request<pb::FleetStatusRequest>,
+    ) -> Result<Response<pb::FleetStatusResponse>, Status> {
+        self.barrier_unless_stale(request.into_inner().stale)
+            .await?;
+        let cluster = self.cluster_summary().await?;
+        let applied = self.node.view.read();
+        let registry = &applied.registry;
+        let plan = crate::scheduler::plan(&crate::scheduler::ClusterView::from_registry(registry));
+        let servers = registry
+            .servers
+            .values()
+            .map(|record| {
+                let replicas = replicas_to_proto(registry, &plan, &record.spec.name);
+                pb::FleetServer {
+                    name: record.spec.name.clone(),
+                    desired: record.spec.replicas,
+                    placed: replicas.iter().filter(|r| r.node_id.is_some()).count() as u32,
+                    healthy: replicas.iter().filter(|r| r.state == "healthy").count() as u32,
+                    replicas,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::FleetStatusResponse {
+            cluster: Some(cluster),
+            nodes: fleet_nodes_to_proto(registry),
+            servers,
+        }))
+    }
+
+    async fn set_node_status(
+        &self,
+        request: Request<pb::SetNodeStatusRequest>,
+    ) -> Result<Response<pb::SetNodeStatusResponse>, Status> {
+        let request = request.into_inner();
+        let status = match request.status.as_str() {
+            "draining" => NodeStatus::Draining,
+            "up" => NodeStatus::Up,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "node status must be \"draining\" or \"up\", not {other:?}"
+                )))
+            }
+        };
+        let revision = self
+            .commit(Command::SetNodeStatus {
+                id: request.id,
+                status,
+            })
+            .await?;
+        Ok(Response::new(pb::SetNodeStatusResponse { revision }))
     }
 
     async fn add_node(

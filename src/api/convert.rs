@@ -124,3 +124,80 @@ pub fn parse_pairs(pairs: &[String], what: &str) -> Result<BTreeMap<String, Stri
         })
         .collect()
 }
+
+/// A kebab-case name of a registry enum (its serde name).
+fn kebab<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Every slot of `name` with its node and health. Slots with no node carry the
+/// scheduler's reason from `plan`.
+pub fn replicas_to_proto(
+    registry: &crate::registry::Registry,
+    plan: &crate::scheduler::Plan,
+    name: &str,
+) -> Vec<pb::Replica> {
+    let Some(record) = registry.servers.get(name) else {
+        return Vec::new();
+    };
+    (0..record.spec.replicas)
+        .map(|slot| {
+            let key = (name.to_string(), slot);
+            let Some(assignment) = registry.assignments.get(&key) else {
+                return pb::Replica {
+                    slot,
+                    state: "unplaced".into(),
+                    unplaced_reason: plan
+                        .unplaced
+                        .get(&key)
+                        .map_or("not placed yet".into(), |reason| reason.to_string()),
+                    ..Default::default()
+                };
+            };
+            let node_addr = registry
+                .nodes
+                .get(&assignment.node_id)
+                .map(|n| n.addr.clone())
+                .unwrap_or_default();
+            let mut replica = pb::Replica {
+                slot,
+                node_id: Some(assignment.node_id),
+                node_addr,
+                epoch: assignment.epoch,
+                state: "pending".into(),
+                breaker: "closed".into(),
+                ..Default::default()
+            };
+            if let Some(health) = registry.health.get(&key) {
+                replica.state = kebab(&health.state);
+                replica.breaker = kebab(&health.breaker);
+                replica.restarts = health.restarts;
+                replica.last_error = health.last_error.clone().unwrap_or_default();
+                replica.probe_latency_ms = health.probe_latency_ms;
+            }
+            replica
+        })
+        .collect()
+}
+
+/// The fleet's nodes with their status and how many replicas each holds.
+pub fn fleet_nodes_to_proto(registry: &crate::registry::Registry) -> Vec<pb::FleetNode> {
+    registry
+        .nodes
+        .values()
+        .map(|node| pb::FleetNode {
+            id: node.id,
+            addr: node.addr.clone(),
+            status: kebab(&node.status),
+            tags: node.tags.clone(),
+            replicas: registry
+                .assignments
+                .values()
+                .filter(|a| a.node_id == node.id)
+                .count() as u32,
+        })
+        .collect()
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 use tonic::transport::Channel;
 
 use super::output::{print_json, print_table, server_json, server_row, ServerJson, SERVER_HEADER};
-use super::{AddServerArgs, ClientArgs, ClusterCommand, OutputFormat, ServerCommand};
+use super::{AddServerArgs, ClientArgs, ClusterCommand, NodeCommand, OutputFormat, ServerCommand};
 use crate::api::convert::parse_pairs;
 use crate::proto::v1 as pb;
 use crate::proto::v1::registry_client::RegistryClient;
@@ -86,6 +86,8 @@ fn source_chain(error: &dyn std::error::Error) -> String {
 pub enum ClientCommand {
     Server(ServerCommand),
     Cluster(ClusterCommand),
+    Status { stale: bool },
+    Node(NodeCommand),
 }
 
 pub async fn run_client(args: ClientArgs, command: ClientCommand) -> Result<(), CliError> {
@@ -94,6 +96,27 @@ pub async fn run_client(args: ClientArgs, command: ClientCommand) -> Result<(), 
     match command {
         ClientCommand::Server(command) => server_command(&mut client, command, json).await,
         ClientCommand::Cluster(command) => cluster_command(&mut client, command, json).await,
+        ClientCommand::Status { stale } => fleet_status(&mut client, stale, json).await,
+        ClientCommand::Node(command) => {
+            let (id, status, done) = match command {
+                NodeCommand::Drain { id } => (id, "draining", "draining: its replicas move to other nodes"),
+                NodeCommand::Undrain { id } => (id, "up", "back in service"),
+            };
+            let response = client
+                .set_node_status(pb::SetNodeStatusRequest {
+                    id,
+                    status: status.into(),
+                })
+                .await?
+                .into_inner();
+            if json {
+                print_json(&serde_json::json!({"id": id, "status": status, "revision": response.revision}))
+                    .map_err(CliError::Failed)?;
+            } else {
+                println!("node {id} {done} (revision {})", response.revision);
+            }
+            Ok(())
+        }
     }
 }
 
@@ -207,6 +230,27 @@ async fn server_command(
                     .map_err(CliError::Failed)?;
             } else {
                 println!("server {name} removed at revision {}", response.revision);
+            }
+        }
+        ServerCommand::Status { name, stale } => {
+            let response = client
+                .server_status(pb::ServerStatusRequest { name, stale })
+                .await?
+                .into_inner();
+            let server = to_json(
+                response
+                    .server
+                    .ok_or_else(|| CliError::Failed("empty answer".into()))?,
+            )?;
+            if json {
+                print_json(&serde_json::json!({
+                    "name": server.spec.name,
+                    "replicas": replicas_json(&response.replicas),
+                    "revision": response.revision,
+                }))
+                .map_err(CliError::Failed)?;
+            } else {
+                print_replicas(&response.replicas);
             }
         }
         ServerCommand::Watch { from_revision } => {
@@ -324,6 +368,157 @@ async fn cluster_command(
                 .into_inner();
             print_membership(&response.members, json)?;
         }
+    }
+    Ok(())
+}
+
+fn replicas_json(replicas: &[pb::Replica]) -> serde_json::Value {
+    replicas
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "slot": r.slot,
+                "node_id": r.node_id,
+                "node_addr": (!r.node_addr.is_empty()).then_some(&r.node_addr),
+                "epoch": r.epoch,
+                "state": r.state,
+                "breaker": r.breaker,
+                "restarts": r.restarts,
+                "last_error": (!r.last_error.is_empty()).then_some(&r.last_error),
+                "probe_latency_ms": r.probe_latency_ms,
+                "unplaced_reason": (!r.unplaced_reason.is_empty()).then_some(&r.unplaced_reason),
+            })
+        })
+        .collect()
+}
+
+fn replica_rows(server: Option<&str>, replicas: &[pb::Replica]) -> Vec<Vec<String>> {
+    replicas
+        .iter()
+        .map(|r| {
+            let mut row = Vec::new();
+            if let Some(server) = server {
+                row.push(server.to_string());
+            }
+            let error = if r.unplaced_reason.is_empty() {
+                &r.last_error
+            } else {
+                &r.unplaced_reason
+            };
+            row.extend([
+                r.slot.to_string(),
+                r.node_id.map_or("-".into(), |id| id.to_string()),
+                r.state.clone(),
+                if r.breaker.is_empty() { "-".into() } else { r.breaker.clone() },
+                r.restarts.to_string(),
+                r.probe_latency_ms.map_or("-".into(), |ms| format!("{ms} ms")),
+                error.clone(),
+            ]);
+            row
+        })
+        .collect()
+}
+
+const REPLICA_HEADER: [&str; 7] = ["SLOT", "NODE", "STATE", "BREAKER", "RESTARTS", "LATENCY", "LAST ERROR"];
+
+fn print_replicas(replicas: &[pb::Replica]) {
+    print_table(&REPLICA_HEADER, &replica_rows(None, replicas));
+}
+
+async fn fleet_status(
+    client: &mut RegistryClient<Channel>,
+    stale: bool,
+    json: bool,
+) -> Result<(), CliError> {
+    let fleet = client
+        .fleet_status(pb::FleetStatusRequest { stale })
+        .await?
+        .into_inner();
+    let cluster = fleet.cluster.unwrap_or_default();
+    if json {
+        let nodes: Vec<serde_json::Value> = fleet
+            .nodes
+            .iter()
+            .map(|n| {
+                let member = cluster.members.iter().find(|m| m.id == n.id);
+                serde_json::json!({
+                    "id": n.id, "addr": n.addr, "status": n.status, "tags": n.tags,
+                    "replicas": n.replicas, "voter": member.map(|m| m.voter),
+                    "leader": cluster.leader_id == Some(n.id),
+                })
+            })
+            .collect();
+        let servers: Vec<serde_json::Value> = fleet
+            .servers
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "name": s.name, "desired": s.desired, "placed": s.placed,
+                    "healthy": s.healthy, "replicas": replicas_json(&s.replicas),
+                })
+            })
+            .collect();
+        return print_json(&serde_json::json!({
+            "leader_id": cluster.leader_id,
+            "term": cluster.term,
+            "revision": cluster.revision,
+            "nodes": nodes,
+            "servers": servers,
+        }))
+        .map_err(CliError::Failed);
+    }
+    let leader = cluster.leader_id.map_or("none".to_string(), |id| id.to_string());
+    println!(
+        "leader {leader}; term {}; revision {}; {} nodes; {} servers",
+        cluster.term,
+        cluster.revision,
+        fleet.nodes.len(),
+        fleet.servers.len()
+    );
+    println!();
+    let rows: Vec<Vec<String>> = fleet
+        .nodes
+        .iter()
+        .map(|n| {
+            let role = match cluster.members.iter().find(|m| m.id == n.id) {
+                Some(m) if m.voter => "voter",
+                Some(_) => "learner",
+                None => "not a member",
+            };
+            vec![
+                n.id.to_string(),
+                n.addr.clone(),
+                n.status.clone(),
+                format!("{role}{}", if cluster.leader_id == Some(n.id) { " (leader)" } else { "" }),
+                n.replicas.to_string(),
+                n.tags.join(","),
+            ]
+        })
+        .collect();
+    print_table(&["NODE", "ADDR", "STATUS", "ROLE", "REPLICAS", "TAGS"], &rows);
+    println!();
+    let rows: Vec<Vec<String>> = fleet
+        .servers
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                format!("{}/{}", s.healthy, s.desired),
+                s.placed.to_string(),
+            ]
+        })
+        .collect();
+    print_table(&["SERVER", "HEALTHY", "PLACED"], &rows);
+    let replicas: Vec<Vec<String>> = fleet
+        .servers
+        .iter()
+        .flat_map(|s| replica_rows(Some(&s.name), &s.replicas))
+        .collect();
+    if !replicas.is_empty() {
+        println!();
+        let mut header = vec!["SERVER"];
+        header.extend(REPLICA_HEADER);
+        print_table(&header, &replicas);
     }
     Ok(())
 }

@@ -42,11 +42,41 @@ pub enum TopCommand {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// The whole fleet on one screen: nodes, servers and every replica's health.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Answer from this node's local state without confirming it is current.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Take nodes out of service and back.
+    Node {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
     /// Load generators.
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// Runs an MCP server command in its own process group and takes the group down
+    /// with it (used by nodes; not for people).
+    #[command(hide = true)]
+    Supervise {
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCommand {
+    /// Move every replica off a node (before maintenance); it runs none until undrained.
+    Drain { id: u64 },
+    /// Return a drained node to service.
+    Undrain { id: u64 },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -87,6 +117,12 @@ pub enum ServerCommand {
         /// Only if the server's revision is still this one.
         #[arg(long)]
         expected_revision: Option<u64>,
+    },
+    /// Each replica of a server: node, state, breaker, restarts, last error, probe latency.
+    Status {
+        name: String,
+        #[arg(long)]
+        stale: bool,
     },
     /// Print changes to servers as they happen.
     Watch {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use clap::Args;
 
 use super::client::CliError;
+use crate::env::launcher::ProcessLauncher;
 use crate::env::{Disk, Environment, SledDisk};
 use crate::node::config::{parse_initial_cluster, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
 use crate::node::Config;
@@ -44,6 +45,18 @@ pub struct ServeArgs {
     /// Upper bound of the randomized election timeout.
     #[arg(long, default_value_t = Config::default().election_timeout_max_ms)]
     pub election_timeout_max_ms: u64,
+    /// A tag this node carries (repeat for more); servers pick nodes by tags.
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// A node silent for this long is marked down and its replicas move elsewhere.
+    #[arg(long, default_value_t = Config::default().node_timeout_ms)]
+    pub node_timeout_ms: u64,
+    /// How long one answered heartbeat lets this node run its replicas.
+    #[arg(long, default_value_t = Config::default().lease_ms)]
+    pub lease_ms: u64,
+    /// How often this node heartbeats the leader.
+    #[arg(long, default_value_t = Config::default().node_heartbeat_interval_ms)]
+    pub node_heartbeat_interval_ms: u64,
     /// Build a snapshot (and purge the log) after this many entries.
     #[arg(long, default_value_t = Config::default().snapshot_after_logs)]
     pub snapshot_after_logs: u64,
@@ -79,6 +92,15 @@ impl ServeArgs {
             election_timeout_min_ms: self.election_timeout_min_ms,
             election_timeout_max_ms: self.election_timeout_max_ms,
             snapshot_after_logs: self.snapshot_after_logs,
+            tags: {
+                let mut tags = self.tags.clone();
+                tags.sort();
+                tags.dedup();
+                tags
+            },
+            node_timeout_ms: self.node_timeout_ms,
+            lease_ms: self.lease_ms,
+            node_heartbeat_interval_ms: self.node_heartbeat_interval_ms,
             ..Config::default()
         };
         config.validate().map_err(usage)?;
@@ -123,7 +145,15 @@ pub async fn run_serve(
     let config = args.to_config()?;
     let disk = SledDisk::open(&config.data_dir).map_err(|e| CliError::Failed(e.to_string()))?;
     claim_data_dir(&disk, &config).await?;
-    let env = Environment::production(Arc::new(disk));
+    let mut env = Environment::production(Arc::new(disk));
+    // Every MCP server runs under this same binary's `supervise`, which takes it down
+    // if this node dies.
+    let supervisor = std::env::current_exe().map_err(|e| {
+        CliError::Failed(format!("cannot find the mcpfleet binary to supervise servers: {e}"))
+    })?;
+    env.launcher = Some(Arc::new(ProcessLauncher {
+        supervisor: Some(supervisor),
+    }));
     crate::node::run(config, env, shutdown)
         .await
         .map_err(|e| CliError::Failed(e.to_string()))

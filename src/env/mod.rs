@@ -4,6 +4,7 @@
 //! that may touch real sockets, real files, threads or entropy.
 
 pub mod bugs;
+pub mod launcher;
 pub mod disk;
 pub mod network;
 pub mod runtime;
@@ -23,6 +24,9 @@ pub struct Environment {
     pub disk: Arc<dyn Disk>,
     /// Lets a harness watch the node from outside; production nodes have none.
     pub probe: Option<Arc<dyn Probe>>,
+    /// Starts and reaches MCP servers. A node without one runs no replicas (it still
+    /// heartbeats and takes part in placement).
+    pub launcher: Option<Arc<dyn launcher::McpLauncher>>,
 }
 
 /// What the node's Raft reports about itself.
@@ -59,6 +63,7 @@ impl Environment {
             network: Arc::new(TcpNetwork),
             disk,
             probe: None,
+            launcher: None,
         }
     }
 }

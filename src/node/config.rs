@@ -37,7 +37,23 @@ pub struct Config {
     pub request_timeout_ms: u64,
     /// How long graceful shutdown may take before the node stops anyway.
     pub shutdown_timeout_ms: u64,
+    /// Tags this node carries; a server's `node_tags` pick nodes by them.
+    pub tags: Vec<String>,
+    /// How often the agent heartbeats the leader.
+    pub node_heartbeat_interval_ms: u64,
+    /// A node the leader has not heard from for this long is marked down and its
+    /// replicas move elsewhere.
+    pub node_timeout_ms: u64,
+    /// How long one answered heartbeat lets the agent run its replicas. Shorter than
+    /// `node_timeout_ms` by enough that the old owner has stopped before a new one starts.
+    pub lease_ms: u64,
 }
+
+/// How recently the leader must have confirmed its leadership with a quorum to renew a
+/// lease: a deposed leader that does not know it yet stops renewing within this time.
+pub const LEASE_CONFIRM_MS: u64 = 300;
+/// How long a replica whose lease ran out gets between SIGTERM and SIGKILL.
+pub const FENCE_GRACE_MS: u64 = 200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -55,6 +71,8 @@ pub enum ConfigError {
     Timing(String),
     #[error("max_voters must be 1..=7, got {0}")]
     MaxVoters(usize),
+    #[error("tags: at most {} tags of 1..={} bytes each", crate::registry::MAX_LIST_ITEMS, crate::registry::MAX_NAME_LEN)]
+    Tags,
 }
 
 impl Default for Config {
@@ -74,6 +92,10 @@ impl Default for Config {
             max_voters: 5,
             request_timeout_ms: 5_000,
             shutdown_timeout_ms: 5_000,
+            tags: Vec::new(),
+            node_heartbeat_interval_ms: 250,
+            node_timeout_ms: 1_500,
+            lease_ms: 800,
         }
     }
 }
@@ -138,6 +160,25 @@ impl Config {
             return Err(ConfigError::Timing(
                 "request_timeout_ms must be at least election_timeout_max_ms".into(),
             ));
+        }
+        // Fencing: a lease renewed just before the leader was deposed runs out, and its
+        // replicas are killed, before the new leader's grace ends (see docs/operations.md).
+        if self.node_heartbeat_interval_ms == 0
+            || self.node_heartbeat_interval_ms * 2 > self.lease_ms
+            || self.lease_ms + LEASE_CONFIRM_MS + FENCE_GRACE_MS >= self.node_timeout_ms
+        {
+            return Err(ConfigError::Timing(format!(
+                "need 0 < 2 x node_heartbeat_interval_ms <= lease_ms and lease_ms + {} ms < node_timeout_ms",
+                LEASE_CONFIRM_MS + FENCE_GRACE_MS
+            )));
+        }
+        if self.tags.len() > crate::registry::MAX_LIST_ITEMS
+            || self
+                .tags
+                .iter()
+                .any(|t| t.is_empty() || t.len() > crate::registry::MAX_NAME_LEN)
+        {
+            return Err(ConfigError::Tags);
         }
         if self.max_voters == 0 || self.max_voters > 7 {
             return Err(ConfigError::MaxVoters(self.max_voters));

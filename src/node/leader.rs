@@ -46,6 +46,8 @@ pub enum LeaderOp {
     RemoveNode {
         id: NodeId,
     },
+    /// A node's agent says it is alive and asks to renew its lease.
+    Heartbeat(super::controller::Heartbeat),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -54,6 +56,7 @@ pub enum LeaderOpResult {
     /// The log index a linearizable read must have applied.
     ReadIndex(Option<u64>),
     Members(Vec<Member>),
+    Lease(super::controller::LeaseGrant),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,7 +165,7 @@ impl NodeHandle {
         }
     }
 
-    async fn execute_remote(
+    pub(crate) async fn execute_remote(
         &self,
         addr: &str,
         op: &LeaderOp,
@@ -237,6 +240,7 @@ impl NodeHandle {
             },
             LeaderOp::AddNode { id, addr } => self.add_node(id, addr).await,
             LeaderOp::RemoveNode { id } => self.remove_node(id).await,
+            LeaderOp::Heartbeat(heartbeat) => self.receive_heartbeat(heartbeat),
         }
     }
 

@@ -3,6 +3,7 @@
 //! logic that every write, linearizable read and membership change goes through.
 
 pub mod config;
+pub mod controller;
 mod elections;
 mod leader;
 mod proposer;
@@ -59,6 +60,8 @@ pub struct NodeHandle {
     peers: DashMap<String, Channel>,
     shutdown: watch::Receiver<bool>,
     disk: Arc<dyn Disk>,
+    /// On the leader: when each node was last heard from.
+    liveness: std::sync::Mutex<controller::Liveness>,
 }
 
 impl NodeHandle {
@@ -148,6 +151,7 @@ pub async fn run(
         peers: DashMap::new(),
         shutdown: stop_rx,
         disk: env.disk.clone(),
+        liveness: Default::default(),
     });
 
     let server = tokio::spawn(crate::api::serve(handle.clone(), incoming));
@@ -156,6 +160,8 @@ pub async fn run(
         env.seed,
         config.election_timeout_max_ms.saturating_mul(2),
     ));
+    let controller = tokio::spawn(controller::run(handle.clone()));
+    let agent = tokio::spawn(crate::agent::run(handle.clone(), env.launcher.clone()));
     tracing::info!(id, listen = %config.listen, "node started");
 
     let startup = start_membership(handle.clone());
@@ -169,7 +175,7 @@ pub async fn run(
                 if let Err(error) = result {
                     tracing::error!(%error, "could not start membership");
                     let _ = stop_tx.send(true);
-                    stop(&handle, server).await;
+                    stop(&handle, server, [controller, agent]).await;
                     return Err(error);
                 }
             }
@@ -178,12 +184,22 @@ pub async fn run(
     }
     tracing::info!(id, "shutting down");
     let _ = stop_tx.send(true);
-    stop(&handle, server).await;
+    stop(&handle, server, [controller, agent]).await;
     Ok(())
 }
 
-async fn stop(handle: &NodeHandle, server: tokio::task::JoinHandle<Result<(), NodeError>>) {
+async fn stop(
+    handle: &NodeHandle,
+    server: tokio::task::JoinHandle<Result<(), NodeError>>,
+    loops: [tokio::task::JoinHandle<()>; 2],
+) {
     let limit = Duration::from_millis(handle.config.shutdown_timeout_ms);
+    // The agent stops every MCP server it runs before it returns.
+    for task in loops {
+        if tokio::time::timeout(limit, task).await.is_err() {
+            tracing::warn!("a node task did not stop in time");
+        }
+    }
     if tokio::time::timeout(limit, server).await.is_err() {
         tracing::warn!("API server did not stop in time");
     }

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{NodeId, NodeRecord, ServerSpec};
+use super::model::{NodeId, NodeRecord, NodeStatus, ReplicaHealth, ServerSpec};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -25,6 +25,27 @@ pub enum Command {
     },
     RemoveNode {
         id: NodeId,
+    },
+    /// A node announces itself (through its heartbeats): a new node is recorded as up;
+    /// a known one keeps its status and takes the new address and tags.
+    RegisterNode {
+        id: NodeId,
+        addr: String,
+        tags: Vec<String>,
+    },
+    /// The leader's liveness check (up/down) or an operator (draining).
+    SetNodeStatus {
+        id: NodeId,
+        status: NodeStatus,
+    },
+    /// The node running slot `slot` of `server` under the assignment made at `epoch`
+    /// reports a health transition. Rejected unless that assignment is still current,
+    /// so a former owner's late report cannot overwrite the new owner's.
+    ReportHealth {
+        server: String,
+        slot: u32,
+        epoch: u64,
+        health: ReplicaHealth,
     },
     /// Carry out a placement plan that the leader of `term` made. Rejected, whole,
     /// unless the entry carrying it was written in `term`: a plan made by a leader that
@@ -58,6 +79,9 @@ impl Command {
             Command::PutNode { .. } => "put-node",
             Command::RemoveNode { .. } => "remove-node",
             Command::ApplyPlan { .. } => "apply-plan",
+            Command::RegisterNode { .. } => "register-node",
+            Command::SetNodeStatus { .. } => "set-node-status",
+            Command::ReportHealth { .. } => "report-health",
         }
     }
 }
@@ -93,4 +117,12 @@ pub enum RegistryError {
     StalePlan { planned: u64, current: u64 },
     #[error("invalid plan: {reason}")]
     InvalidPlan { reason: String },
+    #[error("health report for {server:?}/{slot} at epoch {epoch} is not for its current assignment")]
+    StaleReport {
+        server: String,
+        slot: u32,
+        epoch: u64,
+    },
+    #[error("invalid node record: {reason}")]
+    InvalidNode { reason: String },
 }

@@ -8,6 +8,22 @@ use super::command::{Command, LogPosition, Outcome, Placement, RegistryError};
 use super::model::*;
 use super::validate::{validate_name, validate_spec};
 
+/// Longest node address recorded.
+pub const MAX_ADDRESS_LEN: usize = 255;
+/// Longest last error a health report keeps, in bytes.
+pub const MAX_ERROR_BYTES: usize = 1_024;
+
+/// Cuts `text` to at most `limit` bytes, on a character boundary.
+pub fn truncate_utf8(text: &mut String, limit: usize) {
+    if text.len() > limit {
+        let mut end = limit;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+}
+
 /// The whole replicated registry. Every successful command bumps `revision` by one;
 /// a rejected command changes nothing.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +86,21 @@ impl Registry {
                 self.nodes.insert(node.id, node.clone());
                 Ok(None)
             }
+            Command::RegisterNode { id, addr, tags } => self.register_node(*id, addr, tags),
+            Command::SetNodeStatus { id, status } => match self.nodes.get_mut(id) {
+                None => Err(RegistryError::NodeNotFound { id: *id }),
+                Some(node) => {
+                    node.status = *status;
+                    self.revision += 1;
+                    Ok(None)
+                }
+            },
+            Command::ReportHealth {
+                server,
+                slot,
+                epoch,
+                health,
+            } => self.report_health(server, *slot, *epoch, health),
             Command::ApplyPlan { term, placements } => {
                 self.apply_plan(*term, placements, position).map(|()| None)
             }
@@ -158,6 +189,66 @@ impl Registry {
         self.assignments = next;
         self.revision += 1;
         Ok(())
+    }
+
+    fn register_node(
+        &mut self,
+        id: NodeId,
+        addr: &str,
+        tags: &[String],
+    ) -> Result<Option<Change>, RegistryError> {
+        let invalid = |reason: String| Err(RegistryError::InvalidNode { reason });
+        if id == 0 {
+            return invalid("node id must be at least 1".into());
+        }
+        if addr.is_empty() || addr.len() > MAX_ADDRESS_LEN {
+            return invalid(format!("address must be 1..={MAX_ADDRESS_LEN} bytes"));
+        }
+        if tags.len() > MAX_LIST_ITEMS || tags.iter().any(|t| t.is_empty() || t.len() > MAX_NAME_LEN) {
+            return invalid(format!(
+                "at most {MAX_LIST_ITEMS} tags of 1..={MAX_NAME_LEN} bytes"
+            ));
+        }
+        let status = self.nodes.get(&id).map_or(NodeStatus::Up, |n| n.status);
+        self.nodes.insert(
+            id,
+            NodeRecord {
+                id,
+                addr: addr.to_string(),
+                tags: tags.to_vec(),
+                status,
+            },
+        );
+        self.revision += 1;
+        Ok(None)
+    }
+
+    fn report_health(
+        &mut self,
+        server: &str,
+        slot: u32,
+        epoch: u64,
+        health: &ReplicaHealth,
+    ) -> Result<Option<Change>, RegistryError> {
+        let key = (server.to_string(), slot);
+        let current = self
+            .assignments
+            .get(&key)
+            .is_some_and(|a| a.epoch == epoch && a.node_id == health.node_id);
+        if !current {
+            return Err(RegistryError::StaleReport {
+                server: server.to_string(),
+                slot,
+                epoch,
+            });
+        }
+        let mut health = health.clone();
+        if let Some(error) = &mut health.last_error {
+            truncate_utf8(error, MAX_ERROR_BYTES);
+        }
+        self.health.insert(key, health);
+        self.revision += 1;
+        Ok(None)
     }
 
     fn put_server(

@@ -415,6 +415,118 @@ fn plans_apply_only_in_the_term_that_made_them() {
     registry.check_invariants().unwrap();
 }
 
+fn healthy_on(node_id: NodeId) -> ReplicaHealth {
+    ReplicaHealth {
+        node_id,
+        state: ReplicaState::Healthy,
+        breaker: BreakerState::Closed,
+        restarts: 0,
+        last_error: None,
+        probe_latency_ms: Some(2),
+    }
+}
+
+#[test]
+fn nodes_register_and_report_health_only_for_their_current_assignment() {
+    let mut registry = Registry::default();
+    let register = |id, tags: &[&str]| Command::RegisterNode {
+        id,
+        addr: format!("127.0.0.1:{}", 7000 + id),
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+    };
+    registry.apply(&register(1, &["gpu"]));
+    registry.apply(&register(2, &[]));
+    assert_eq!(registry.nodes[&1].status, NodeStatus::Up);
+    // A node that registers again keeps the status the cluster gave it.
+    registry.apply(&Command::SetNodeStatus {
+        id: 1,
+        status: NodeStatus::Draining,
+    });
+    registry.apply(&register(1, &["gpu", "ssd"]));
+    assert_eq!(registry.nodes[&1].status, NodeStatus::Draining);
+    assert_eq!(registry.nodes[&1].tags, vec!["gpu", "ssd"]);
+    registry.apply(&put(echo("a")));
+    let at = LogPosition { term: 2, index: 10 };
+    registry.apply_at(
+        &Command::ApplyPlan {
+            term: 2,
+            placements: vec![place("a", 0, Some(2))],
+        },
+        at,
+    );
+    let report = |epoch, health| Command::ReportHealth {
+        server: "a".into(),
+        slot: 0,
+        epoch,
+        health,
+    };
+    let before = registry.clone();
+    let stale = RegistryError::StaleReport {
+        server: "a".into(),
+        slot: 0,
+        epoch: 9,
+    };
+    let rejected: Vec<(&str, Command, RegistryError)> = vec![
+        ("an older epoch", report(9, healthy_on(2)), stale),
+        (
+            "another node",
+            report(10, healthy_on(1)),
+            RegistryError::StaleReport {
+                server: "a".into(),
+                slot: 0,
+                epoch: 10,
+            },
+        ),
+        (
+            "a slot with no assignment",
+            Command::ReportHealth {
+                server: "a".into(),
+                slot: 1,
+                epoch: 10,
+                health: healthy_on(2),
+            },
+            RegistryError::StaleReport {
+                server: "a".into(),
+                slot: 1,
+                epoch: 10,
+            },
+        ),
+        (
+            "status of an unknown node",
+            Command::SetNodeStatus {
+                id: 9,
+                status: NodeStatus::Down,
+            },
+            RegistryError::NodeNotFound { id: 9 },
+        ),
+        (
+            "a node with no address",
+            Command::RegisterNode {
+                id: 3,
+                addr: String::new(),
+                tags: vec![],
+            },
+            RegistryError::InvalidNode {
+                reason: "address must be 1..=255 bytes".into(),
+            },
+        ),
+    ];
+    for (what, command, error) in rejected {
+        let (outcome, _) = registry.apply(&command);
+        assert_eq!(outcome, Outcome::Rejected(error), "{what}");
+        assert_eq!(registry, before, "{what} changed the registry");
+    }
+    let mut failing = healthy_on(2);
+    failing.state = ReplicaState::CrashLoop;
+    failing.last_error = Some("é".repeat(MAX_ERROR_BYTES));
+    let (outcome, _) = registry.apply(&report(10, failing));
+    assert!(matches!(outcome, Outcome::Applied { .. }));
+    let kept = &registry.health[&("a".to_string(), 0)];
+    assert_eq!(kept.state, ReplicaState::CrashLoop);
+    assert_eq!(kept.last_error.as_ref().unwrap().len(), MAX_ERROR_BYTES);
+    registry.check_invariants().unwrap();
+}
+
 fn arbitrary_command() -> impl Strategy<Value = Command> {
     let name = prop::sample::select(vec!["a", "b", "c", "bad name", ""]);
     prop_oneof![

@@ -1,0 +1,253 @@
+//! The agent: makes what runs on this node match this node's assignments.
+//!
+//! - Heartbeats the leader every `node_heartbeat_interval_ms`; each answered heartbeat
+//!   renews the lease until (time the heartbeat was sent) + `lease_ms`.
+//! - Runs a replica for each assignment of this node, but only while the lease is fresh:
+//!   when it runs out, every replica is stopped (SIGTERM, SIGKILL after
+//!   `FENCE_GRACE_MS`), so the node the leader hands them to next never overlaps with
+//!   this one. A new replica starts only once this node has applied everything the
+//!   leader had applied when it last renewed the lease, and never for an assignment older
+//!   than one this node has already seen for the slot.
+//! - Stops replicas whose assignment went away or changed (new epoch or new spec).
+//! - On shutdown, stops every replica before it returns.
+//!
+//! It reads the registry only from this node's applied state and writes to it only
+//! through health reports (`reporter`).
+
+mod breaker;
+mod replica;
+mod reporter;
+mod restart;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+pub use breaker::Breaker;
+pub use replica::{ReplicaKey, INITIALIZE_TIMEOUT_MS};
+pub use restart::{Decision, Restarts};
+
+use crate::env::launcher::McpLauncher;
+use crate::node::config::FENCE_GRACE_MS;
+use crate::node::controller::Heartbeat;
+use crate::node::{LeaderOp, LeaderOpResult, NodeHandle};
+use crate::registry::ServerSpec;
+use reporter::Reports;
+
+/// How often the agent compares its assignments with what runs.
+const RECONCILE_MS: u64 = 100;
+/// How long a replica that is no longer wanted gets between SIGTERM and SIGKILL.
+pub const STOP_GRACE_MS: u64 = 2_000;
+
+/// This node's lease from the leader.
+#[derive(Clone, Copy, Debug, Default)]
+struct Lease {
+    valid_until: Option<Instant>,
+    /// The leader's applied index when it last renewed the lease.
+    leader_applied: u64,
+}
+
+struct Running {
+    epoch: u64,
+    spec: ServerSpec,
+    stop: watch::Sender<Option<Duration>>,
+    task: JoinHandle<()>,
+}
+
+/// Runs the agent until the node shuts down.
+pub async fn run(handle: Arc<NodeHandle>, launcher: Option<Arc<dyn McpLauncher>>) {
+    let (lease_tx, lease) = watch::channel(Lease::default());
+    let heartbeats = tokio::spawn(heartbeat(handle.clone(), lease_tx));
+    let reports = Arc::new(Reports::default());
+    let reporter = tokio::spawn(reporter::run(handle.clone(), reports.clone()));
+    let mut agent = Agent {
+        handle: handle.clone(),
+        launcher,
+        reports,
+        running: BTreeMap::new(),
+        stopping: Vec::new(),
+        highest_epoch: BTreeMap::new(),
+    };
+    let shutdown = handle.shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(Duration::from_millis(RECONCILE_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => agent.reconcile(*lease.borrow()),
+            _ = &mut shutdown => break,
+        }
+    }
+    let grace = Duration::from_millis(STOP_GRACE_MS);
+    let keys: Vec<(String, u32)> = agent.running.keys().cloned().collect();
+    for key in keys {
+        agent.stop(&key, grace);
+    }
+    for task in agent.stopping.drain(..).map(|(_, task)| task) {
+        let _ = task.await;
+    }
+    let _ = heartbeats.await;
+    let _ = reporter.await;
+}
+
+struct Agent {
+    handle: Arc<NodeHandle>,
+    launcher: Option<Arc<dyn McpLauncher>>,
+    reports: Arc<Reports>,
+    running: BTreeMap<(String, u32), Running>,
+    /// Replicas told to stop and not yet stopped; their slot does not start again here
+    /// until they have.
+    stopping: Vec<((String, u32), JoinHandle<()>)>,
+    /// The newest assignment epoch seen per slot: older ones are refused.
+    highest_epoch: BTreeMap<(String, u32), u64>,
+}
+
+impl Agent {
+    fn reconcile(&mut self, lease: Lease) {
+        let now = Instant::now();
+        let fresh = lease.valid_until.is_some_and(|until| now < until);
+        let applied = self
+            .handle
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |id| id.index);
+        let me = self.handle.id();
+        let mine: BTreeMap<(String, u32), (u64, ServerSpec)> = {
+            let state = self.handle.view.read();
+            let registry = &state.registry;
+            self.highest_epoch
+                .retain(|(server, _), _| registry.servers.contains_key(server));
+            registry
+                .assignments
+                .iter()
+                .filter(|(_, a)| a.node_id == me)
+                .filter_map(|(key, a)| {
+                    let spec = registry.servers.get(&a.server)?.spec.clone();
+                    Some((key.clone(), (a.epoch, spec)))
+                })
+                .collect()
+        };
+        let mut wanted = BTreeMap::new();
+        for (key, (epoch, spec)) in mine {
+            let highest = self.highest_epoch.entry(key.clone()).or_insert(epoch);
+            if epoch < *highest {
+                tracing::warn!(server = %key.0, slot = key.1, epoch, highest = *highest,
+                    "refusing a stale assignment");
+                continue;
+            }
+            *highest = epoch;
+            if fresh {
+                wanted.insert(key, (epoch, spec));
+            }
+        }
+        let grace = if fresh {
+            Duration::from_millis(STOP_GRACE_MS)
+        } else {
+            Duration::from_millis(FENCE_GRACE_MS)
+        };
+        let unwanted: Vec<(String, u32)> = self
+            .running
+            .iter()
+            .filter(|(key, running)| {
+                wanted
+                    .get(*key)
+                    .is_none_or(|(epoch, spec)| *epoch != running.epoch || *spec != running.spec)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        if !fresh && !unwanted.is_empty() {
+            tracing::warn!(replicas = unwanted.len(), "lease expired: stopping replicas");
+        }
+        for key in unwanted {
+            self.stop(&key, grace);
+        }
+        self.stopping.retain(|(_, task)| !task.is_finished());
+        let Some(launcher) = &self.launcher else {
+            return;
+        };
+        if !fresh || applied < lease.leader_applied {
+            return;
+        }
+        for (key, (epoch, spec)) in wanted {
+            if self.running.contains_key(&key) || self.stopping.iter().any(|(k, _)| *k == key) {
+                continue;
+            }
+            let (stop, stop_signal) = watch::channel(None);
+            let replica = ReplicaKey {
+                server: key.0.clone(),
+                slot: key.1,
+                epoch,
+            };
+            tracing::info!(server = %key.0, slot = key.1, epoch, "starting replica");
+            let task = tokio::spawn(replica::run(
+                me,
+                replica,
+                spec.clone(),
+                launcher.clone(),
+                self.reports.clone(),
+                stop_signal,
+            ));
+            self.running.insert(
+                key,
+                Running {
+                    epoch,
+                    spec,
+                    stop,
+                    task,
+                },
+            );
+        }
+    }
+
+    fn stop(&mut self, key: &(String, u32), grace: Duration) {
+        if let Some(running) = self.running.remove(key) {
+            tracing::info!(server = %key.0, slot = key.1, "stopping replica");
+            let _ = running.stop.send(Some(grace));
+            self.reports.forget(&key.0, key.1);
+            self.stopping.push((key.clone(), running.task));
+        }
+    }
+}
+
+/// Heartbeats the leader and publishes each renewed lease.
+async fn heartbeat(handle: Arc<NodeHandle>, lease: watch::Sender<Lease>) {
+    let config = &handle.config;
+    let interval_length = Duration::from_millis(config.node_heartbeat_interval_ms);
+    let mut interval = tokio::time::interval(interval_length);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let shutdown = handle.shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = &mut shutdown => return,
+        }
+        let op = LeaderOp::Heartbeat(Heartbeat {
+            id: handle.id(),
+            addr: config.advertise.clone(),
+            tags: config.tags.clone(),
+        });
+        let sent = Instant::now();
+        let answer = match handle.known_leader() {
+            Some((leader, _)) if leader == handle.id() => handle.execute_local(op).await,
+            Some((_, addr)) => {
+                handle
+                    .execute_remote(&addr, &op, sent + interval_length * 2)
+                    .await
+            }
+            None => continue,
+        };
+        if let Ok(LeaderOpResult::Lease(grant)) = answer {
+            let _ = lease.send(Lease {
+                valid_until: Some(sent + Duration::from_millis(config.lease_ms)),
+                leader_applied: grant.applied_index,
+            });
+        }
+    }
+}

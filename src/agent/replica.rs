@@ -1,0 +1,184 @@
+//! One replica's life on this node: start (launch + initialize), probe with MCP ping,
+//! restart with backoff after a failure, stop when told. It publishes its health on
+//! every transition (state, breaker, restart count or last error), not on every probe.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::breaker::Breaker;
+use super::restart::Restarts;
+use super::reporter::Reports;
+use crate::env::launcher::McpLauncher;
+use crate::mcp::{Connection, McpError};
+use crate::registry::{NodeId, ReplicaHealth, ReplicaState, ServerSpec};
+
+/// Longest wait for a server to start and answer initialize.
+pub const INITIALIZE_TIMEOUT_MS: u64 = 10_000;
+/// Consecutive failed probes, in multiples of `unhealthy_threshold`, after which a
+/// replica that stopped answering is restarted.
+const RESTART_AFTER_UNHEALTHY_ROUNDS: u32 = 2;
+
+/// Which replica, under which assignment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaKey {
+    pub server: String,
+    pub slot: u32,
+    pub epoch: u64,
+}
+
+/// Set to `Some(grace)` to stop the replica: SIGTERM, then SIGKILL after `grace`.
+pub type StopSignal = watch::Receiver<Option<Duration>>;
+
+enum Ended {
+    Stopped(Duration),
+    Failed(String),
+}
+
+struct Replica {
+    key: ReplicaKey,
+    spec: ServerSpec,
+    reports: Arc<Reports>,
+    health: ReplicaHealth,
+    breaker: Breaker,
+}
+
+impl Replica {
+    fn set_state(&mut self, state: ReplicaState) {
+        self.health.state = state;
+        self.publish();
+    }
+
+    fn publish(&mut self) {
+        self.health.breaker = self.breaker.state(Instant::now());
+        self.reports.publish(&self.key, self.health.clone());
+    }
+}
+
+/// Runs replica `key` of `spec` until `stop` says so; then stops its server.
+pub async fn run(
+    node_id: NodeId,
+    key: ReplicaKey,
+    spec: ServerSpec,
+    launcher: Arc<dyn McpLauncher>,
+    reports: Arc<Reports>,
+    mut stop: StopSignal,
+) {
+    let mut replica = Replica {
+        health: ReplicaHealth {
+            node_id,
+            state: ReplicaState::Starting,
+            breaker: crate::registry::BreakerState::Closed,
+            restarts: 0,
+            last_error: None,
+            probe_latency_ms: None,
+        },
+        breaker: Breaker::new(spec.circuit_breaker),
+        key,
+        spec,
+        reports,
+    };
+    let mut restarts = Restarts::new(replica.spec.restart);
+    loop {
+        replica.set_state(ReplicaState::Starting);
+        let timeout = Duration::from_millis(INITIALIZE_TIMEOUT_MS);
+        let open = Connection::open(launcher.as_ref(), &replica.spec.transport, timeout);
+        let opened = tokio::select! {
+            opened = open => opened,
+            // Dropping the half-open connection kills its process group.
+            _ = stop.wait_for(Option::is_some) => return,
+        };
+        let ended = match opened {
+            Ok(mut connection) => {
+                tracing::info!(server = %replica.key.server, slot = replica.key.slot,
+                    info = %connection.server_info, "replica started");
+                let ended = probe(&mut replica, &mut connection, &mut stop).await;
+                let grace = match ended {
+                    Ended::Stopped(grace) => grace,
+                    Ended::Failed(_) => Duration::from_millis(crate::node::config::FENCE_GRACE_MS),
+                };
+                connection.close(grace).await;
+                ended
+            }
+            Err(error) => Ended::Failed(error.to_string()),
+        };
+        let error = match ended {
+            Ended::Stopped(_) => return,
+            Ended::Failed(error) => error,
+        };
+        replica.breaker.record_failure(Instant::now());
+        let decision = restarts.failed(Instant::now());
+        tracing::warn!(server = %replica.key.server, slot = replica.key.slot, %error,
+            delay_ms = decision.delay.as_millis() as u64, crash_loop = decision.crash_loop,
+            "replica failed");
+        replica.health.last_error = Some(error);
+        replica.health.probe_latency_ms = None;
+        replica.set_state(if decision.crash_loop {
+            ReplicaState::CrashLoop
+        } else {
+            ReplicaState::Backoff
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(decision.delay) => {}
+            _ = stop.wait_for(Option::is_some) => return,
+        }
+        replica.health.restarts = replica.health.restarts.saturating_add(1);
+    }
+}
+
+/// Probes a started replica until it fails or is stopped.
+async fn probe(replica: &mut Replica, connection: &mut Connection, stop: &mut StopSignal) -> Ended {
+    let check = replica.spec.health_check;
+    let mut interval = tokio::time::interval(Duration::from_millis(check.interval_ms));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let timeout = Duration::from_millis(check.timeout_ms);
+    let restart_after = check
+        .unhealthy_threshold
+        .saturating_mul(RESTART_AFTER_UNHEALTHY_ROUNDS);
+    let (mut successes, mut failures) = (0u32, 0u32);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            exit = connection.exited() => return Ended::Failed(exit),
+            grace = stop.wait_for(Option::is_some) => {
+                return Ended::Stopped(grace.ok().and_then(|g| *g).unwrap_or_default());
+            }
+        }
+        let before = (replica.health.state, replica.breaker.state(Instant::now()));
+        match connection.ping(timeout).await {
+            Err(McpError::Exited(exit)) => return Ended::Failed(exit),
+            Ok(latency) => {
+                successes = successes.saturating_add(1);
+                failures = 0;
+                replica.breaker.record_success();
+                replica.health.probe_latency_ms = Some(latency.as_millis() as u64);
+                if replica.health.state != ReplicaState::Healthy
+                    && successes >= check.healthy_threshold
+                {
+                    replica.health.state = ReplicaState::Healthy;
+                }
+            }
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                successes = 0;
+                replica.breaker.record_failure(Instant::now());
+                replica.health.last_error = Some(error.to_string());
+                if failures >= restart_after {
+                    return Ended::Failed(format!(
+                        "{failures} health probes failed in a row; last: {error}"
+                    ));
+                }
+                if replica.health.state != ReplicaState::Unhealthy
+                    && failures >= check.unhealthy_threshold
+                {
+                    replica.health.state = ReplicaState::Unhealthy;
+                }
+            }
+        }
+        if (replica.health.state, replica.breaker.state(Instant::now())) != before {
+            replica.publish();
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! The leader's control loop: node liveness and placement.
+//!
+//! Agents heartbeat the leader outside the Raft log; the leader remembers when it last
+//! heard from each node. While this node leads, the loop, every tick:
+//! 1. confirms its leadership with a quorum (a heartbeat renews a lease only if that
+//!    happened within `LEASE_CONFIRM_MS`);
+//! 2. registers nodes it hears from that the registry lacks (or whose address or tags
+//!    changed);
+//! 3. marks down nodes silent past `node_timeout_ms`, and up again those it hears from.
+//!    A new leader counts every node as heard at the moment it took over: one timeout of
+//!    grace;
+//! 4. asks the pure scheduler for a plan and proposes it stamped with its term.
+//!
+//! Every proposal is made on this node only (never forwarded): if it is no longer the
+//! leader the proposal fails, and a plan that reaches the log in a later term is
+//! rejected by the registry.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::config::LEASE_CONFIRM_MS;
+use super::{LeaderError, LeaderOpResult, NodeHandle};
+use crate::raft::{NodeId, Proposal, RequestId};
+use crate::registry::{Command, NodeStatus, Outcome};
+use crate::scheduler::{self, ClusterView};
+
+/// How often the control loop runs.
+const TICK_MS: u64 = 100;
+
+/// What a node's heartbeat says about it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub id: NodeId,
+    pub addr: String,
+    pub tags: Vec<String>,
+}
+
+/// The leader's answer to a heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseGrant {
+    pub term: u64,
+    /// The leader's applied index when it answered: the agent starts no replica until
+    /// its own registry has caught up with this, so it never acts on assignments older
+    /// than the leader's.
+    pub applied_index: u64,
+}
+
+struct Heard {
+    at: Instant,
+    heartbeat: Heartbeat,
+}
+
+/// The leader-side liveness state, shared by the API (heartbeats) and the loop.
+#[derive(Default)]
+pub struct Liveness {
+    heard: BTreeMap<NodeId, Heard>,
+    /// When the last quorum confirmation that succeeded began.
+    confirmed_at: Option<Instant>,
+}
+
+impl NodeHandle {
+    /// Handles a heartbeat on the leader: records it, and grants a lease if this node
+    /// led with a quorum's confirmation moments ago.
+    pub(super) fn receive_heartbeat(
+        &self,
+        heartbeat: Heartbeat,
+    ) -> Result<LeaderOpResult, LeaderError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(self.id()) {
+            return Err(LeaderError::NotLeader {
+                leader: self.known_leader(),
+            });
+        }
+        let now = Instant::now();
+        let mut liveness = self
+            .liveness
+            .lock()
+            .map_err(|_| LeaderError::Failed("liveness state poisoned".into()))?;
+        liveness.heard.insert(
+            heartbeat.id,
+            Heard {
+                at: now,
+                heartbeat,
+            },
+        );
+        let fresh = liveness
+            .confirmed_at
+            .is_some_and(|at| now.duration_since(at) < Duration::from_millis(LEASE_CONFIRM_MS));
+        if !fresh {
+            return Err(LeaderError::NotLeader { leader: None });
+        }
+        Ok(LeaderOpResult::Lease(LeaseGrant {
+            term: metrics.current_term,
+            applied_index: metrics.last_applied.map_or(0, |id| id.index),
+        }))
+    }
+
+    /// Commits `command` through this node's proposer only if it leads.
+    async fn propose_here(&self, command: Command) -> Result<Outcome, LeaderError> {
+        let proposal = Proposal {
+            id: RequestId {
+                node: self.id(),
+                boot: self.boot,
+                seq: self.next_request.fetch_add(1, Ordering::Relaxed),
+            },
+            command,
+        };
+        let commit = self.proposer.propose(proposal);
+        tokio::time::timeout(self.request_timeout(), commit)
+            .await
+            .map_err(|_| LeaderError::Failed("timed out".into()))?
+    }
+}
+
+/// Runs the control loop until the node shuts down.
+pub(super) async fn run(handle: Arc<NodeHandle>) {
+    let mut shutdown = handle.shutdown.clone();
+    let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The term this node leads and when it took over.
+    let mut leading: Option<(u64, Instant)> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let metrics = handle.raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(handle.id()) {
+            if leading.take().is_some() {
+                if let Ok(mut liveness) = handle.liveness.lock() {
+                    *liveness = Liveness::default();
+                }
+            }
+            continue;
+        }
+        let term = metrics.current_term;
+        let since = match leading {
+            Some((leading_term, since)) if leading_term == term => since,
+            _ => {
+                let now = Instant::now();
+                leading = Some((term, now));
+                now
+            }
+        };
+        let started = Instant::now();
+        let confirm = tokio::time::timeout(
+            Duration::from_millis(LEASE_CONFIRM_MS),
+            handle.raft.ensure_linearizable(),
+        );
+        if let Ok(Ok(_)) = confirm.await {
+            if let Ok(mut liveness) = handle.liveness.lock() {
+                liveness.confirmed_at = Some(started);
+            }
+        } else {
+            continue;
+        }
+        for command in liveness_commands(&handle, since) {
+            if let Err(error) = handle.propose_here(command).await {
+                tracing::debug!(%error, "liveness proposal failed");
+                break;
+            }
+        }
+        let plan = {
+            let state = handle.view.read();
+            scheduler::plan(&ClusterView::from_registry(&state.registry))
+        };
+        if !plan.moves.is_empty() {
+            let placements = plan.placements();
+            tracing::info!(term, moves = placements.len(), "proposing placement plan");
+            match handle
+                .propose_here(Command::ApplyPlan { term, placements })
+                .await
+            {
+                Ok(Outcome::Rejected(error)) => tracing::warn!(%error, "plan rejected"),
+                Ok(Outcome::Applied { .. }) => {}
+                Err(error) => tracing::debug!(%error, "plan not committed"),
+            }
+        }
+    }
+}
+
+/// The registrations and status changes the leader should propose now.
+fn liveness_commands(handle: &NodeHandle, leading_since: Instant) -> Vec<Command> {
+    let now = Instant::now();
+    let timeout = Duration::from_millis(handle.config.node_timeout_ms);
+    let Ok(liveness) = handle.liveness.lock() else {
+        return Vec::new();
+    };
+    let state = handle.view.read();
+    let nodes = &state.registry.nodes;
+    let mut commands = Vec::new();
+    for (id, heard) in &liveness.heard {
+        let known = nodes.get(id);
+        let changed = known.is_none_or(|node| {
+            node.addr != heard.heartbeat.addr || node.tags != heard.heartbeat.tags
+        });
+        if changed {
+            commands.push(Command::RegisterNode {
+                id: *id,
+                addr: heard.heartbeat.addr.clone(),
+                tags: heard.heartbeat.tags.clone(),
+            });
+        }
+    }
+    for (id, node) in nodes {
+        let last = liveness
+            .heard
+            .get(id)
+            .map_or(leading_since, |heard| heard.at.max(leading_since));
+        let silent = now.duration_since(last) > timeout;
+        let status = match node.status {
+            NodeStatus::Up if silent => NodeStatus::Down,
+            NodeStatus::Down if !silent && liveness.heard.contains_key(id) => NodeStatus::Up,
+            _ => continue,
+        };
+        tracing::info!(node = id, ?status, "node liveness changed");
+        commands.push(Command::SetNodeStatus { id: *id, status });
+    }
+    commands
+}
