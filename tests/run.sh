@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every test of mcpfleet, on a fresh machine with the Rust toolchain:
+# Every test of mcpfleet, on a fresh machine with the Rust toolchain, Node.js and Python:
+#  0. the real MCP servers the tests run, from npm and PyPI, if they are missing;
 #  1. `cargo test --workspace`: unit tables, the storage suite, multi-process tests on
 #     loopback, and the simulator's own tests;
 #  2. a sweep of the chaos simulation over 200 seeds (release build);
@@ -10,6 +11,7 @@ cd "$(dirname "$0")/.."
 SIM_SEEDS=${SIM_SEEDS:-200}
 BUG_SEEDS=${BUG_SEEDS:-50}
 
+tests/install-mcp-servers.sh
 cargo test --workspace
 
 cargo build --release -p mcpfleet-sim

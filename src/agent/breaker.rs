@@ -35,9 +35,9 @@ impl Breaker {
     /// The state at `now` (an open breaker turns half-open once `open_ms` passed).
     pub fn state(&mut self, now: Instant) -> BreakerState {
         if self.state == BreakerState::Open
-            && self
-                .opened_at
-                .is_some_and(|at| now.duration_since(at) >= Duration::from_millis(self.config.open_ms))
+            && self.opened_at.is_some_and(|at| {
+                now.duration_since(at) >= Duration::from_millis(self.config.open_ms)
+            })
         {
             self.state = BreakerState::HalfOpen;
             self.half_open_calls = 0;

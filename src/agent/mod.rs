@@ -162,7 +162,10 @@ impl Agent {
             .map(|(key, _)| key.clone())
             .collect();
         if !fresh && !unwanted.is_empty() {
-            tracing::warn!(replicas = unwanted.len(), "lease expired: stopping replicas");
+            tracing::warn!(
+                replicas = unwanted.len(),
+                "lease expired: stopping replicas"
+            );
         }
         for key in unwanted {
             self.stop(&key, grace);

@@ -9,8 +9,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::breaker::Breaker;
-use super::restart::Restarts;
 use super::reporter::Reports;
+use super::restart::Restarts;
 use crate::env::launcher::McpLauncher;
 use crate::mcp::{Connection, McpError};
 use crate::registry::{NodeId, ReplicaHealth, ReplicaState, ServerSpec};

@@ -56,7 +56,10 @@ impl Restarts {
             max
         } else {
             let factor = 1u64 << (failures - 1).min(32);
-            self.policy.initial_backoff_ms.saturating_mul(factor).min(max)
+            self.policy
+                .initial_backoff_ms
+                .saturating_mul(factor)
+                .min(max)
         };
         Decision {
             delay: Duration::from_millis(delay_ms),

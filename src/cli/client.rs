@@ -99,7 +99,9 @@ pub async fn run_client(args: ClientArgs, command: ClientCommand) -> Result<(), 
         ClientCommand::Status { stale } => fleet_status(&mut client, stale, json).await,
         ClientCommand::Node(command) => {
             let (id, status, done) = match command {
-                NodeCommand::Drain { id } => (id, "draining", "draining: its replicas move to other nodes"),
+                NodeCommand::Drain { id } => {
+                    (id, "draining", "draining: its replicas move to other nodes")
+                }
                 NodeCommand::Undrain { id } => (id, "up", "back in service"),
             };
             let response = client
@@ -110,8 +112,10 @@ pub async fn run_client(args: ClientArgs, command: ClientCommand) -> Result<(), 
                 .await?
                 .into_inner();
             if json {
-                print_json(&serde_json::json!({"id": id, "status": status, "revision": response.revision}))
-                    .map_err(CliError::Failed)?;
+                print_json(
+                    &serde_json::json!({"id": id, "status": status, "revision": response.revision}),
+                )
+                .map_err(CliError::Failed)?;
             } else {
                 println!("node {id} {done} (revision {})", response.revision);
             }
@@ -409,9 +413,14 @@ fn replica_rows(server: Option<&str>, replicas: &[pb::Replica]) -> Vec<Vec<Strin
                 r.slot.to_string(),
                 r.node_id.map_or("-".into(), |id| id.to_string()),
                 r.state.clone(),
-                if r.breaker.is_empty() { "-".into() } else { r.breaker.clone() },
+                if r.breaker.is_empty() {
+                    "-".into()
+                } else {
+                    r.breaker.clone()
+                },
                 r.restarts.to_string(),
-                r.probe_latency_ms.map_or("-".into(), |ms| format!("{ms} ms")),
+                r.probe_latency_ms
+                    .map_or("-".into(), |ms| format!("{ms} ms")),
                 error.clone(),
             ]);
             row
@@ -419,7 +428,15 @@ fn replica_rows(server: Option<&str>, replicas: &[pb::Replica]) -> Vec<Vec<Strin
         .collect()
 }
 
-const REPLICA_HEADER: [&str; 7] = ["SLOT", "NODE", "STATE", "BREAKER", "RESTARTS", "LATENCY", "LAST ERROR"];
+const REPLICA_HEADER: [&str; 7] = [
+    "SLOT",
+    "NODE",
+    "STATE",
+    "BREAKER",
+    "RESTARTS",
+    "LATENCY",
+    "LAST ERROR",
+];
 
 fn print_replicas(replicas: &[pb::Replica]) {
     print_table(&REPLICA_HEADER, &replica_rows(None, replicas));
@@ -467,7 +484,9 @@ async fn fleet_status(
         }))
         .map_err(CliError::Failed);
     }
-    let leader = cluster.leader_id.map_or("none".to_string(), |id| id.to_string());
+    let leader = cluster
+        .leader_id
+        .map_or("none".to_string(), |id| id.to_string());
     println!(
         "leader {leader}; term {}; revision {}; {} nodes; {} servers",
         cluster.term,
@@ -489,13 +508,23 @@ async fn fleet_status(
                 n.id.to_string(),
                 n.addr.clone(),
                 n.status.clone(),
-                format!("{role}{}", if cluster.leader_id == Some(n.id) { " (leader)" } else { "" }),
+                format!(
+                    "{role}{}",
+                    if cluster.leader_id == Some(n.id) {
+                        " (leader)"
+                    } else {
+                        ""
+                    }
+                ),
                 n.replicas.to_string(),
                 n.tags.join(","),
             ]
         })
         .collect();
-    print_table(&["NODE", "ADDR", "STATUS", "ROLE", "REPLICAS", "TAGS"], &rows);
+    print_table(
+        &["NODE", "ADDR", "STATUS", "ROLE", "REPLICAS", "TAGS"],
+        &rows,
+    );
     println!();
     let rows: Vec<Vec<String>> = fleet
         .servers

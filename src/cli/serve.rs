@@ -149,7 +149,9 @@ pub async fn run_serve(
     // Every MCP server runs under this same binary's `supervise`, which takes it down
     // if this node dies.
     let supervisor = std::env::current_exe().map_err(|e| {
-        CliError::Failed(format!("cannot find the mcpfleet binary to supervise servers: {e}"))
+        CliError::Failed(format!(
+            "cannot find the mcpfleet binary to supervise servers: {e}"
+        ))
     })?;
     env.launcher = Some(Arc::new(ProcessLauncher {
         supervisor: Some(supervisor),

@@ -144,7 +144,9 @@ impl McpLauncher for ProcessLauncher {
         }
         if let Some(cwd) = cwd {
             if !std::path::Path::new(cwd).is_dir() {
-                return Err(spawn_error(format!("working directory {cwd:?} does not exist")));
+                return Err(spawn_error(format!(
+                    "working directory {cwd:?} does not exist"
+                )));
             }
         }
         let mut child = builder.spawn().map_err(|e| spawn_error(e.to_string()))?;
@@ -173,10 +175,7 @@ impl McpLauncher for ProcessLauncher {
 
 /// Reads a server's stderr to the end (so it never blocks on a full pipe), keeping the
 /// last few lines.
-async fn keep_stderr_tail(
-    stderr: tokio::process::ChildStderr,
-    tail: Arc<Mutex<VecDeque<String>>>,
-) {
+async fn keep_stderr_tail(stderr: tokio::process::ChildStderr, tail: Arc<Mutex<VecDeque<String>>>) {
     let mut lines = BufReader::new(stderr).lines();
     while let Ok(Some(mut line)) = lines.next_line().await {
         tracing::debug!(target: "mcpfleet::mcp_stderr", "{line}");
@@ -247,7 +246,10 @@ impl ServerProcess for ChildProcess {
     async fn stop(&mut self, grace: Duration) {
         if self.exit.is_none() {
             self.signal_group(libc::SIGTERM);
-            if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
+            if tokio::time::timeout(grace, self.child.wait())
+                .await
+                .is_err()
+            {
                 self.signal_group(libc::SIGKILL);
                 let _ = self.child.wait().await;
             }

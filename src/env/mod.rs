@@ -4,8 +4,8 @@
 //! that may touch real sockets, real files, threads or entropy.
 
 pub mod bugs;
-pub mod launcher;
 pub mod disk;
+pub mod launcher;
 pub mod network;
 pub mod runtime;
 

@@ -13,6 +13,9 @@ use rmcp::{RoleClient, ServiceExt};
 use crate::env::launcher::{Launched, McpIo, McpLauncher, ServerProcess};
 use crate::registry::Transport;
 
+/// How long a failed handshake waits for the process's exit, which explains it better.
+const EXIT_WAIT_MS: u64 = 500;
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum McpError {
     #[error("{0}")]
@@ -59,7 +62,7 @@ impl Connection {
                     .await
                     .map_err(|e| McpError::Initialize(e.to_string())),
                 McpIo::Http { url, headers } => {
-                    let mut config = StreamableHttpClientTransportConfig::with_uri(url);
+                    let mut config = StreamableHttpClientTransportConfig::with_uri(url.clone());
                     for (name, value) in headers {
                         let bad = || McpError::Header(name.clone());
                         let header_name =
@@ -77,7 +80,7 @@ impl Connection {
                     );
                     ().serve(transport)
                         .await
-                        .map_err(|e| McpError::Initialize(e.to_string()))
+                        .map_err(|e| McpError::Initialize(format!("{url}: {}", root_cause(&e))))
                 }
             }
         };
@@ -95,8 +98,17 @@ impl Connection {
         let client = match outcome {
             Ok(Ok(client)) => client,
             Ok(Err(error)) => {
+                // The handshake often sees the closed pipe before the exit is reaped.
+                let exit = match process.as_mut() {
+                    Some(child) => {
+                        tokio::time::timeout(Duration::from_millis(EXIT_WAIT_MS), child.exited())
+                            .await
+                            .ok()
+                    }
+                    None => None,
+                };
                 stop_process(&mut process, Duration::ZERO).await;
-                return Err(error);
+                return Err(exit.map_or(error, McpError::Initialize));
             }
             Err(_) => {
                 stop_process(&mut process, Duration::ZERO).await;
@@ -155,4 +167,14 @@ async fn stop_process(process: &mut Option<Box<dyn ServerProcess>>, grace: Durat
     if let Some(process) = process.as_mut() {
         process.stop(grace).await;
     }
+}
+
+/// The innermost error's message: for a refused connection, "Connection refused (os
+/// error 111)" rather than every layer's wrapping.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
 }

@@ -71,7 +71,11 @@ pub enum ConfigError {
     Timing(String),
     #[error("max_voters must be 1..=7, got {0}")]
     MaxVoters(usize),
-    #[error("tags: at most {} tags of 1..={} bytes each", crate::registry::MAX_LIST_ITEMS, crate::registry::MAX_NAME_LEN)]
+    #[error(
+        "tags: at most {} tags of 1..={} bytes each",
+        crate::registry::MAX_LIST_ITEMS,
+        crate::registry::MAX_NAME_LEN
+    )]
     Tags,
 }
 

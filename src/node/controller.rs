@@ -81,13 +81,9 @@ impl NodeHandle {
             .liveness
             .lock()
             .map_err(|_| LeaderError::Failed("liveness state poisoned".into()))?;
-        liveness.heard.insert(
-            heartbeat.id,
-            Heard {
-                at: now,
-                heartbeat,
-            },
-        );
+        liveness
+            .heard
+            .insert(heartbeat.id, Heard { at: now, heartbeat });
         let fresh = liveness
             .confirmed_at
             .is_some_and(|at| now.duration_since(at) < Duration::from_millis(LEASE_CONFIRM_MS));

@@ -117,7 +117,9 @@ pub enum RegistryError {
     StalePlan { planned: u64, current: u64 },
     #[error("invalid plan: {reason}")]
     InvalidPlan { reason: String },
-    #[error("health report for {server:?}/{slot} at epoch {epoch} is not for its current assignment")]
+    #[error(
+        "health report for {server:?}/{slot} at epoch {epoch} is not for its current assignment"
+    )]
     StaleReport {
         server: String,
         slot: u32,

@@ -204,7 +204,9 @@ impl Registry {
         if addr.is_empty() || addr.len() > MAX_ADDRESS_LEN {
             return invalid(format!("address must be 1..={MAX_ADDRESS_LEN} bytes"));
         }
-        if tags.len() > MAX_LIST_ITEMS || tags.iter().any(|t| t.is_empty() || t.len() > MAX_NAME_LEN) {
+        if tags.len() > MAX_LIST_ITEMS
+            || tags.iter().any(|t| t.is_empty() || t.len() > MAX_NAME_LEN)
+        {
             return invalid(format!(
                 "at most {MAX_LIST_ITEMS} tags of 1..={MAX_NAME_LEN} bytes"
             ));

@@ -210,3 +210,78 @@ pub fn server_names(endpoint: &str, stale: bool) -> Result<Vec<String>> {
         .filter_map(|s| s["name"].as_str().map(str::to_string))
         .collect())
 }
+
+/// The real MCP servers the tests run (installed by tests/install-mcp-servers.sh).
+pub struct McpServers {
+    /// `@modelcontextprotocol/server-everything` from npm (stdio by default).
+    pub everything: String,
+    /// `mcp-server-time` from PyPI.
+    pub time: String,
+}
+
+/// Finds the reference MCP servers, installing them first if they are missing.
+pub fn mcp_servers() -> Result<McpServers> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = std::env::var("MCP_SERVERS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target/mcp-servers"));
+    let servers = McpServers {
+        everything: dir
+            .join("npm/node_modules/.bin/mcp-server-everything")
+            .display()
+            .to_string(),
+        time: dir.join("py/bin/mcp-server-time").display().to_string(),
+    };
+    if !Path::new(&servers.everything).exists() || !Path::new(&servers.time).exists() {
+        let status = Command::new(root.join("tests/install-mcp-servers.sh"))
+            .status()
+            .context("run tests/install-mcp-servers.sh")?;
+        if !status.success() {
+            bail!("tests/install-mcp-servers.sh failed: {status}");
+        }
+    }
+    Ok(servers)
+}
+
+/// Processes whose environment contains `marker` (every MCP server a test starts gets
+/// it through its spec's env, and its children inherit it), as (pid, command line).
+pub fn processes_with_marker(marker: &str) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ
+            .split(|b| *b == 0)
+            .any(|var| var == marker.as_bytes())
+        {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            // A zombie has no command line and is already dead.
+            if !cmdline.trim().is_empty() {
+                found.push((pid, cmdline.trim().to_string()));
+            }
+        }
+    }
+    found
+}
+
+/// A marker unique to this test process and `name`, as an env entry KEY=VALUE.
+pub fn process_marker(name: &str) -> String {
+    format!("MCPFLEET_TEST_MARKER={}-{name}", std::process::id())
+}
+
+/// `server status NAME -o json` replicas.
+pub fn replicas(endpoint: &str, name: &str) -> Result<Vec<serde_json::Value>> {
+    let status = cli_json(endpoint, &["server", "status", name])?;
+    Ok(status["replicas"]
+        .as_array()
+        .context("status prints replicas")?
+        .clone())
+}
