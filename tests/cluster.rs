@@ -28,10 +28,10 @@ fn three_nodes_forward_fail_over_and_catch_up() -> Result<()> {
             "mcp-server-time",
         ],
     )?;
-    ensure!(
-        added["revision"].as_u64() == Some(1),
-        "first write is revision 1: {added}"
-    );
+    // (The registry's revision also counts node liveness and placement, which run on
+    // their own: only its order is checked here.)
+    let first_revision = added["revision"].as_u64().unwrap_or(0);
+    ensure!(first_revision >= 1, "{added}");
     let got = cli_json(&cluster.addr(third), &["server", "get", "time"])?;
     ensure!(
         got["name"] == "time" && got["transport"]["stdio"]["command"] == "uvx",
@@ -46,12 +46,16 @@ fn three_nodes_forward_fail_over_and_catch_up() -> Result<()> {
 
     // More acknowledged writes, then SIGKILL the leader.
     let mut acknowledged = vec!["time".to_string()];
+    let mut last_revision = first_revision;
     for i in 0..20 {
         let name = format!("s{i:02}");
-        cli_json(
+        let added = cli_json(
             &cluster.addr(third),
             &["server", "add", &name, "--command", "echo"],
         )?;
+        let revision = added["revision"].as_u64().unwrap_or(0);
+        ensure!(revision > last_revision, "revisions grow: {added}");
+        last_revision = revision;
         acknowledged.push(name);
     }
     acknowledged.sort();
@@ -64,7 +68,8 @@ fn three_nodes_forward_fail_over_and_catch_up() -> Result<()> {
             &["server", "add", "after-kill", "--command", "echo"],
         )
     })?;
-    ensure!(write["revision"].as_u64() == Some(22), "{write}");
+    let write_revision = write["revision"].as_u64().unwrap_or(0);
+    ensure!(write_revision > last_revision, "{write}");
     let new_leader = wait_for_leader(&cluster.addr(third), Duration::from_secs(10))?;
     ensure!(new_leader != leader, "a survivor leads");
     let mut expected = acknowledged.clone();
@@ -86,7 +91,10 @@ fn three_nodes_forward_fail_over_and_catch_up() -> Result<()> {
         Ok(())
     })?;
     let status = cli_json(&addr, &["cluster", "status"])?;
-    ensure!(status["revision"].as_u64() == Some(22), "{status}");
+    ensure!(
+        status["revision"].as_u64() >= Some(write_revision),
+        "{status}"
+    );
     ensure!(
         status["members"].as_array().map(Vec::len) == Some(3),
         "{status}"

@@ -42,29 +42,32 @@ fn watch_streams_history_then_live_changes() -> Result<()> {
     runtime.block_on(async {
         let mut client =
             pb::registry_client::RegistryClient::connect(format!("http://{addr}")).await?;
-        client.put_server(put("a")).await?;
-        client.put_server(put("b")).await?;
-        // From revision 1: only the change at revision 2 is history.
+        // (Node liveness also moves the registry's revision: take each write's own.)
+        let a = client.put_server(put("a")).await?.into_inner().revision;
+        let b = client.put_server(put("b")).await?.into_inner().revision;
+        // From a's revision: only the change to b is history.
         let mut stream = client
-            .watch_servers(pb::WatchServersRequest { from_revision: 1 })
+            .watch_servers(pb::WatchServersRequest { from_revision: a })
             .await?
             .into_inner();
         let event = next(&mut stream).await?;
-        ensure!(event.revision == 2 && event.name == "b", "{event:?}");
+        ensure!(event.revision == b && event.name == "b", "{event:?}");
         ensure!(event.kind == pb::watch_event::Kind::Put as i32);
         // Live changes follow.
-        client
+        let deleted = client
             .delete_server(pb::DeleteServerRequest {
                 name: "a".into(),
                 expected_revision: None,
             })
-            .await?;
+            .await?
+            .into_inner()
+            .revision;
         let event = next(&mut stream).await?;
-        ensure!(event.revision == 3 && event.name == "a", "{event:?}");
+        ensure!(event.revision == deleted && event.name == "a", "{event:?}");
         ensure!(event.kind == pb::watch_event::Kind::Delete as i32 && event.server.is_none());
-        client.put_server(put("c")).await?;
+        let c = client.put_server(put("c")).await?.into_inner().revision;
         let event = next(&mut stream).await?;
-        ensure!(event.revision == 4 && event.name == "c", "{event:?}");
+        ensure!(event.revision == c && event.name == "c", "{event:?}");
         let spec = event
             .server
             .and_then(|s| s.spec)

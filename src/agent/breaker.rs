@@ -82,8 +82,8 @@ impl Breaker {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn breaker_opens_half_opens_and_closes() {
+    #[test]
+    fn breaker_opens_half_opens_and_closes() {
         let config = CircuitBreaker {
             failure_threshold: 2,
             open_ms: 1_000,

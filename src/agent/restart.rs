@@ -72,8 +72,8 @@ impl Restarts {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn backoff_doubles_up_to_the_cap_and_crash_loops() {
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_crash_loops() {
         let policy = RestartPolicy {
             initial_backoff_ms: 100,
             max_backoff_ms: 500,
