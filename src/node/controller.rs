@@ -76,6 +76,14 @@ impl NodeHandle {
                 leader: self.known_leader(),
             });
         }
+        // A node removed from the cluster gets no lease: it stops its replicas, and the
+        // leader marks it down after the timeout like any silent node.
+        if !self.members().iter().any(|m| m.id == heartbeat.id) {
+            return Err(LeaderError::Rejected(format!(
+                "node {} is not a member of the cluster",
+                heartbeat.id
+            )));
+        }
         let now = Instant::now();
         let mut liveness = self
             .liveness
