@@ -30,7 +30,17 @@ fn trial(everything: &str) -> Result<(Duration, bool)> {
     let marker = process_marker("bench");
     cli_json(
         &endpoint,
-        &["server", "add", "everything", "--command", everything, "--replicas", "2", "--env", &marker],
+        &[
+            "server",
+            "add",
+            "everything",
+            "--command",
+            everything,
+            "--replicas",
+            "2",
+            "--env",
+            &marker,
+        ],
     )?;
     let hosts = eventually(Duration::from_secs(60), || {
         let nodes = healthy_nodes(&endpoint)?;
@@ -39,11 +49,17 @@ fn trial(everything: &str) -> Result<(Duration, bool)> {
         }
         Ok(nodes)
     })?;
-    let victim = *hosts.iter().find(|id| **id != 1).context("a host other than node 1")?;
+    let victim = *hosts
+        .iter()
+        .find(|id| **id != 1)
+        .context("a host other than node 1")?;
     let started = Instant::now();
     cluster.node(victim).kill();
     loop {
-        let nodes: BTreeSet<u64> = healthy_nodes(&endpoint).unwrap_or_default().into_iter().collect();
+        let nodes: BTreeSet<u64> = healthy_nodes(&endpoint)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         if nodes.len() == 2 && !nodes.contains(&victim) {
             return Ok((started.elapsed(), victim == leader));
         }
@@ -68,7 +84,11 @@ fn failover_after_sigkill() -> Result<()> {
         println!(
             "trial {number}: replica healthy on a survivor after {} ms{}",
             took.as_millis(),
-            if was_leader { " (the killed node was the leader)" } else { "" }
+            if was_leader {
+                " (the killed node was the leader)"
+            } else {
+                ""
+            }
         );
         times.push(took);
     }

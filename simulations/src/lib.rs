@@ -21,6 +21,7 @@ use tonic::transport::{Channel, Uri};
 
 pub mod checkers;
 pub mod faults;
+pub mod mcp;
 pub mod scenarios;
 pub mod workload;
 
@@ -133,10 +134,12 @@ impl SimProbe {
     }
 }
 
-/// The simulated nodes: their disks, which outlive crashes, and the probe.
+/// The simulated nodes: their disks, which outlive crashes, the probe, and the MCP
+/// servers they run.
 pub struct SimCluster {
     pub disks: BTreeMap<u64, Arc<MemoryDisk>>,
     pub probe: Arc<SimProbe>,
+    pub instances: Arc<mcp::Instances>,
 }
 
 impl SimCluster {
@@ -149,10 +152,17 @@ impl SimCluster {
     }
 }
 
-/// Registers node hosts on `sim`, each with a disk that outlives crashes.
-pub fn add_nodes(sim: &mut turmoil::Sim<'_>, seed: u64, configs: Vec<Config>) -> SimCluster {
+/// Registers node hosts on `sim`, each with a disk that outlives crashes and a launcher
+/// of simulated MCP servers, which misbehave when launched before `misbehave_until`.
+pub fn add_nodes(
+    sim: &mut turmoil::Sim<'_>,
+    seed: u64,
+    configs: Vec<Config>,
+    misbehave_until: std::time::Duration,
+) -> SimCluster {
     let mut disks = BTreeMap::new();
     let probe = Arc::new(SimProbe::default());
+    let instances = Arc::new(mcp::Instances::default());
     for config in configs {
         let id = config.id;
         let disk = Arc::new(MemoryDisk::new());
@@ -160,16 +170,23 @@ pub fn add_nodes(sim: &mut turmoil::Sim<'_>, seed: u64, configs: Vec<Config>) ->
         // Each start of the host is a new boot with its own seed, as a real restart is.
         let boots = Arc::new(AtomicU64::new(0));
         let node_probe = probe.clone();
+        let node_instances = instances.clone();
         sim.host(host_name(id), move || {
             let boot = boots.fetch_add(1, Ordering::Relaxed);
+            let node_seed = seed
+                ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                ^ boot.wrapping_mul(0xd1b5_4a32_d192_ed03);
             let env = Environment {
-                seed: seed
-                    ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-                    ^ boot.wrapping_mul(0xd1b5_4a32_d192_ed03),
+                seed: node_seed,
                 network: Arc::new(TurmoilNetwork),
                 disk: disk.clone(),
                 probe: Some(node_probe.clone()),
-                launcher: None,
+                launcher: Some(Arc::new(mcp::SimLauncher::new(
+                    id,
+                    node_seed,
+                    node_instances.clone(),
+                    misbehave_until,
+                ))),
             };
             let config = config.clone();
             async move {
@@ -178,7 +195,11 @@ pub fn add_nodes(sim: &mut turmoil::Sim<'_>, seed: u64, configs: Vec<Config>) ->
             }
         });
     }
-    SimCluster { disks, probe }
+    SimCluster {
+        disks,
+        probe,
+        instances,
+    }
 }
 
 /// A client of node `id`'s API inside the simulation.

@@ -194,7 +194,7 @@ async fn put_until_acknowledged(node: u64, name: &str) -> Result<u64, String> {
 /// survivor. The crashed node then restarts from its disk and must catch up.
 pub fn leader_crash(seed: u64) -> Result<Report, String> {
     let mut sim = lan_sim(seed);
-    let disks = add_nodes(&mut sim, seed, cluster_configs(3)).disks;
+    let disks = add_nodes(&mut sim, seed, cluster_configs(3), Duration::ZERO).disks;
     let events = Rc::new(RefCell::new(Vec::<String>::new()));
     let crashed = write_before(&mut sim, &events)?;
     sim.crash(host_name(crashed));
@@ -295,7 +295,7 @@ async fn observe_leaders(nodes: &[u64]) -> Vec<(u64, u64)> {
 /// every acknowledged write, and no term may ever have had two leaders.
 pub fn leader_partition(seed: u64) -> Result<Report, String> {
     let mut sim = lan_sim(seed);
-    let disks = add_nodes(&mut sim, seed, cluster_configs(3)).disks;
+    let disks = add_nodes(&mut sim, seed, cluster_configs(3), Duration::ZERO).disks;
     let events = Rc::new(RefCell::new(Vec::<String>::new()));
     let observations = Rc::new(RefCell::new(LeadersPerTerm::default()));
     let isolated = write_before(&mut sim, &events)?;
@@ -528,6 +528,63 @@ fn converged(cluster: &SimCluster, nodes: u64) -> bool {
     })
 }
 
+/// Every node is up in the registry, and every server runs its replicas (as many as there
+/// are nodes, at most), each healthy, on the node it is assigned to, and nowhere else.
+fn placement_converged(cluster: &SimCluster, nodes: u64) -> Result<(), String> {
+    use mcpfleet::env::launcher::ReplicaId;
+    use mcpfleet::registry::{NodeStatus, ReplicaState};
+    let running = cluster.instances.running();
+    cluster.probe.with_nodes(|windows| {
+        let window = windows.values().next().ok_or("no node runs")?;
+        let applied = window.view.read();
+        let registry = &applied.registry;
+        let up = registry
+            .nodes
+            .values()
+            .filter(|n| n.status == NodeStatus::Up)
+            .count() as u64;
+        if up != nodes {
+            return Err(format!("{up} of {nodes} nodes are up in the registry"));
+        }
+        for (name, record) in &registry.servers {
+            let want = u64::from(record.spec.replicas).min(nodes) as u32;
+            for slot in 0..want {
+                let key = (name.clone(), slot);
+                let Some(assignment) = registry.assignments.get(&key) else {
+                    return Err(format!("slot {slot} of {name:?} is not placed"));
+                };
+                let healthy = registry
+                    .health
+                    .get(&key)
+                    .is_some_and(|h| h.state == ReplicaState::Healthy);
+                if !healthy {
+                    return Err(format!(
+                        "slot {slot} of {name:?} is not healthy: {:?}",
+                        registry.health.get(&key)
+                    ));
+                }
+                let id = ReplicaId {
+                    server: name.clone(),
+                    create_revision: record.create_revision,
+                    slot,
+                };
+                let on: Vec<u64> = running
+                    .iter()
+                    .filter(|(replica, _)| *replica == id)
+                    .map(|(_, node)| *node)
+                    .collect();
+                if on != [assignment.node_id] {
+                    return Err(format!(
+                        "slot {slot} of {name:?} is assigned to node {} and runs on {on:?}",
+                        assignment.node_id
+                    ));
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
 /// Each running node's Raft state, for a failure message.
 fn describe_nodes(cluster: &SimCluster) -> String {
     cluster.probe.with_nodes(|windows| {
@@ -583,7 +640,7 @@ fn final_state(cluster: &SimCluster) -> FinalState {
 pub fn chaos(seed: u64, nodes: u64) -> Report {
     use phases::*;
     let mut sim = lan_sim(seed);
-    let cluster = add_nodes(&mut sim, seed, cluster_configs(nodes));
+    let cluster = add_nodes(&mut sim, seed, cluster_configs(nodes), FAULTS_END);
     let history: History = Rc::default();
     for id in 0..CLIENTS {
         let history = history.clone();
@@ -605,6 +662,7 @@ pub fn chaos(seed: u64, nodes: u64) -> Report {
     let outcome: Result<(), String> = (|| loop {
         let now = sim.elapsed();
         let leader = observe(&cluster, &mut leaders, &mut states)?;
+        cluster.instances.check_fencing()?;
         if now < FAULTS_END {
             for line in nemesis.step(&mut sim, &cluster, now, leader) {
                 log(now, line);
@@ -632,16 +690,26 @@ pub fn chaos(seed: u64, nodes: u64) -> Report {
                     describe_nodes(&cluster)
                 ));
             }
-        } else if clients_done && converged(&cluster, nodes) {
+        } else if clients_done
+            && converged(&cluster, nodes)
+            && placement_converged(&cluster, nodes).is_ok()
+        {
             log(
                 now,
-                format!("workload done; {} terms had a leader", leaders.terms()),
+                format!(
+                    "workload done; {} terms had a leader; every server runs its replicas, healthy",
+                    leaders.terms()
+                ),
             );
             return Ok(());
         } else if now > WORKLOAD_END + CLIENT_TIMEOUT + CONVERGENCE_BOUND {
-            return Err(
-                "the workload did not finish, or the cluster did not settle after it".into(),
-            );
+            let placement = placement_converged(&cluster, nodes)
+                .err()
+                .unwrap_or_else(|| "placement converged".into());
+            return Err(format!(
+                "the workload did not finish, or the cluster did not settle after it: {}; {placement}",
+                describe_nodes(&cluster)
+            ));
         }
         clients_done = sim.step().map_err(|e| e.to_string())? || clients_done;
     })();

@@ -103,7 +103,21 @@ fn spec(name: &str, value: &str) -> pb::ServerSpec {
             args: vec![value.to_string()],
             ..Default::default()
         })),
-        replicas: 1,
+        replicas: 2,
+        // Quick checks and short backoff, so that replicas are healthy again soon after
+        // the faults end.
+        health_check: Some(pb::HealthCheck {
+            interval_ms: 200,
+            timeout_ms: 100,
+            healthy_threshold: 1,
+            unhealthy_threshold: 2,
+        }),
+        restart: Some(pb::RestartPolicy {
+            initial_backoff_ms: 50,
+            max_backoff_ms: 500,
+            crash_loop_restarts: 5,
+            crash_loop_window_ms: 10_000,
+        }),
         ..Default::default()
     }
 }

@@ -31,6 +31,7 @@ pub use breaker::Breaker;
 pub use replica::{ReplicaKey, INITIALIZE_TIMEOUT_MS};
 pub use restart::{Decision, Restarts};
 
+use crate::env::bugs::{self, Bug};
 use crate::env::launcher::McpLauncher;
 use crate::node::config::FENCE_GRACE_MS;
 use crate::node::controller::Heartbeat;
@@ -118,7 +119,7 @@ impl Agent {
             .last_applied
             .map_or(0, |id| id.index);
         let me = self.handle.id();
-        let mine: BTreeMap<(String, u32), (u64, ServerSpec)> = {
+        let mine: BTreeMap<(String, u32), (u64, u64, ServerSpec)> = {
             let state = self.handle.view.read();
             let registry = &state.registry;
             self.highest_epoch
@@ -128,13 +129,16 @@ impl Agent {
                 .iter()
                 .filter(|(_, a)| a.node_id == me)
                 .filter_map(|(key, a)| {
-                    let spec = registry.servers.get(&a.server)?.spec.clone();
-                    Some((key.clone(), (a.epoch, spec)))
+                    let record = registry.servers.get(&a.server)?;
+                    Some((
+                        key.clone(),
+                        (a.epoch, record.create_revision, record.spec.clone()),
+                    ))
                 })
                 .collect()
         };
         let mut wanted = BTreeMap::new();
-        for (key, (epoch, spec)) in mine {
+        for (key, (epoch, create_revision, spec)) in mine {
             let highest = self.highest_epoch.entry(key.clone()).or_insert(epoch);
             if epoch < *highest {
                 tracing::warn!(server = %key.0, slot = key.1, epoch, highest = *highest,
@@ -142,8 +146,8 @@ impl Agent {
                 continue;
             }
             *highest = epoch;
-            if fresh {
-                wanted.insert(key, (epoch, spec));
+            if fresh || bugs::active(Bug::IgnoreLease) {
+                wanted.insert(key, (epoch, create_revision, spec));
             }
         }
         let grace = if fresh {
@@ -157,7 +161,7 @@ impl Agent {
             .filter(|(key, running)| {
                 wanted
                     .get(*key)
-                    .is_none_or(|(epoch, spec)| *epoch != running.epoch || *spec != running.spec)
+                    .is_none_or(|(epoch, _, spec)| *epoch != running.epoch || *spec != running.spec)
             })
             .map(|(key, _)| key.clone())
             .collect();
@@ -174,10 +178,11 @@ impl Agent {
         let Some(launcher) = &self.launcher else {
             return;
         };
-        if !fresh || applied < lease.leader_applied {
+        let may_start = fresh && applied >= lease.leader_applied;
+        if !may_start && !bugs::active(Bug::IgnoreLease) {
             return;
         }
-        for (key, (epoch, spec)) in wanted {
+        for (key, (epoch, create_revision, spec)) in wanted {
             if self.running.contains_key(&key) || self.stopping.iter().any(|(k, _)| *k == key) {
                 continue;
             }
@@ -186,6 +191,7 @@ impl Agent {
                 server: key.0.clone(),
                 slot: key.1,
                 epoch,
+                create_revision,
             };
             tracing::info!(server = %key.0, slot = key.1, epoch, "starting replica");
             let task = tokio::spawn(replica::run(

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::breaker::Breaker;
 use super::reporter::Reports;
 use super::restart::Restarts;
-use crate::env::launcher::McpLauncher;
+use crate::env::launcher::{McpLauncher, ReplicaId};
 use crate::mcp::{Connection, McpError};
 use crate::registry::{NodeId, ReplicaHealth, ReplicaState, ServerSpec};
 
@@ -27,6 +27,8 @@ pub struct ReplicaKey {
     pub server: String,
     pub slot: u32,
     pub epoch: u64,
+    /// The revision that created the server (its incarnation).
+    pub create_revision: u64,
 }
 
 /// Set to `Some(grace)` to stop the replica: SIGTERM, then SIGKILL after `grace`.
@@ -84,7 +86,12 @@ pub async fn run(
     loop {
         replica.set_state(ReplicaState::Starting);
         let timeout = Duration::from_millis(INITIALIZE_TIMEOUT_MS);
-        let open = Connection::open(launcher.as_ref(), &replica.spec.transport, timeout);
+        let id = ReplicaId {
+            server: replica.key.server.clone(),
+            create_revision: replica.key.create_revision,
+            slot: replica.key.slot,
+        };
+        let open = Connection::open(launcher.as_ref(), &id, &replica.spec.transport, timeout);
         let opened = tokio::select! {
             opened = open => opened,
             // Dropping the half-open connection kills its process group.

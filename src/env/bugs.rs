@@ -20,14 +20,22 @@ pub enum Bug {
     /// A vote is kept only in memory: a node that crashes forgets whom it voted for and
     /// can vote twice in one term.
     SkipVoteFsync,
+    /// The agent runs its replicas whether or not its lease from the leader is fresh: a
+    /// node cut off from the leader keeps them while the leader moves them elsewhere.
+    IgnoreLease,
+    /// A new leader gives no grace: it marks down at once every node it has not heard
+    /// from since it took over, and moves their replicas while they still run.
+    NoLeaderGrace,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 4] = [
+    pub const ALL: [Bug; 6] = [
         Bug::AckBeforeCommit,
         Bug::StaleFollowerRead,
         Bug::SkipLogFsync,
         Bug::SkipVoteFsync,
+        Bug::IgnoreLease,
+        Bug::NoLeaderGrace,
     ];
 
     /// The name used on the simulator's command line.
@@ -37,6 +45,8 @@ impl Bug {
             Bug::StaleFollowerRead => "stale-follower-read",
             Bug::SkipLogFsync => "skip-log-fsync",
             Bug::SkipVoteFsync => "skip-vote-fsync",
+            Bug::IgnoreLease => "ignore-lease",
+            Bug::NoLeaderGrace => "no-leader-grace",
         }
     }
 

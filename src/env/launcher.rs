@@ -66,9 +66,22 @@ pub struct Launched {
     pub process: Option<Box<dyn ServerProcess>>,
 }
 
+/// Which replica a launch is for: slot `slot` of the incarnation of `server` created at
+/// `create_revision` (a server deleted and added again is a new incarnation).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ReplicaId {
+    pub server: String,
+    pub create_revision: u64,
+    pub slot: u32,
+}
+
 #[async_trait]
 pub trait McpLauncher: Send + Sync + 'static {
-    async fn launch(&self, transport: &Transport) -> Result<Launched, LaunchError>;
+    async fn launch(
+        &self,
+        replica: &ReplicaId,
+        transport: &Transport,
+    ) -> Result<Launched, LaunchError>;
 }
 
 /// Launches real processes. With `supervisor` (the path of the `mcpfleet` binary),
@@ -79,7 +92,11 @@ pub struct ProcessLauncher {
 
 #[async_trait]
 impl McpLauncher for ProcessLauncher {
-    async fn launch(&self, transport: &Transport) -> Result<Launched, LaunchError> {
+    async fn launch(
+        &self,
+        _replica: &ReplicaId,
+        transport: &Transport,
+    ) -> Result<Launched, LaunchError> {
         let (command, args, env, cwd) = match transport {
             Transport::Http { url, headers } => {
                 return Ok(Launched {

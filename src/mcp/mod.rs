@@ -10,7 +10,7 @@ use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{RoleClient, ServiceExt};
 
-use crate::env::launcher::{Launched, McpIo, McpLauncher, ServerProcess};
+use crate::env::launcher::{Launched, McpIo, McpLauncher, ReplicaId, ServerProcess};
 use crate::registry::Transport;
 
 /// How long a failed handshake waits for the process's exit, which explains it better.
@@ -48,11 +48,12 @@ impl Connection {
     /// `timeout`. On failure nothing is left running.
     pub async fn open(
         launcher: &dyn McpLauncher,
+        replica: &ReplicaId,
         transport: &Transport,
         timeout: Duration,
     ) -> Result<Connection, McpError> {
         let Launched { io, mut process } = launcher
-            .launch(transport)
+            .launch(replica, transport)
             .await
             .map_err(|e| McpError::Launch(e.to_string()))?;
         let handshake = async {

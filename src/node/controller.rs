@@ -15,7 +15,7 @@
 //! leader the proposal fails, and a plan that reaches the log in a later term is
 //! rejected by the registry.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use super::config::LEASE_CONFIRM_MS;
 use super::{LeaderError, LeaderOpResult, NodeHandle};
+use crate::env::bugs::{self, Bug};
 use crate::raft::{NodeId, Proposal, RequestId};
 use crate::registry::{Command, NodeStatus, Outcome};
 use crate::scheduler::{self, ClusterView};
@@ -61,6 +62,8 @@ pub struct Liveness {
     heard: BTreeMap<NodeId, Heard>,
     /// When the last quorum confirmation that succeeded began.
     confirmed_at: Option<Instant>,
+    /// Nodes this leader is marking down right now: they get no lease meanwhile.
+    marking_down: BTreeSet<NodeId>,
 }
 
 impl NodeHandle {
@@ -89,14 +92,24 @@ impl NodeHandle {
             .liveness
             .lock()
             .map_err(|_| LeaderError::Failed("liveness state poisoned".into()))?;
-        liveness
-            .heard
-            .insert(heartbeat.id, Heard { at: now, heartbeat });
+        let id = heartbeat.id;
+        liveness.heard.insert(id, Heard { at: now, heartbeat });
         let fresh = liveness
             .confirmed_at
             .is_some_and(|at| now.duration_since(at) < Duration::from_millis(LEASE_CONFIRM_MS));
         if !fresh {
             return Err(LeaderError::NotLeader { leader: None });
+        }
+        // A node that is down (or being marked down) may have had its replicas moved:
+        // it gets a lease only once it is up again, which the leader records after the
+        // moves, so the node sees them before it starts anything.
+        let status = self.view.read().registry.nodes.get(&id).map(|n| n.status);
+        if liveness.marking_down.contains(&id)
+            || !matches!(status, Some(NodeStatus::Up | NodeStatus::Draining))
+        {
+            return Err(LeaderError::Rejected(format!(
+                "node {id} is not up in the registry yet"
+            )));
         }
         Ok(LeaderOpResult::Lease(LeaseGrant {
             term: metrics.current_term,
@@ -169,6 +182,9 @@ pub(super) async fn run(handle: Arc<NodeHandle>) {
                 break;
             }
         }
+        if let Ok(mut liveness) = handle.liveness.lock() {
+            liveness.marking_down.clear();
+        }
         let plan = {
             let state = handle.view.read();
             scheduler::plan(&ClusterView::from_registry(&state.registry))
@@ -192,7 +208,7 @@ pub(super) async fn run(handle: Arc<NodeHandle>) {
 fn liveness_commands(handle: &NodeHandle, leading_since: Instant) -> Vec<Command> {
     let now = Instant::now();
     let timeout = Duration::from_millis(handle.config.node_timeout_ms);
-    let Ok(liveness) = handle.liveness.lock() else {
+    let Ok(mut liveness) = handle.liveness.lock() else {
         return Vec::new();
     };
     let state = handle.view.read();
@@ -211,11 +227,17 @@ fn liveness_commands(handle: &NodeHandle, leading_since: Instant) -> Vec<Command
             });
         }
     }
+    // The grace a new leader gives: every node counts as heard when it took over.
+    let grace_from = if bugs::active(Bug::NoLeaderGrace) {
+        now.checked_sub(timeout * 2).unwrap_or(leading_since)
+    } else {
+        leading_since
+    };
     for (id, node) in nodes {
         let last = liveness
             .heard
             .get(id)
-            .map_or(leading_since, |heard| heard.at.max(leading_since));
+            .map_or(grace_from, |heard| heard.at.max(grace_from));
         let silent = now.duration_since(last) > timeout;
         let status = match node.status {
             NodeStatus::Up if silent => NodeStatus::Down,
@@ -223,6 +245,9 @@ fn liveness_commands(handle: &NodeHandle, leading_since: Instant) -> Vec<Command
             _ => continue,
         };
         tracing::info!(node = id, ?status, "node liveness changed");
+        if status == NodeStatus::Down {
+            liveness.marking_down.insert(*id);
+        }
         commands.push(Command::SetNodeStatus { id: *id, status });
     }
     commands

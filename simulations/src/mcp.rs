@@ -1,0 +1,264 @@
+//! Simulated MCP servers behind the production launcher seam.
+//!
+//! A launch starts an in-process rmcp server on the node's host, speaking MCP over an
+//! in-memory pipe, so the agent does the real initialize handshake and real pings.
+//! While the faults last, the seed decides how each one misbehaves: it starts slowly,
+//! crashes after a while, or hangs (stops answering with its pipe open). Afterwards every
+//! new one behaves. Every running server is recorded in `Instances`, which the fencing
+//! checker reads; a server dies with its host.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mcpfleet::env::launcher::{
+    LaunchError, Launched, McpIo, McpLauncher, ReplicaId, ServerProcess,
+};
+use mcpfleet::registry::Transport;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use rmcp::ServiceExt;
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+use tokio::sync::watch;
+
+/// Bytes buffered in each direction of a server's pipe.
+const PIPE_BYTES: usize = 64 * 1024;
+
+/// A server that answers initialize and ping (rmcp's defaults) and nothing else.
+#[derive(Clone, Copy)]
+struct SimServer;
+
+impl rmcp::ServerHandler for SimServer {}
+
+/// The MCP servers running anywhere in the simulation, by instance number.
+#[derive(Default)]
+pub struct Instances {
+    running: Mutex<BTreeMap<u64, (u64, ReplicaId)>>,
+    next: AtomicU64,
+}
+
+impl Instances {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, (u64, ReplicaId)>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// (replica, node) pairs of every running server.
+    pub fn running(&self) -> Vec<(ReplicaId, u64)> {
+        self.lock()
+            .values()
+            .map(|(node, replica)| (replica.clone(), *node))
+            .collect()
+    }
+
+    /// The fencing check: no replica slot runs on two nodes at once.
+    pub fn check_fencing(&self) -> Result<(), String> {
+        let mut nodes: BTreeMap<ReplicaId, u64> = BTreeMap::new();
+        for (replica, node) in self.running() {
+            if let Some(other) = nodes.insert(replica.clone(), node) {
+                if other != node {
+                    return Err(format!(
+                        "fencing: slot {} of {:?} (created at revision {}) runs on nodes {other} and {node} at once",
+                        replica.slot, replica.server, replica.create_revision
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Removes its server from `Instances` when the server's task ends, however it ends
+/// (stopped, crashed, or its host crashed).
+struct InstanceGuard {
+    instances: Arc<Instances>,
+    number: u64,
+    exited: watch::Sender<Option<String>>,
+    how: String,
+}
+
+impl Drop for InstanceGuard {
+    fn drop(&mut self) {
+        self.instances.lock().remove(&self.number);
+        let _ = self.exited.send(Some(std::mem::take(&mut self.how)));
+    }
+}
+
+/// A pipe end that can be frozen: once `frozen`, reads and writes never complete (a
+/// hung process with its pipes open).
+struct Freezable {
+    inner: DuplexStream,
+    frozen: Arc<AtomicBool>,
+}
+
+impl AsyncRead for Freezable {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.frozen.load(Ordering::Relaxed) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Freezable {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.frozen.load(Ordering::Relaxed) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// How one launched server behaves.
+#[derive(Clone, Copy, Debug)]
+enum Behaviour {
+    Healthy,
+    CrashAfter(Duration),
+    HangAfter(Duration),
+}
+
+/// One node's launcher (one per boot, seeded from the node's seed).
+pub struct SimLauncher {
+    node: u64,
+    rng: Mutex<SmallRng>,
+    instances: Arc<Instances>,
+    /// Launches before this simulated time may misbehave.
+    misbehave_until: Duration,
+}
+
+impl SimLauncher {
+    pub fn new(
+        node: u64,
+        seed: u64,
+        instances: Arc<Instances>,
+        misbehave_until: Duration,
+    ) -> SimLauncher {
+        SimLauncher {
+            node,
+            rng: Mutex::new(SmallRng::seed_from_u64(seed ^ 0x6d63_7073_6572_7665)),
+            instances,
+            misbehave_until,
+        }
+    }
+
+    fn draw(&self) -> (Duration, Behaviour) {
+        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        let start = Duration::from_millis(rng.gen_range(5..200));
+        let now = turmoil::sim_elapsed().unwrap_or_default();
+        let lifetime = Duration::from_millis(rng.gen_range(300..5_000));
+        let behaviour = match rng.gen_range(0..100) {
+            _ if now >= self.misbehave_until => Behaviour::Healthy,
+            0..15 => Behaviour::CrashAfter(lifetime),
+            15..25 => Behaviour::HangAfter(lifetime),
+            // Slow to start: answers initialize only after a few seconds.
+            25..35 => return (start + Duration::from_secs(3), Behaviour::Healthy),
+            _ => Behaviour::Healthy,
+        };
+        (start, behaviour)
+    }
+}
+
+#[async_trait]
+impl McpLauncher for SimLauncher {
+    async fn launch(
+        &self,
+        replica: &ReplicaId,
+        _transport: &Transport,
+    ) -> Result<Launched, LaunchError> {
+        let (start, behaviour) = self.draw();
+        let (client_end, server_end) = tokio::io::duplex(PIPE_BYTES);
+        let frozen = Arc::new(AtomicBool::new(false));
+        let io = Freezable {
+            inner: server_end,
+            frozen: frozen.clone(),
+        };
+        let number = self.instances.next.fetch_add(1, Ordering::Relaxed);
+        self.instances
+            .lock()
+            .insert(number, (self.node, replica.clone()));
+        let (exited_tx, exited) = watch::channel(None);
+        let mut guard = InstanceGuard {
+            instances: self.instances.clone(),
+            number,
+            exited: exited_tx,
+            how: "process exited with code 1: simulated crash".into(),
+        };
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(start).await;
+            let Ok(service) = SimServer.serve(io).await else {
+                return;
+            };
+            match behaviour {
+                Behaviour::Healthy => {
+                    let _ = service.waiting().await;
+                    guard.how = "process exited with code 0".into();
+                }
+                Behaviour::CrashAfter(lifetime) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(lifetime) => {}
+                        _ = service.waiting() => guard.how = "process exited with code 0".into(),
+                    }
+                }
+                Behaviour::HangAfter(lifetime) => {
+                    tokio::time::sleep(lifetime).await;
+                    frozen.store(true, Ordering::Relaxed);
+                    std::future::pending::<()>().await;
+                }
+            }
+            drop(guard);
+        });
+        let (reader, writer) = tokio::io::split(client_end);
+        Ok(Launched {
+            io: McpIo::Streams {
+                reader: Box::pin(reader),
+                writer: Box::pin(writer),
+            },
+            process: Some(Box::new(SimProcess { task, exited })),
+        })
+    }
+}
+
+struct SimProcess {
+    task: tokio::task::JoinHandle<()>,
+    exited: watch::Receiver<Option<String>>,
+}
+
+#[async_trait]
+impl ServerProcess for SimProcess {
+    async fn exited(&mut self) -> String {
+        match self.exited.wait_for(Option::is_some).await {
+            Ok(how) => how.clone().unwrap_or_default(),
+            Err(_) => "process exited".into(),
+        }
+    }
+
+    async fn stop(&mut self, _grace: Duration) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
