@@ -61,7 +61,9 @@ fn bug_names_are_listed_and_unknown_ones_are_usage_errors() {
             "ack-before-commit",
             "stale-follower-read",
             "skip-log-fsync",
-            "skip-vote-fsync"
+            "skip-vote-fsync",
+            "ignore-lease",
+            "no-leader-grace"
         ]
     );
     let output = Command::new(env!("CARGO_BIN_EXE_mcpfleet-sim"))
