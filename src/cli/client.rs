@@ -154,11 +154,65 @@ fn spec_from_args(args: AddServerArgs) -> Result<pb::PutServerRequest, CliError>
             transport: Some(transport),
             replicas: args.replicas,
             node_tags: args.tags,
-            health_check: None,
-            circuit_breaker: None,
-            restart: None,
+            health_check: health_check_from_args(&args),
+            circuit_breaker: breaker_from_args(&args),
+            restart: restart_from_args(&args),
         }),
         expected_revision: args.expected_revision,
+    })
+}
+
+/// The health check flags, if any is given (the others take their defaults).
+fn health_check_from_args(args: &AddServerArgs) -> Option<pb::HealthCheck> {
+    let given = [args.health_interval_ms, args.health_timeout_ms].iter().any(Option::is_some)
+        || [args.healthy_threshold, args.unhealthy_threshold].iter().any(Option::is_some);
+    let defaults = crate::registry::HealthCheck::default();
+    given.then(|| pb::HealthCheck {
+        interval_ms: args.health_interval_ms.unwrap_or(defaults.interval_ms),
+        timeout_ms: args.health_timeout_ms.unwrap_or(defaults.timeout_ms),
+        healthy_threshold: args.healthy_threshold.unwrap_or(defaults.healthy_threshold),
+        unhealthy_threshold: args.unhealthy_threshold.unwrap_or(defaults.unhealthy_threshold),
+    })
+}
+
+/// The restart flags, if any is given (the others take their defaults).
+fn restart_from_args(args: &AddServerArgs) -> Option<pb::RestartPolicy> {
+    let given = [
+        args.restart_initial_backoff_ms,
+        args.restart_max_backoff_ms,
+        args.crash_loop_window_ms,
+    ]
+    .iter()
+    .any(Option::is_some)
+        || args.crash_loop_restarts.is_some();
+    let defaults = crate::registry::RestartPolicy::default();
+    given.then(|| pb::RestartPolicy {
+        initial_backoff_ms: args
+            .restart_initial_backoff_ms
+            .unwrap_or(defaults.initial_backoff_ms),
+        max_backoff_ms: args.restart_max_backoff_ms.unwrap_or(defaults.max_backoff_ms),
+        crash_loop_restarts: args.crash_loop_restarts.unwrap_or(defaults.crash_loop_restarts),
+        crash_loop_window_ms: args
+            .crash_loop_window_ms
+            .unwrap_or(defaults.crash_loop_window_ms),
+    })
+}
+
+/// The circuit breaker flags, if any is given (the others take their defaults).
+fn breaker_from_args(args: &AddServerArgs) -> Option<pb::CircuitBreaker> {
+    let given = args.breaker_open_ms.is_some()
+        || [args.breaker_failure_threshold, args.breaker_half_open_calls]
+            .iter()
+            .any(Option::is_some);
+    let defaults = crate::registry::CircuitBreaker::default();
+    given.then(|| pb::CircuitBreaker {
+        failure_threshold: args
+            .breaker_failure_threshold
+            .unwrap_or(defaults.failure_threshold),
+        open_ms: args.breaker_open_ms.unwrap_or(defaults.open_ms),
+        half_open_max_calls: args
+            .breaker_half_open_calls
+            .unwrap_or(defaults.half_open_max_calls),
     })
 }
 

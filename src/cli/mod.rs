@@ -161,6 +161,39 @@ pub struct AddServerArgs {
     /// Only if the server's revision is still this one (0: only if it does not exist).
     #[arg(long)]
     pub expected_revision: Option<u64>,
+    /// Health check: ping every this many ms (default 2000).
+    #[arg(long)]
+    pub health_interval_ms: Option<u64>,
+    /// Health check: a ping fails after this many ms (default 1000).
+    #[arg(long)]
+    pub health_timeout_ms: Option<u64>,
+    /// Answered pings in a row that make a replica healthy (default 1).
+    #[arg(long)]
+    pub healthy_threshold: Option<u32>,
+    /// Failed pings in a row that make a replica unhealthy (default 3; twice that restarts it).
+    #[arg(long)]
+    pub unhealthy_threshold: Option<u32>,
+    /// First restart delay after a failure (default 200; doubles per failure).
+    #[arg(long)]
+    pub restart_initial_backoff_ms: Option<u64>,
+    /// Longest restart delay (default 30000).
+    #[arg(long)]
+    pub restart_max_backoff_ms: Option<u64>,
+    /// Failures within the crash-loop window that mean crash-loop (default 5).
+    #[arg(long)]
+    pub crash_loop_restarts: Option<u32>,
+    /// The crash-loop window (default 60000).
+    #[arg(long)]
+    pub crash_loop_window_ms: Option<u64>,
+    /// Failed calls in a row that open a replica's circuit breaker (default 5).
+    #[arg(long)]
+    pub breaker_failure_threshold: Option<u32>,
+    /// How long an open breaker stays open before it lets a trial call through (default 10000).
+    #[arg(long)]
+    pub breaker_open_ms: Option<u64>,
+    /// Trial calls a half-open breaker lets through (default 1).
+    #[arg(long)]
+    pub breaker_half_open_calls: Option<u32>,
 }
 
 #[derive(Subcommand, Debug)]
