@@ -148,15 +148,18 @@ fn spec_from_args(args: AddServerArgs) -> Result<pb::PutServerRequest, CliError>
             ))
         }
     };
+    let health_check = health_check_from_args(&args);
+    let circuit_breaker = breaker_from_args(&args);
+    let restart = restart_from_args(&args);
     Ok(pb::PutServerRequest {
         spec: Some(pb::ServerSpec {
             name: args.name,
             transport: Some(transport),
             replicas: args.replicas,
             node_tags: args.tags,
-            health_check: health_check_from_args(&args),
-            circuit_breaker: breaker_from_args(&args),
-            restart: restart_from_args(&args),
+            health_check,
+            circuit_breaker,
+            restart,
         }),
         expected_revision: args.expected_revision,
     })
@@ -164,14 +167,24 @@ fn spec_from_args(args: AddServerArgs) -> Result<pb::PutServerRequest, CliError>
 
 /// The health check flags, if any is given (the others take their defaults).
 fn health_check_from_args(args: &AddServerArgs) -> Option<pb::HealthCheck> {
-    let given = [args.health_interval_ms, args.health_timeout_ms].iter().any(Option::is_some)
-        || [args.healthy_threshold, args.unhealthy_threshold].iter().any(Option::is_some);
+    let given = [args.health_interval_ms, args.health_timeout_ms]
+        .iter()
+        .any(Option::is_some)
+        || [args.healthy_threshold, args.unhealthy_threshold]
+            .iter()
+            .any(Option::is_some);
     let defaults = crate::registry::HealthCheck::default();
+    let interval_ms = args.health_interval_ms.unwrap_or(defaults.interval_ms);
     given.then(|| pb::HealthCheck {
-        interval_ms: args.health_interval_ms.unwrap_or(defaults.interval_ms),
-        timeout_ms: args.health_timeout_ms.unwrap_or(defaults.timeout_ms),
+        interval_ms,
+        // A shorter interval than the default timeout brings the timeout down with it.
+        timeout_ms: args
+            .health_timeout_ms
+            .unwrap_or(defaults.timeout_ms.min(interval_ms)),
         healthy_threshold: args.healthy_threshold.unwrap_or(defaults.healthy_threshold),
-        unhealthy_threshold: args.unhealthy_threshold.unwrap_or(defaults.unhealthy_threshold),
+        unhealthy_threshold: args
+            .unhealthy_threshold
+            .unwrap_or(defaults.unhealthy_threshold),
     })
 }
 
@@ -190,8 +203,12 @@ fn restart_from_args(args: &AddServerArgs) -> Option<pb::RestartPolicy> {
         initial_backoff_ms: args
             .restart_initial_backoff_ms
             .unwrap_or(defaults.initial_backoff_ms),
-        max_backoff_ms: args.restart_max_backoff_ms.unwrap_or(defaults.max_backoff_ms),
-        crash_loop_restarts: args.crash_loop_restarts.unwrap_or(defaults.crash_loop_restarts),
+        max_backoff_ms: args
+            .restart_max_backoff_ms
+            .unwrap_or(defaults.max_backoff_ms),
+        crash_loop_restarts: args
+            .crash_loop_restarts
+            .unwrap_or(defaults.crash_loop_restarts),
         crash_loop_window_ms: args
             .crash_loop_window_ms
             .unwrap_or(defaults.crash_loop_window_ms),
