@@ -89,16 +89,10 @@ pub async fn run_put(args: PutArgs) -> Result<(), CliError> {
             let mut i = 0u64;
             while started.elapsed() < duration && i < per_client_limit {
                 let request = pb::PutServerRequest {
-                    spec: Some(pb::ServerSpec {
-                        name: format!("bench-{number}-{}", i % KEYS_PER_CLIENT),
-                        transport: Some(pb::server_spec::Transport::Stdio(pb::StdioTransport {
-                            command: "bench".into(),
-                            args: vec![value.clone()],
-                            ..Default::default()
-                        })),
-                        replicas: 1,
-                        ..Default::default()
-                    }),
+                    spec: Some(bench_spec(
+                        format!("bench-{number}-{}", i % KEYS_PER_CLIENT),
+                        vec![value.clone()],
+                    )),
                     expected_revision: None,
                 };
                 let sent = Instant::now();
@@ -110,17 +104,7 @@ pub async fn run_put(args: PutArgs) -> Result<(), CliError> {
                         // The first pass writes each server once so that reads find it.
                         if i < KEYS_PER_CLIENT {
                             let put = pb::PutServerRequest {
-                                spec: Some(pb::ServerSpec {
-                                    name: name.clone(),
-                                    transport: Some(pb::server_spec::Transport::Stdio(
-                                        pb::StdioTransport {
-                                            command: "bench".into(),
-                                            ..Default::default()
-                                        },
-                                    )),
-                                    replicas: 1,
-                                    ..Default::default()
-                                }),
+                                spec: Some(bench_spec(name.clone(), Vec::new())),
                                 expected_revision: None,
                             };
                             client.put_server(put).await.map(|_| ())
@@ -199,4 +183,22 @@ pub async fn run_put(args: PutArgs) -> Result<(), CliError> {
         eprintln!("first error: {error}");
     }
     Ok(())
+}
+
+/// A tag no node carries: the servers a benchmark writes are never placed, so it
+/// measures the registry, not the launching of processes.
+const UNPLACED_TAG: &str = "mcpfleet-bench-never-placed";
+
+fn bench_spec(name: String, args: Vec<String>) -> pb::ServerSpec {
+    pb::ServerSpec {
+        name,
+        transport: Some(pb::server_spec::Transport::Stdio(pb::StdioTransport {
+            command: "bench".into(),
+            args,
+            ..Default::default()
+        })),
+        replicas: 1,
+        node_tags: vec![UNPLACED_TAG.into()],
+        ..Default::default()
+    }
 }
