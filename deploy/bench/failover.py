@@ -23,6 +23,10 @@ import tempfile
 import time
 
 
+# A tag no node carries: the servers written are never placed, so the benchmark measures
+# the registry's failover, not the launching of MCP servers.
+UNPLACED_TAG = "mcpfleet-bench-never-placed"
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -86,14 +90,14 @@ def main():
                 30, "a leader seen by every node")
             for w in range(args.writes_per_trial):
                 name = f"t{trial}-w{w}"
-                cli(binary, addrs[leader % 3 + 1], "server", "add", name, "--command", "echo")
+                cli(binary, addrs[leader % 3 + 1], "server", "add", name, "--command", "echo", "--tag", UNPLACED_TAG)
                 acknowledged.add(name)
             survivor = leader % 3 + 1
             procs[leader].send_signal(signal.SIGKILL)
             killed_at = time.monotonic()
             procs[leader].wait()
             name = f"t{trial}-after-kill"
-            cli(binary, addrs[survivor], "server", "add", name, "--command", "echo")
+            cli(binary, addrs[survivor], "server", "add", name, "--command", "echo", "--tag", UNPLACED_TAG)
             elapsed_ms = (time.monotonic() - killed_at) * 1000
             acknowledged.add(name)
             names = {s["name"] for s in cli(binary, addrs[survivor], "server", "ls")}
