@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::future::Future;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -87,11 +88,14 @@ impl Drop for InstanceGuard {
     }
 }
 
-/// A pipe end that can be frozen: once `frozen`, reads and writes never complete (a
-/// hung process with its pipes open).
+/// A server's end of its pipe. Once `frozen`, reads and writes never complete (a hung
+/// process with its pipes open). With a `delay`, each answer leaves that long after the
+/// server wrote it (a slow server).
 struct Freezable {
     inner: DuplexStream,
     frozen: Arc<AtomicBool>,
+    delay: Option<Duration>,
+    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl AsyncRead for Freezable {
@@ -116,7 +120,20 @@ impl AsyncWrite for Freezable {
         if self.frozen.load(Ordering::Relaxed) {
             return Poll::Pending;
         }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        if let Some(delay) = self.delay {
+            let sleep = self
+                .waiting
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(delay)));
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        // The next answer waits its own delay.
+        if matches!(result, Poll::Ready(Ok(written)) if written > 0) {
+            self.waiting = None;
+        }
+        result
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -134,6 +151,8 @@ enum Behaviour {
     Healthy,
     CrashAfter(Duration),
     HangAfter(Duration),
+    /// Answers every message this late.
+    Slow(Duration),
 }
 
 /// One node's launcher (one per boot, seeded from the node's seed).
@@ -171,6 +190,7 @@ impl SimLauncher {
             15..25 => Behaviour::HangAfter(lifetime),
             // Slow to start: answers initialize only after a few seconds.
             25..35 => return (start + Duration::from_secs(3), Behaviour::Healthy),
+            35..45 => Behaviour::Slow(Duration::from_millis(rng.gen_range(20..300))),
             _ => Behaviour::Healthy,
         };
         (start, behaviour)
@@ -190,6 +210,11 @@ impl McpLauncher for SimLauncher {
         let io = Freezable {
             inner: server_end,
             frozen: frozen.clone(),
+            delay: match behaviour {
+                Behaviour::Slow(delay) => Some(delay),
+                _ => None,
+            },
+            waiting: None,
         };
         let number = self.instances.next.fetch_add(1, Ordering::Relaxed);
         self.instances
@@ -208,7 +233,7 @@ impl McpLauncher for SimLauncher {
                 return;
             };
             match behaviour {
-                Behaviour::Healthy => {
+                Behaviour::Healthy | Behaviour::Slow(_) => {
                     let _ = service.waiting().await;
                     guard.how = "process exited with code 0".into();
                 }
