@@ -106,6 +106,8 @@ pub struct NodeWindow {
 #[derive(Default)]
 pub struct SimProbe {
     nodes: Mutex<BTreeMap<u64, NodeWindow>>,
+    /// The first placement plan applied outside the term that made it.
+    stale_plan: Mutex<Option<String>>,
 }
 
 impl Probe for SimProbe {
@@ -117,6 +119,24 @@ impl Probe for SimProbe {
     ) {
         self.lock().insert(id, NodeWindow { metrics, view });
     }
+
+    fn plan_applied(
+        &self,
+        id: u64,
+        planned_term: u64,
+        entry: mcpfleet::registry::LogPosition,
+        accepted: bool,
+    ) {
+        if accepted && planned_term != entry.term {
+            let mut stale = self.stale_plan.lock().unwrap_or_else(|e| e.into_inner());
+            stale.get_or_insert_with(|| {
+                format!(
+                    "node {id} applied a placement plan made in term {planned_term} from the log entry at index {} of term {}: a deposed leader's plan committed",
+                    entry.index, entry.term
+                )
+            });
+        }
+    }
 }
 
 impl SimProbe {
@@ -127,6 +147,19 @@ impl SimProbe {
     /// Runs `f` on the windows of the running nodes, by id.
     pub fn with_nodes<R>(&self, f: impl FnOnce(&BTreeMap<u64, NodeWindow>) -> R) -> R {
         f(&self.lock())
+    }
+
+    /// A deposed leader's plan must never take effect.
+    pub fn check_plans(&self) -> Result<(), String> {
+        match self
+            .stale_plan
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            Some(violation) => Err(violation),
+            None => Ok(()),
+        }
     }
 
     fn forget(&self, id: u64) {

@@ -663,6 +663,7 @@ pub fn chaos(seed: u64, nodes: u64) -> Report {
         let now = sim.elapsed();
         let leader = observe(&cluster, &mut leaders, &mut states)?;
         cluster.instances.check_fencing()?;
+        cluster.probe.check_plans()?;
         if now < FAULTS_END {
             for line in nemesis.step(&mut sim, &cluster, now, leader) {
                 log(now, line);

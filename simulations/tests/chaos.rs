@@ -63,7 +63,8 @@ fn bug_names_are_listed_and_unknown_ones_are_usage_errors() {
             "skip-log-fsync",
             "skip-vote-fsync",
             "ignore-lease",
-            "no-leader-grace"
+            "no-leader-grace",
+            "accept-stale-plan"
         ]
     );
     let output = Command::new(env!("CARGO_BIN_EXE_mcpfleet-sim"))

@@ -26,16 +26,21 @@ pub enum Bug {
     /// A new leader gives no grace: it marks down at once every node it has not heard
     /// from since it took over, and moves their replicas while they still run.
     NoLeaderGrace,
+    /// A deposed leader keeps planning for a while, stamping its plans with the term it
+    /// led and sending them to the new leader, and the registry takes a plan whatever its
+    /// term.
+    AcceptStalePlan,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 6] = [
+    pub const ALL: [Bug; 7] = [
         Bug::AckBeforeCommit,
         Bug::StaleFollowerRead,
         Bug::SkipLogFsync,
         Bug::SkipVoteFsync,
         Bug::IgnoreLease,
         Bug::NoLeaderGrace,
+        Bug::AcceptStalePlan,
     ];
 
     /// The name used on the simulator's command line.
@@ -47,6 +52,7 @@ impl Bug {
             Bug::SkipVoteFsync => "skip-vote-fsync",
             Bug::IgnoreLease => "ignore-lease",
             Bug::NoLeaderGrace => "no-leader-grace",
+            Bug::AcceptStalePlan => "accept-stale-plan",
         }
     }
 

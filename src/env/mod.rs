@@ -42,6 +42,17 @@ pub trait Probe: Send + Sync + 'static {
         metrics: tokio::sync::watch::Receiver<RaftMetrics>,
         view: Arc<crate::raft::RegistryView>,
     );
+
+    /// Called when node `id` applies a placement plan made in `planned_term`, carried by
+    /// the log entry at `entry`; `accepted` says whether the registry took it.
+    fn plan_applied(
+        &self,
+        _id: crate::raft::NodeId,
+        _planned_term: u64,
+        _entry: crate::registry::LogPosition,
+        _accepted: bool,
+    ) {
+    }
 }
 
 impl Environment {

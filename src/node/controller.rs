@@ -141,6 +141,9 @@ pub(super) async fn run(handle: Arc<NodeHandle>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The term this node leads and when it took over.
     let mut leading: Option<(u64, Instant)> = None;
+    // The term this node led last and when it lost it (only the AcceptStalePlan bug
+    // uses it).
+    let mut deposed: Option<(u64, Instant)> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -148,10 +151,14 @@ pub(super) async fn run(handle: Arc<NodeHandle>) {
         }
         let metrics = handle.raft.metrics().borrow().clone();
         if metrics.current_leader != Some(handle.id()) {
-            if leading.take().is_some() {
+            if let Some((term, _)) = leading.take() {
                 if let Ok(mut liveness) = handle.liveness.lock() {
                     *liveness = Liveness::default();
                 }
+                deposed = Some((term, Instant::now()));
+            }
+            if bugs::active(Bug::AcceptStalePlan) {
+                propose_as_deposed(&handle, &mut deposed).await;
             }
             continue;
         }
@@ -201,6 +208,27 @@ pub(super) async fn run(handle: Arc<NodeHandle>) {
                 Err(error) => tracing::debug!(%error, "plan not committed"),
             }
         }
+    }
+}
+
+/// The AcceptStalePlan bug: for two seconds after losing leadership, a node keeps
+/// planning from its own view and sends its plans, stamped with the term it led, to
+/// whoever leads now.
+async fn propose_as_deposed(handle: &NodeHandle, deposed: &mut Option<(u64, Instant)>) {
+    let Some((term, at)) = *deposed else { return };
+    if at.elapsed() > Duration::from_secs(2) {
+        *deposed = None;
+        return;
+    }
+    let plan = {
+        let state = handle.view.read();
+        scheduler::plan(&ClusterView::from_registry(&state.registry))
+    };
+    if !plan.moves.is_empty() {
+        let placements = plan.placements();
+        let _ = handle
+            .propose(Command::ApplyPlan { term, placements })
+            .await;
     }
 }
 

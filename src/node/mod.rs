@@ -118,7 +118,10 @@ pub async fn run(
         ))
     };
     let log_store = LogStore::open(env.disk.clone()).map_err(corrupt)?;
-    let state_machine = StateMachineStore::open(env.disk.clone()).map_err(corrupt)?;
+    let mut state_machine = StateMachineStore::open(env.disk.clone()).map_err(corrupt)?;
+    if let Some(probe) = &env.probe {
+        state_machine = state_machine.observed_by(id, probe.clone());
+    }
     let view = state_machine.view();
     let raft_config = Arc::new(
         config

@@ -18,7 +18,7 @@ use super::codec::{decode, encode};
 use super::{io_error, LogId, Node, NodeId, RequestId, StorageError, TypeConfig};
 use crate::env::Disk;
 use crate::registry::LogPosition;
-use crate::registry::{Change, Outcome, Registry};
+use crate::registry::{Change, Command, Outcome, Registry};
 
 const SNAPSHOT_KEY: &str = "snapshot";
 /// Server changes kept for watchers that start from an older revision.
@@ -149,6 +149,8 @@ struct StoredSnapshot {
 pub struct StateMachineStore {
     disk: Arc<dyn Disk>,
     view: Arc<RegistryView>,
+    /// A harness watching this node's applied plans (the simulator); none in production.
+    observer: Option<(NodeId, Arc<dyn crate::env::Probe>)>,
 }
 
 impl StateMachineStore {
@@ -167,7 +169,14 @@ impl StateMachineStore {
         Ok(StateMachineStore {
             disk,
             view: Arc::new(RegistryView::new(applied)),
+            observer: None,
         })
+    }
+
+    /// Reports every placement plan this store applies, as node `id`, to `probe`.
+    pub fn observed_by(mut self, id: NodeId, probe: Arc<dyn crate::env::Probe>) -> Self {
+        self.observer = Some((id, probe));
+        self
     }
 
     pub fn view(&self) -> Arc<RegistryView> {
@@ -252,6 +261,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         };
                         let (outcome, change) =
                             applied.registry.apply_at(&proposal.command, position);
+                        if let (Some((id, probe)), Command::ApplyPlan { term, .. }) =
+                            (&self.observer, &proposal.command)
+                        {
+                            let accepted = matches!(outcome, Outcome::Applied { .. });
+                            probe.plan_applied(*id, *term, position, accepted);
+                        }
                         applied.recent.remember(proposal.id, outcome.clone());
                         if let Some(change) = change {
                             if applied.history.len() >= WATCH_HISTORY_LEN {
