@@ -245,7 +245,10 @@ async fn server_command(
     match command {
         ServerCommand::Add(args) => {
             let name = args.name.clone();
-            let response = client.put_server(spec_from_args(args)?).await?.into_inner();
+            let response = client
+                .put_server(spec_from_args(*args)?)
+                .await?
+                .into_inner();
             if json {
                 print_json(&serde_json::json!({
                     "name": name,

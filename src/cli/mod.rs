@@ -98,7 +98,7 @@ pub enum OutputFormat {
 #[derive(Subcommand, Debug)]
 pub enum ServerCommand {
     /// Create or replace a server.
-    Add(AddServerArgs),
+    Add(Box<AddServerArgs>),
     /// Show one server.
     Get {
         name: String,
