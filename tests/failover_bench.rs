@@ -1,7 +1,8 @@
 //! Failover benchmark (not part of the test run): three real nodes on loopback, a
 //! server with replicas=2 (the npm reference server), SIGKILL a node that runs one of
 //! its replicas, and time until `server status` shows both replicas healthy on the
-//! survivors, MCP start-up included. Prints every trial and the median.
+//! survivors, MCP start-up included, and checks that the killed node's MCP server
+//! processes are gone. Prints every trial and the median.
 //!
 //!     cargo test --release --test failover_bench -- --ignored --nocapture
 //!

@@ -9,37 +9,6 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use common::*;
 
-/// (pid, parent pid, process group) of a process, from /proc/PID/stat.
-fn stat(pid: u32) -> Option<(u32, u32, u32)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces: the fields after it follow the last ')'.
-    let rest = text.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some((
-        pid,
-        fields.get(1)?.parse().ok()?,
-        fields.get(2)?.parse().ok()?,
-    ))
-}
-
-/// The process groups (one per MCP server) that the node with process id `node_pid`
-/// started, among the processes that carry `marker`.
-fn groups_started_by(node_pid: u32, marker: &str) -> BTreeSet<u32> {
-    processes_with_marker(marker)
-        .iter()
-        .filter_map(|(pid, _)| stat(*pid))
-        .filter(|(_, parent, _)| *parent == node_pid)
-        .map(|(_, _, group)| group)
-        .collect()
-}
-
-fn alive_in_groups(groups: &BTreeSet<u32>, marker: &str) -> Vec<(u32, String)> {
-    processes_with_marker(marker)
-        .into_iter()
-        .filter(|(pid, _)| stat(*pid).is_some_and(|(_, _, group)| groups.contains(&group)))
-        .collect()
-}
-
 /// The replicas of `name` once each is healthy on a node in `allowed`, on distinct nodes.
 fn healthy_on(endpoint: &str, name: &str, count: usize, allowed: &[u64]) -> Result<Vec<u64>> {
     let replicas = replicas(endpoint, name)?;

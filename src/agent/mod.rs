@@ -241,6 +241,7 @@ async fn heartbeat(handle: Arc<NodeHandle>, lease: watch::Sender<Lease>) {
             id: handle.id(),
             addr: config.advertise.clone(),
             tags: config.tags.clone(),
+            capacity: config.capacity,
         });
         let sent = Instant::now();
         let answer = match handle.known_leader() {

@@ -193,6 +193,7 @@ pub fn fleet_nodes_to_proto(registry: &crate::registry::Registry) -> Vec<pb::Fle
             addr: node.addr.clone(),
             status: kebab(&node.status),
             tags: node.tags.clone(),
+            capacity: node.capacity,
             replicas: registry
                 .assignments
                 .values()

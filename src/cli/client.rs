@@ -534,7 +534,8 @@ async fn fleet_status(
                 let member = cluster.members.iter().find(|m| m.id == n.id);
                 serde_json::json!({
                     "id": n.id, "addr": n.addr, "status": n.status, "tags": n.tags,
-                    "replicas": n.replicas, "voter": member.map(|m| m.voter),
+                    "replicas": n.replicas, "capacity": n.capacity,
+                    "voter": member.map(|m| m.voter),
                     "leader": cluster.leader_id == Some(n.id),
                 })
             })
@@ -590,7 +591,10 @@ async fn fleet_status(
                         ""
                     }
                 ),
-                n.replicas.to_string(),
+                match n.capacity {
+                    Some(capacity) => format!("{}/{capacity}", n.replicas),
+                    None => n.replicas.to_string(),
+                },
                 n.tags.join(","),
             ]
         })

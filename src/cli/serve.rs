@@ -48,6 +48,9 @@ pub struct ServeArgs {
     /// A tag this node carries (repeat for more); servers pick nodes by tags.
     #[arg(long = "tag")]
     pub tags: Vec<String>,
+    /// Most replicas this node runs (default: no limit).
+    #[arg(long)]
+    pub capacity: Option<u32>,
     /// A node silent for this long is marked down and its replicas move elsewhere.
     #[arg(long, default_value_t = Config::default().node_timeout_ms)]
     pub node_timeout_ms: u64,
@@ -98,6 +101,7 @@ impl ServeArgs {
                 tags.dedup();
                 tags
             },
+            capacity: self.capacity,
             node_timeout_ms: self.node_timeout_ms,
             lease_ms: self.lease_ms,
             node_heartbeat_interval_ms: self.node_heartbeat_interval_ms,

@@ -39,6 +39,8 @@ pub struct Config {
     pub shutdown_timeout_ms: u64,
     /// Tags this node carries; a server's `node_tags` pick nodes by them.
     pub tags: Vec<String>,
+    /// Most replicas this node runs; `None` is no limit.
+    pub capacity: Option<u32>,
     /// How often the agent heartbeats the leader.
     pub node_heartbeat_interval_ms: u64,
     /// A node the leader has not heard from for this long is marked down and its
@@ -77,6 +79,8 @@ pub enum ConfigError {
         crate::registry::MAX_NAME_LEN
     )]
     Tags,
+    #[error("capacity must be at least 1 (leave it out for no limit)")]
+    Capacity,
 }
 
 impl Default for Config {
@@ -97,6 +101,7 @@ impl Default for Config {
             request_timeout_ms: 5_000,
             shutdown_timeout_ms: 5_000,
             tags: Vec::new(),
+            capacity: None,
             node_heartbeat_interval_ms: 250,
             node_timeout_ms: 1_500,
             lease_ms: 800,
@@ -183,6 +188,9 @@ impl Config {
                 .any(|t| t.is_empty() || t.len() > crate::registry::MAX_NAME_LEN)
         {
             return Err(ConfigError::Tags);
+        }
+        if self.capacity == Some(0) {
+            return Err(ConfigError::Capacity);
         }
         if self.max_voters == 0 || self.max_voters > 7 {
             return Err(ConfigError::MaxVoters(self.max_voters));

@@ -39,6 +39,7 @@ pub struct Heartbeat {
     pub id: NodeId,
     pub addr: String,
     pub tags: Vec<String>,
+    pub capacity: Option<u32>,
 }
 
 /// The leader's answer to a heartbeat.
@@ -245,13 +246,16 @@ fn liveness_commands(handle: &NodeHandle, leading_since: Instant) -> Vec<Command
     for (id, heard) in &liveness.heard {
         let known = nodes.get(id);
         let changed = known.is_none_or(|node| {
-            node.addr != heard.heartbeat.addr || node.tags != heard.heartbeat.tags
+            node.addr != heard.heartbeat.addr
+                || node.tags != heard.heartbeat.tags
+                || node.capacity != heard.heartbeat.capacity
         });
         if changed {
             commands.push(Command::RegisterNode {
                 id: *id,
                 addr: heard.heartbeat.addr.clone(),
                 tags: heard.heartbeat.tags.clone(),
+                capacity: heard.heartbeat.capacity,
             });
         }
     }

@@ -27,11 +27,12 @@ pub enum Command {
         id: NodeId,
     },
     /// A node announces itself (through its heartbeats): a new node is recorded as up;
-    /// a known one keeps its status and takes the new address and tags.
+    /// a known one keeps its status and takes the new address, tags and capacity.
     RegisterNode {
         id: NodeId,
         addr: String,
         tags: Vec<String>,
+        capacity: Option<u32>,
     },
     /// The leader's liveness check (up/down) or an operator (draining).
     SetNodeStatus {

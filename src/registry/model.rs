@@ -150,6 +150,8 @@ pub struct NodeRecord {
     pub addr: String,
     pub tags: Vec<String>,
     pub status: NodeStatus,
+    /// Most replicas the node runs; `None` is no limit.
+    pub capacity: Option<u32>,
 }
 
 /// Replica `slot` of `server` belongs on `node_id`, as decided at `epoch` (a log index).

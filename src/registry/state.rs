@@ -86,7 +86,12 @@ impl Registry {
                 self.nodes.insert(node.id, node.clone());
                 Ok(None)
             }
-            Command::RegisterNode { id, addr, tags } => self.register_node(*id, addr, tags),
+            Command::RegisterNode {
+                id,
+                addr,
+                tags,
+                capacity,
+            } => self.register_node(*id, addr, tags, *capacity),
             Command::SetNodeStatus { id, status } => match self.nodes.get_mut(id) {
                 None => Err(RegistryError::NodeNotFound { id: *id }),
                 Some(node) => {
@@ -197,6 +202,7 @@ impl Registry {
         id: NodeId,
         addr: &str,
         tags: &[String],
+        capacity: Option<u32>,
     ) -> Result<Option<Change>, RegistryError> {
         let invalid = |reason: String| Err(RegistryError::InvalidNode { reason });
         if id == 0 {
@@ -220,6 +226,7 @@ impl Registry {
                 addr: addr.to_string(),
                 tags: tags.to_vec(),
                 status,
+                capacity,
             },
         );
         self.revision += 1;

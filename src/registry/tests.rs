@@ -42,6 +42,7 @@ fn node(id: NodeId) -> NodeRecord {
         addr: format!("127.0.0.1:{}", 7700 + id),
         tags: vec![],
         status: NodeStatus::Up,
+        capacity: None,
     }
 }
 
@@ -433,6 +434,7 @@ fn nodes_register_and_report_health_only_for_their_current_assignment() {
         id,
         addr: format!("127.0.0.1:{}", 7000 + id),
         tags: tags.iter().map(|t| t.to_string()).collect(),
+        capacity: Some(4),
     };
     registry.apply(&register(1, &["gpu"]));
     registry.apply(&register(2, &[]));
@@ -445,6 +447,7 @@ fn nodes_register_and_report_health_only_for_their_current_assignment() {
     registry.apply(&register(1, &["gpu", "ssd"]));
     assert_eq!(registry.nodes[&1].status, NodeStatus::Draining);
     assert_eq!(registry.nodes[&1].tags, vec!["gpu", "ssd"]);
+    assert_eq!(registry.nodes[&1].capacity, Some(4));
     registry.apply(&put(echo("a")));
     let at = LogPosition { term: 2, index: 10 };
     registry.apply_at(
@@ -505,6 +508,7 @@ fn nodes_register_and_report_health_only_for_their_current_assignment() {
                 id: 3,
                 addr: String::new(),
                 tags: vec![],
+                capacity: None,
             },
             RegistryError::InvalidNode {
                 reason: "address must be 1..=255 bytes".into(),

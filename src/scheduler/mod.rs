@@ -46,8 +46,7 @@ pub struct ClusterView {
 }
 
 impl ClusterView {
-    /// The view of `registry`. The registry records no node capacity yet: every node is
-    /// unlimited.
+    /// The view of `registry`.
     pub fn from_registry(registry: &Registry) -> ClusterView {
         ClusterView {
             nodes: registry
@@ -57,7 +56,7 @@ impl ClusterView {
                     let view = NodeView {
                         status: node.status,
                         tags: node.tags.iter().cloned().collect(),
-                        capacity: None,
+                        capacity: node.capacity,
                     };
                     (*id, view)
                 })

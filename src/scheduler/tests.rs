@@ -202,6 +202,35 @@ fn unplaced_slots_say_why() {
     assert!(!result.unplaced.contains_key(&("t".into(), 0)));
 }
 
+#[test]
+fn the_registry_view_carries_node_capacity() {
+    use crate::registry::{Command, Registry, ServerSpec};
+    let mut registry = Registry::default();
+    for (id, capacity) in [(1, Some(1)), (2, None)] {
+        registry.apply(&Command::RegisterNode {
+            id,
+            addr: format!("127.0.0.1:{}", 7700 + id),
+            tags: vec![],
+            capacity,
+        });
+    }
+    for name in ["a", "b", "c"] {
+        registry.apply(&Command::PutServer {
+            spec: ServerSpec::stdio(name, "cmd", &[]),
+            expected_revision: None,
+        });
+    }
+    let view = ClusterView::from_registry(&registry);
+    assert_eq!(view.nodes[&1].capacity, Some(1));
+    let after = apply(&view, &plan(&view));
+    let on_node_one = after.assignments.values().filter(|n| **n == 1).count();
+    assert_eq!(
+        on_node_one, 1,
+        "node 1 holds at most its capacity: {after:?}"
+    );
+    assert_eq!(after.assignments.len(), 3);
+}
+
 fn arbitrary_view() -> impl Strategy<Value = ClusterView> {
     let tags = prop::sample::subsequence(vec!["gpu", "eu"], 0..=2);
     let status = prop_oneof![

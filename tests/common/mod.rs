@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -284,4 +285,35 @@ pub fn replicas(endpoint: &str, name: &str) -> Result<Vec<serde_json::Value>> {
         .as_array()
         .context("status prints replicas")?
         .clone())
+}
+
+/// (pid, parent pid, process group) of a process, from /proc/PID/stat.
+pub fn stat(pid: u32) -> Option<(u32, u32, u32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: the fields after it follow the last ')'.
+    let rest = text.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some((
+        pid,
+        fields.get(1)?.parse().ok()?,
+        fields.get(2)?.parse().ok()?,
+    ))
+}
+
+/// The process groups (one per MCP server) that the node with process id `node_pid`
+/// started, among the processes that carry `marker`.
+pub fn groups_started_by(node_pid: u32, marker: &str) -> BTreeSet<u32> {
+    processes_with_marker(marker)
+        .iter()
+        .filter_map(|(pid, _)| stat(*pid))
+        .filter(|(_, parent, _)| *parent == node_pid)
+        .map(|(_, _, group)| group)
+        .collect()
+}
+
+pub fn alive_in_groups(groups: &BTreeSet<u32>, marker: &str) -> Vec<(u32, String)> {
+    processes_with_marker(marker)
+        .into_iter()
+        .filter(|(pid, _)| stat(*pid).is_some_and(|(_, _, group)| groups.contains(&group)))
+        .collect()
 }
