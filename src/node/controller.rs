@@ -1,15 +1,16 @@
 //! The leader's control loop: node liveness and placement.
 //!
 //! Agents heartbeat the leader outside the Raft log; the leader remembers when it last
-//! heard from each node. While this node leads, the loop, every tick:
-//! 1. confirms its leadership with a quorum (a heartbeat renews a lease only if that
-//!    happened within `LEASE_CONFIRM_MS`);
-//! 2. registers nodes it hears from that the registry lacks (or whose address or tags
-//!    changed);
-//! 3. marks down nodes silent past `node_timeout_ms`, and up again those it hears from.
+//! heard from each node. While this node leads, one task confirms its leadership with a
+//! quorum every tick (a heartbeat renews a lease only if that happened within
+//! `LEASE_CONFIRM_MS`), and the control loop, every tick while the confirmation is
+//! fresh:
+//! 1. registers nodes it hears from that the registry lacks (or whose address, tags or
+//!    capacity changed);
+//! 2. marks down nodes silent past `node_timeout_ms`, and up again those it hears from.
 //!    A new leader counts every node as heard at the moment it took over: one timeout of
 //!    grace;
-//! 4. asks the pure scheduler for a plan and proposes it stamped with its term.
+//! 3. asks the pure scheduler for a plan and proposes it stamped with its term.
 //!
 //! Every proposal is made on this node only (never forwarded): if it is no longer the
 //! leader the proposal fails, and a plan that reaches the log in a later term is
@@ -135,8 +136,42 @@ impl NodeHandle {
     }
 }
 
-/// Runs the control loop until the node shuts down.
+/// Confirms this node's leadership with a quorum every tick while it leads, for the
+/// leases it grants. Apart from the control loop, so that a slow proposal there never
+/// lets the leases of the whole cluster run out.
+async fn confirm(handle: Arc<NodeHandle>) {
+    let mut shutdown = handle.shutdown.clone();
+    let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        if handle.raft.metrics().borrow().current_leader != Some(handle.id()) {
+            continue;
+        }
+        let started = Instant::now();
+        let confirm = tokio::time::timeout(
+            Duration::from_millis(LEASE_CONFIRM_MS),
+            handle.raft.ensure_linearizable(),
+        );
+        if let Ok(Ok(_)) = confirm.await {
+            if let Ok(mut liveness) = handle.liveness.lock() {
+                liveness.confirmed_at = Some(started);
+            }
+        }
+    }
+}
+
+/// Runs the control loop (and the leadership confirmations) until the node shuts down.
 pub(super) async fn run(handle: Arc<NodeHandle>) {
+    let confirmations = tokio::spawn(confirm(handle.clone()));
+    control(handle).await;
+    let _ = confirmations.await;
+}
+
+async fn control(handle: Arc<NodeHandle>) {
     let mut shutdown = handle.shutdown.clone();
     let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -167,21 +202,19 @@ pub(super) async fn run(handle: Arc<NodeHandle>) {
         let since = match leading {
             Some((leading_term, since)) if leading_term == term => since,
             _ => {
+                // A new term: nodes heard in an earlier one count for nothing.
+                if let Ok(mut liveness) = handle.liveness.lock() {
+                    liveness.heard.clear();
+                }
                 let now = Instant::now();
                 leading = Some((term, now));
                 now
             }
         };
-        let started = Instant::now();
-        let confirm = tokio::time::timeout(
-            Duration::from_millis(LEASE_CONFIRM_MS),
-            handle.raft.ensure_linearizable(),
-        );
-        if let Ok(Ok(_)) = confirm.await {
-            if let Ok(mut liveness) = handle.liveness.lock() {
-                liveness.confirmed_at = Some(started);
-            }
-        } else {
+        // Act only on a leadership a quorum confirmed moments ago (see `confirm`).
+        let confirmed = handle.liveness.lock().ok().and_then(|l| l.confirmed_at);
+        let stale = Duration::from_millis(LEASE_CONFIRM_MS);
+        if confirmed.is_none_or(|at| at.elapsed() >= stale) {
             continue;
         }
         for command in liveness_commands(&handle, since) {
