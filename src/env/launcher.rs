@@ -261,19 +261,21 @@ impl ServerProcess for ChildProcess {
     }
 
     async fn stop(&mut self, grace: Duration) {
-        if self.exit.is_none() {
-            self.signal_group(libc::SIGTERM);
-            if tokio::time::timeout(grace, self.child.wait())
-                .await
-                .is_err()
-            {
-                self.signal_group(libc::SIGKILL);
-                let _ = self.child.wait().await;
-            }
+        if self.exit.is_some() {
+            // Already exited and reaped: its process group id may belong to someone
+            // else by now, so it gets no signal. (The supervisor cleans its own group.)
+            return;
         }
-        // Whatever else the server left in its group goes too.
-        self.signal_group(libc::SIGKILL);
-        self.exit.get_or_insert_with(|| "stopped".to_string());
+        // Not reaped yet, so the group id is still this server's.
+        self.signal_group(libc::SIGTERM);
+        if tokio::time::timeout(grace, self.child.wait())
+            .await
+            .is_err()
+        {
+            self.signal_group(libc::SIGKILL);
+            let _ = self.child.wait().await;
+        }
+        self.exit = Some("stopped".to_string());
     }
 }
 
@@ -291,6 +293,15 @@ impl Drop for ChildProcess {
 pub async fn supervise(command: &str, args: &[String]) -> i32 {
     use tokio::signal::unix::{signal, SignalKind};
     let parent = std::os::unix::process::parent_id();
+    // Handle the signals before anything runs: the node's death (PDEATHSIG) must never
+    // kill the supervisor before it has taken its group down.
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        eprintln!("mcpfleet supervise: cannot handle signals");
+        return 1;
+    };
     let mut child = match tokio::process::Command::new(command).args(args).spawn() {
         Ok(child) => child,
         Err(error) => {
@@ -298,18 +309,16 @@ pub async fn supervise(command: &str, args: &[String]) -> i32 {
             return EXIT_CANNOT_START;
         }
     };
-    let (Ok(mut terminate), Ok(mut interrupt)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        eprintln!("mcpfleet supervise: cannot handle signals");
-        let _ = child.kill().await;
-        return 1;
-    };
     let mut check = tokio::time::interval(Duration::from_millis(PARENT_CHECK_INTERVAL_MS));
     loop {
         tokio::select! {
             status = child.wait() => {
+                // Whatever the server left behind in the group is told to go too.
+                // SAFETY: signalling our own process group (0); the supervisor handles
+                // SIGTERM itself.
+                unsafe {
+                    libc::kill(0, libc::SIGTERM);
+                }
                 return match status {
                     Ok(status) => {
                         use std::os::unix::process::ExitStatusExt;
