@@ -84,7 +84,10 @@ pub async fn run(
     };
     let mut restarts = Restarts::new(replica.spec.restart);
     loop {
-        replica.set_state(ReplicaState::Starting);
+        // A replica in crash-loop says so while it tries again.
+        if replica.health.state != ReplicaState::CrashLoop {
+            replica.set_state(ReplicaState::Starting);
+        }
         let timeout = Duration::from_millis(INITIALIZE_TIMEOUT_MS);
         let id = ReplicaId {
             server: replica.key.server.clone(),
