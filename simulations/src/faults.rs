@@ -3,7 +3,10 @@
 //! Network faults are kept as a set and re-applied as a whole whenever one starts or
 //! ends, so that overlapping faults on one link cannot heal each other by accident.
 
+use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::fmt;
+use std::rc::Rc;
 use std::time::Duration;
 
 use rand::rngs::SmallRng;
@@ -33,6 +36,9 @@ pub enum Fault {
     /// The nodes lose power at once (what they had not made durable is gone) and start
     /// again when the fault ends.
     Crash { nodes: Vec<u64>, leader: bool },
+    /// An operator drains `node` (`node drain`), and returns it to service when the
+    /// fault ends: its replicas move away while it runs.
+    Drain { node: u64 },
 }
 
 impl fmt::Display for Fault {
@@ -46,6 +52,7 @@ impl fmt::Display for Fault {
             Fault::Slow { a, b, latency } => {
                 write!(f, "slow link between nodes {a} and {b} (up to {latency:?})")
             }
+            Fault::Drain { node } => write!(f, "drain node {node}"),
             Fault::Crash { nodes, leader: is } if nodes.len() == 1 => {
                 write!(f, "crash node {}{}", nodes[0], leader(is))
             }
@@ -63,6 +70,10 @@ pub struct Nemesis {
     /// Active faults with the time each ends.
     active: Vec<(Fault, Duration)>,
     next_action: Duration,
+    /// Operator commands issued (drains), to name their clients.
+    operator_calls: u64,
+    /// Drained nodes, with the flag that tells their operator to undrain them.
+    drains: BTreeMap<u64, Rc<Cell<bool>>>,
 }
 
 impl Nemesis {
@@ -73,6 +84,8 @@ impl Nemesis {
             nodes: (1..=nodes).collect(),
             active: Vec::new(),
             next_action: start,
+            operator_calls: 0,
+            drains: BTreeMap::new(),
         }
     }
 
@@ -159,7 +172,14 @@ impl Nemesis {
             let others: Vec<u64> = self.nodes.iter().copied().filter(|n| *n != a).collect();
             (a, *others.choose(rng).expect("at least two nodes"))
         };
-        let fault = match self.rng.gen_range(0..100) {
+        let fault = match self.rng.gen_range(0u32..110) {
+            100.. => {
+                let node = any(&mut self.rng);
+                if self.drains.contains_key(&node) {
+                    return None;
+                }
+                Fault::Drain { node }
+            }
             0..=19 => {
                 let (node, leader) = target(&mut self.rng, &self.nodes)?;
                 Fault::Isolate { node, leader }
@@ -194,7 +214,7 @@ impl Nemesis {
                     leader,
                 }
             }
-            _ => {
+            90..=99 => {
                 // A majority or more of the cluster loses power at once.
                 let majority = self.nodes.len() / 2 + 1;
                 if up.len() < majority {
@@ -211,20 +231,82 @@ impl Nemesis {
         Some(fault)
     }
 
-    fn start(&self, sim: &mut turmoil::Sim<'_>, cluster: &SimCluster, fault: &Fault) {
-        if let Fault::Crash { nodes, .. } = fault {
-            for node in nodes {
-                cluster.crash(sim, *node);
+    fn start(&mut self, sim: &mut turmoil::Sim<'_>, cluster: &SimCluster, fault: &Fault) {
+        match fault {
+            Fault::Crash { nodes, .. } => {
+                for node in nodes {
+                    cluster.crash(sim, *node);
+                }
             }
+            Fault::Drain { node } => self.drain(sim, *node),
+            _ => {}
         }
     }
 
-    fn end(&self, sim: &mut turmoil::Sim<'_>, fault: &Fault) {
-        if let Fault::Crash { nodes, .. } = fault {
-            for node in nodes {
-                sim.bounce(host_name(*node));
+    fn end(&mut self, sim: &mut turmoil::Sim<'_>, fault: &Fault) {
+        match fault {
+            Fault::Crash { nodes, .. } => {
+                for node in nodes {
+                    sim.bounce(host_name(*node));
+                }
             }
+            Fault::Drain { node } => {
+                if let Some(done) = self.drains.remove(node) {
+                    done.set(true);
+                }
+            }
+            _ => {}
         }
+    }
+
+    /// An operator drains `node` through any node (retried until the cluster takes it),
+    /// waits for the fault to end, then undrains it until the cluster shows it up again
+    /// (a drain whose answer was lost may still land late).
+    fn drain(&mut self, sim: &mut turmoil::Sim<'_>, node: u64) {
+        self.operator_calls += 1;
+        let nodes = self.nodes.clone();
+        let first = self.rng.gen_range(0..nodes.len());
+        let done = Rc::new(Cell::new(false));
+        self.drains.insert(node, done.clone());
+        sim.client(format!("operator-{}", self.operator_calls), async move {
+            let via = |attempt: usize| nodes[(first + attempt) % nodes.len()];
+            let set = |status: &str| mcpfleet::proto::v1::SetNodeStatusRequest {
+                id: node,
+                status: status.to_string(),
+            };
+            for attempt in 0..100 {
+                if crate::client(via(attempt))
+                    .set_node_status(set("draining"))
+                    .await
+                    .is_ok()
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            while !done.get() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            for attempt in 0..100 {
+                let mut client = crate::client(via(attempt));
+                let _ = client.set_node_status(set("up")).await;
+                let status = client
+                    .fleet_status(mcpfleet::proto::v1::FleetStatusRequest { stale: false })
+                    .await;
+                if let Ok(status) = status {
+                    if status
+                        .into_inner()
+                        .nodes
+                        .iter()
+                        .any(|n| n.id == node && n.status != "draining")
+                    {
+                        return Ok(());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(format!("node {node} could not be undrained").into())
+        });
     }
 
     /// Makes every link between nodes healthy, then applies the active network faults.
@@ -262,7 +344,7 @@ impl Nemesis {
                     host_name(*b).as_str(),
                     *latency,
                 ),
-                Fault::Crash { .. } => {}
+                Fault::Crash { .. } | Fault::Drain { .. } => {}
             }
         }
     }

@@ -19,7 +19,7 @@ mod replica;
 mod reporter;
 mod restart;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,7 +62,8 @@ struct Running {
 /// Runs the agent until the node shuts down.
 pub async fn run(handle: Arc<NodeHandle>, launcher: Option<Arc<dyn McpLauncher>>) {
     let (lease_tx, lease) = watch::channel(Lease::default());
-    let heartbeats = tokio::spawn(heartbeat(handle.clone(), lease_tx));
+    let (running_tx, running) = watch::channel(BTreeSet::new());
+    let heartbeats = tokio::spawn(heartbeat(handle.clone(), lease_tx, running));
     let reports = Arc::new(Reports::default());
     let reporter = tokio::spawn(reporter::run(handle.clone(), reports.clone()));
     let mut agent = Agent {
@@ -79,7 +80,17 @@ pub async fn run(handle: Arc<NodeHandle>, launcher: Option<Arc<dyn McpLauncher>>
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => agent.reconcile(*lease.borrow()),
+            _ = tick.tick() => {
+                agent.reconcile(*lease.borrow());
+                // What the heartbeats tell the leader: every slot running or stopping.
+                let slots: BTreeSet<(String, u32)> = agent
+                    .running
+                    .keys()
+                    .chain(agent.stopping.iter().map(|(key, _)| key))
+                    .cloned()
+                    .collect();
+                running_tx.send_replace(slots);
+            }
             _ = &mut shutdown => break,
         }
     }
@@ -225,7 +236,11 @@ impl Agent {
 }
 
 /// Heartbeats the leader and publishes each renewed lease.
-async fn heartbeat(handle: Arc<NodeHandle>, lease: watch::Sender<Lease>) {
+async fn heartbeat(
+    handle: Arc<NodeHandle>,
+    lease: watch::Sender<Lease>,
+    running: watch::Receiver<BTreeSet<(String, u32)>>,
+) {
     let config = &handle.config;
     let interval_length = Duration::from_millis(config.node_heartbeat_interval_ms);
     let mut interval = tokio::time::interval(interval_length);
@@ -242,6 +257,15 @@ async fn heartbeat(handle: Arc<NodeHandle>, lease: watch::Sender<Lease>) {
             addr: config.advertise.clone(),
             tags: config.tags.clone(),
             capacity: config.capacity,
+            // Read together, with nothing in between: the slots are what the node ran
+            // at this applied index or later.
+            applied: handle
+                .raft
+                .metrics()
+                .borrow()
+                .last_applied
+                .map_or(0, |id| id.index),
+            running: running.borrow().clone(),
         });
         let sent = Instant::now();
         let answer = match handle.known_leader() {

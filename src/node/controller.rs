@@ -41,6 +41,10 @@ pub struct Heartbeat {
     pub addr: String,
     pub tags: Vec<String>,
     pub capacity: Option<u32>,
+    /// The node's applied index when it sent this.
+    pub applied: u64,
+    /// The slots the node runs or is still stopping, as (server, slot).
+    pub running: BTreeSet<(String, u32)>,
 }
 
 /// The leader's answer to a heartbeat.
@@ -180,6 +184,11 @@ async fn control(handle: Arc<NodeHandle>) {
     // The term this node led last and when it lost it (only the AcceptStalePlan bug
     // uses it).
     let mut deposed: Option<(u64, Instant)> = None;
+    // Slots this leader released from a live node, with an index at or after the
+    // release; and its last log index when it took over (which covers the releases of
+    // earlier leaders).
+    let mut released: BTreeMap<(String, u32), u64> = BTreeMap::new();
+    let mut taken_over_at = 0u64;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -208,6 +217,8 @@ async fn control(handle: Arc<NodeHandle>) {
                 }
                 let now = Instant::now();
                 leading = Some((term, now));
+                released.clear();
+                taken_over_at = metrics.last_log_index.unwrap_or(0);
                 now
             }
         };
@@ -226,19 +237,38 @@ async fn control(handle: Arc<NodeHandle>) {
         if let Ok(mut liveness) = handle.liveness.lock() {
             liveness.marking_down.clear();
         }
-        let plan = {
+        let placements = {
             let state = handle.view.read();
-            scheduler::plan(&ClusterView::from_registry(&state.registry))
+            let plan = scheduler::plan(&ClusterView::from_registry(&state.registry));
+            let Ok(liveness) = handle.liveness.lock() else {
+                continue;
+            };
+            hand_over(&plan, &state.registry, &liveness, &released, taken_over_at)
         };
-        if !plan.moves.is_empty() {
-            let placements = plan.placements();
+        if !placements.is_empty() {
+            let releases: Vec<(String, u32)> = placements
+                .iter()
+                .filter(|p| p.node.is_none())
+                .map(|p| (p.server.clone(), p.slot))
+                .collect();
             tracing::info!(term, moves = placements.len(), "proposing placement plan");
             match handle
                 .propose_here(Command::ApplyPlan { term, placements })
                 .await
             {
                 Ok(Outcome::Rejected(error)) => tracing::warn!(%error, "plan rejected"),
-                Ok(Outcome::Applied { .. }) => {}
+                Ok(Outcome::Applied { .. }) => {
+                    // At or after the entry that released them.
+                    let index = handle
+                        .raft
+                        .metrics()
+                        .borrow()
+                        .last_applied
+                        .map_or(0, |l| l.index);
+                    for slot in releases {
+                        released.insert(slot, index);
+                    }
+                }
                 Err(error) => tracing::debug!(%error, "plan not committed"),
             }
         }
@@ -264,6 +294,57 @@ async fn propose_as_deposed(handle: &NodeHandle, deposed: &mut Option<(u64, Inst
             .propose(Command::ApplyPlan { term, placements })
             .await;
     }
+}
+
+/// The plan's placements, made safe to hand over: a slot moves off a node that is not
+/// down in two steps. First it is released (unassigned), and the old node stops it; it
+/// is assigned again only once every node that is not down has said, in a heartbeat
+/// since this leader took over, that it has applied the release and runs no such slot.
+/// (A node that is down has let its lease run out: fencing covers it.)
+fn hand_over(
+    plan: &scheduler::Plan,
+    registry: &crate::registry::Registry,
+    liveness: &Liveness,
+    released: &BTreeMap<(String, u32), u64>,
+    taken_over_at: u64,
+) -> Vec<crate::registry::Placement> {
+    use crate::registry::Placement;
+    let mut placements = Vec::new();
+    for placement in plan.placements() {
+        let Some(to) = placement.node else {
+            placements.push(placement);
+            continue;
+        };
+        let key = (placement.server.clone(), placement.slot);
+        let from = registry.assignments.get(&key).map(|a| a.node_id);
+        let from_live = from.is_some_and(|node| {
+            registry
+                .nodes
+                .get(&node)
+                .is_some_and(|n| n.status != NodeStatus::Down)
+        });
+        if from_live && from != Some(to) {
+            placements.push(Placement {
+                node: None,
+                ..placement
+            });
+            continue;
+        }
+        let since = released.get(&key).copied().unwrap_or(0).max(taken_over_at);
+        let clear = registry
+            .nodes
+            .values()
+            .filter(|n| n.status != NodeStatus::Down)
+            .all(|n| {
+                liveness.heard.get(&n.id).is_some_and(|heard| {
+                    heard.heartbeat.applied >= since && !heard.heartbeat.running.contains(&key)
+                })
+            });
+        if clear {
+            placements.push(placement);
+        }
+    }
+    placements
 }
 
 /// The registrations and status changes the leader should propose now.
