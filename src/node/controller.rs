@@ -93,12 +93,14 @@ impl NodeHandle {
                 heartbeat.id
             )));
         }
+        let id = heartbeat.id;
+        // Read before the liveness lock is taken (locks in one order: view, liveness).
+        let status = self.view.read().registry.nodes.get(&id).map(|n| n.status);
         let now = Instant::now();
         let mut liveness = self
             .liveness
             .lock()
             .map_err(|_| LeaderError::Failed("liveness state poisoned".into()))?;
-        let id = heartbeat.id;
         liveness.heard.insert(id, Heard { at: now, heartbeat });
         let fresh = liveness
             .confirmed_at
@@ -109,7 +111,6 @@ impl NodeHandle {
         // A node that is down (or being marked down) may have had its replicas moved:
         // it gets a lease only once it is up again, which the leader records after the
         // moves, so the node sees them before it starts anything.
-        let status = self.view.read().registry.nodes.get(&id).map(|n| n.status);
         if liveness.marking_down.contains(&id)
             || !matches!(status, Some(NodeStatus::Up | NodeStatus::Draining))
         {
@@ -351,10 +352,11 @@ fn hand_over(
 fn liveness_commands(handle: &NodeHandle, leading_since: Instant) -> Vec<Command> {
     let now = Instant::now();
     let timeout = Duration::from_millis(handle.config.node_timeout_ms);
+    // Locks in one order everywhere: the registry view, then the liveness state.
+    let state = handle.view.read();
     let Ok(mut liveness) = handle.liveness.lock() else {
         return Vec::new();
     };
-    let state = handle.view.read();
     let nodes = &state.registry.nodes;
     let mut commands = Vec::new();
     for (id, heard) in &liveness.heard {
