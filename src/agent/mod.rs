@@ -257,8 +257,10 @@ async fn heartbeat(
             addr: config.advertise.clone(),
             tags: config.tags.clone(),
             capacity: config.capacity,
-            // Read together, with nothing in between: the slots are what the node ran
-            // at this applied index or later.
+            // Read together, with nothing in between: the slots running or stopping
+            // right now (each reconcile publishes them after it starts any), and an
+            // index from which on this node starts nothing the registry does not
+            // assign it.
             applied: handle
                 .raft
                 .metrics()
