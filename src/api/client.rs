@@ -98,6 +98,18 @@ fn status_from_registry_error(error: &RegistryError) -> Status {
     }
 }
 
+/// The server called `name`, or NOT_FOUND.
+fn server_record<'a>(
+    registry: &'a crate::registry::Registry,
+    name: &str,
+) -> Result<&'a crate::registry::ServerRecord, Status> {
+    registry.servers.get(name).ok_or_else(|| {
+        status_from_registry_error(&RegistryError::ServerNotFound {
+            name: name.to_string(),
+        })
+    })
+}
+
 fn members_to_proto(members: Vec<Member>) -> Vec<pb::Member> {
     members
         .into_iter()
@@ -185,11 +197,7 @@ impl Registry for ClientApi {
         validate_name(&request.name).map_err(|e| status_from_registry_error(&e))?;
         self.barrier_unless_stale(request.stale).await?;
         let applied = self.node.view.read();
-        let record = applied.registry.servers.get(&request.name).ok_or_else(|| {
-            status_from_registry_error(&RegistryError::ServerNotFound {
-                name: request.name.clone(),
-            })
-        })?;
+        let record = server_record(&applied.registry, &request.name)?;
         Ok(Response::new(pb::GetServerResponse {
             server: Some(record_to_proto(record)),
             revision: applied.registry.revision,
@@ -292,12 +300,8 @@ impl Registry for ClientApi {
         self.barrier_unless_stale(request.stale).await?;
         let applied = self.node.view.read();
         let registry = &applied.registry;
-        let record = registry.servers.get(&request.name).ok_or_else(|| {
-            status_from_registry_error(&RegistryError::ServerNotFound {
-                name: request.name.clone(),
-            })
-        })?;
-        let plan = crate::scheduler::plan(&crate::scheduler::ClusterView::from_registry(registry));
+        let record = server_record(registry, &request.name)?;
+        let plan = crate::scheduler::plan_registry(registry);
         Ok(Response::new(pb::ServerStatusResponse {
             server: Some(record_to_proto(record)),
             replicas: replicas_to_proto(registry, &plan, &request.name),
@@ -314,7 +318,7 @@ impl Registry for ClientApi {
         let cluster = self.cluster_summary().await?;
         let applied = self.node.view.read();
         let registry = &applied.registry;
-        let plan = crate::scheduler::plan(&crate::scheduler::ClusterView::from_registry(registry));
+        let plan = crate::scheduler::plan_registry(registry);
         let servers = registry
             .servers
             .values()

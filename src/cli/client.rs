@@ -312,17 +312,15 @@ async fn server_command(
         }
         ServerCommand::Status { name, stale } => {
             let response = client
-                .server_status(pb::ServerStatusRequest { name, stale })
+                .server_status(pb::ServerStatusRequest {
+                    name: name.clone(),
+                    stale,
+                })
                 .await?
                 .into_inner();
-            let server = to_json(
-                response
-                    .server
-                    .ok_or_else(|| CliError::Failed("empty answer".into()))?,
-            )?;
             if json {
                 print_json(&serde_json::json!({
-                    "name": server.spec.name,
+                    "name": name,
                     "replicas": replicas_json(&response.replicas),
                     "revision": response.revision,
                 }))

@@ -29,7 +29,7 @@ use super::{LeaderError, LeaderOpResult, NodeHandle};
 use crate::env::bugs::{self, Bug};
 use crate::raft::{NodeId, Proposal, RequestId};
 use crate::registry::{Command, NodeStatus, Outcome};
-use crate::scheduler::{self, ClusterView};
+use crate::scheduler;
 
 /// How often the control loop runs.
 const TICK_MS: u64 = 100;
@@ -240,7 +240,7 @@ async fn control(handle: Arc<NodeHandle>) {
         }
         let placements = {
             let state = handle.view.read();
-            let plan = scheduler::plan(&ClusterView::from_registry(&state.registry));
+            let plan = scheduler::plan_registry(&state.registry);
             let Ok(liveness) = handle.liveness.lock() else {
                 continue;
             };
@@ -287,7 +287,7 @@ async fn propose_as_deposed(handle: &NodeHandle, deposed: &mut Option<(u64, Inst
     }
     let plan = {
         let state = handle.view.read();
-        scheduler::plan(&ClusterView::from_registry(&state.registry))
+        scheduler::plan_registry(&state.registry)
     };
     if !plan.moves.is_empty() {
         let placements = plan.placements();

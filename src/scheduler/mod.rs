@@ -144,6 +144,11 @@ fn eligible(node: &NodeView, server: &ServerView) -> bool {
     node.status == NodeStatus::Up && server.node_tags.is_subset(&node.tags)
 }
 
+/// The plan for the registry's current state.
+pub fn plan_registry(registry: &Registry) -> Plan {
+    plan(&ClusterView::from_registry(registry))
+}
+
 /// Plans the assignments for `view`.
 pub fn plan(view: &ClusterView) -> Plan {
     // Replicas each node runs under the plan being built.
