@@ -298,7 +298,7 @@ impl Nemesis {
                         .into_inner()
                         .nodes
                         .iter()
-                        .any(|n| n.id == node && n.status != "draining")
+                        .any(|n| n.id == node && n.admin != "draining")
                     {
                         return Ok(());
                     }

@@ -14,7 +14,7 @@ use crate::proto::v1 as pb;
 use crate::proto::v1::registry_server::Registry;
 use crate::raft::WatchMessage;
 use crate::registry::validate::{validate_name, validate_spec};
-use crate::registry::{Change, Command, NodeStatus, Outcome, RegistryError};
+use crate::registry::{AdminState, Change, Command, Outcome, RegistryError};
 
 pub struct ClientApi {
     node: Arc<NodeHandle>,
@@ -345,19 +345,21 @@ impl Registry for ClientApi {
         request: Request<pb::SetNodeStatusRequest>,
     ) -> Result<Response<pb::SetNodeStatusResponse>, Status> {
         let request = request.into_inner();
-        let status = match request.status.as_str() {
-            "draining" => NodeStatus::Draining,
-            "up" => NodeStatus::Up,
+        // Operators set the admin state only; liveness belongs to the leader's heartbeat
+        // check, so undraining a node that is down never makes it up.
+        let admin = match request.status.as_str() {
+            "draining" => AdminState::Draining,
+            "up" | "active" => AdminState::Active,
             other => {
                 return Err(Status::invalid_argument(format!(
-                    "node status must be \"draining\" or \"up\", not {other:?}"
+                    "node status must be \"draining\" or \"active\", not {other:?}"
                 )))
             }
         };
         let revision = self
-            .commit(Command::SetNodeStatus {
+            .commit(Command::SetNodeAdmin {
                 id: request.id,
-                status,
+                admin,
             })
             .await?;
         Ok(Response::new(pb::SetNodeStatusResponse { revision }))

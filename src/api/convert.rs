@@ -178,6 +178,15 @@ pub fn replicas_to_proto(
                 replica.last_error = health.last_error.clone().unwrap_or_default();
                 replica.probe_latency_ms = health.probe_latency_ms;
             }
+            // What a down node last reported is no longer known to hold.
+            let node_down = registry
+                .nodes
+                .get(&assignment.node_id)
+                .is_none_or(|n| n.status == crate::registry::NodeStatus::Down);
+            if node_down {
+                replica.state = "lost".into();
+                replica.probe_latency_ms = None;
+            }
             replica
         })
         .collect()
@@ -192,6 +201,7 @@ pub fn fleet_nodes_to_proto(registry: &crate::registry::Registry) -> Vec<pb::Fle
             id: node.id,
             addr: node.addr.clone(),
             status: kebab(&node.status),
+            admin: kebab(&node.admin),
             tags: node.tags.clone(),
             capacity: node.capacity,
             replicas: registry

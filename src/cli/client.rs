@@ -102,7 +102,7 @@ pub async fn run_client(args: ClientArgs, command: ClientCommand) -> Result<(), 
                 NodeCommand::Drain { id } => {
                     (id, "draining", "draining: its replicas move to other nodes")
                 }
-                NodeCommand::Undrain { id } => (id, "up", "back in service"),
+                NodeCommand::Undrain { id } => (id, "active", "active again"),
             };
             let response = client
                 .set_node_status(pb::SetNodeStatusRequest {
@@ -531,7 +531,8 @@ async fn fleet_status(
             .map(|n| {
                 let member = cluster.members.iter().find(|m| m.id == n.id);
                 serde_json::json!({
-                    "id": n.id, "addr": n.addr, "status": n.status, "tags": n.tags,
+                    "id": n.id, "addr": n.addr, "status": n.status, "admin": n.admin,
+                    "tags": n.tags,
                     "replicas": n.replicas, "capacity": n.capacity,
                     "voter": member.map(|m| m.voter),
                     "leader": cluster.leader_id == Some(n.id),
@@ -580,7 +581,11 @@ async fn fleet_status(
             vec![
                 n.id.to_string(),
                 n.addr.clone(),
-                n.status.clone(),
+                if n.admin == "draining" {
+                    format!("{},draining", n.status)
+                } else {
+                    n.status.clone()
+                },
                 format!(
                     "{role}{}",
                     if cluster.leader_id == Some(n.id) {

@@ -30,10 +30,17 @@ pub enum Bug {
     /// led and sending them to the new leader, and the registry takes a plan whatever its
     /// term.
     AcceptStalePlan,
+    /// The leader marks down only nodes that are active: a draining node that dies stays
+    /// "up" for good, and since every hand-over waits for a heartbeat from each node that
+    /// is not down, nothing moves anywhere in the cluster again.
+    DeadDrainBlocks,
+    /// A replica's supervisor ignores the deadline the node renews: a paused node's
+    /// servers keep running while the leader starts their slots elsewhere.
+    IgnoreFenceDeadline,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 7] = [
+    pub const ALL: [Bug; 9] = [
         Bug::AckBeforeCommit,
         Bug::StaleFollowerRead,
         Bug::SkipLogFsync,
@@ -41,6 +48,8 @@ impl Bug {
         Bug::IgnoreLease,
         Bug::NoLeaderGrace,
         Bug::AcceptStalePlan,
+        Bug::DeadDrainBlocks,
+        Bug::IgnoreFenceDeadline,
     ];
 
     /// The name used on the simulator's command line.
@@ -53,6 +62,8 @@ impl Bug {
             Bug::IgnoreLease => "ignore-lease",
             Bug::NoLeaderGrace => "no-leader-grace",
             Bug::AcceptStalePlan => "accept-stale-plan",
+            Bug::DeadDrainBlocks => "dead-drain-blocks",
+            Bug::IgnoreFenceDeadline => "ignore-fence-deadline",
         }
     }
 

@@ -7,9 +7,10 @@
 //! fresh:
 //! 1. registers nodes it hears from that the registry lacks (or whose address, tags or
 //!    capacity changed);
-//! 2. marks down nodes silent past `node_timeout_ms`, and up again those it hears from.
-//!    A new leader counts every node as heard at the moment it took over: one timeout of
-//!    grace;
+//! 2. marks down nodes silent past `node_timeout_ms` (whatever their admin state: a
+//!    draining node that dies is down), and up again those it hears from. A new leader
+//!    counts every node as heard at the moment it took over: one timeout of grace. Nodes
+//!    that left the membership are removed from the node table;
 //! 3. asks the pure scheduler for a plan and proposes it stamped with its term.
 //!
 //! Every proposal is made on this node only (never forwarded): if it is no longer the
@@ -28,7 +29,7 @@ use super::config::LEASE_CONFIRM_MS;
 use super::{LeaderError, LeaderOpResult, NodeHandle};
 use crate::env::bugs::{self, Bug};
 use crate::raft::{NodeId, Proposal, RequestId};
-use crate::registry::{Command, NodeStatus, Outcome};
+use crate::registry::{AdminState, Command, NodeStatus, Outcome};
 use crate::scheduler;
 
 /// How often the control loop runs.
@@ -111,9 +112,7 @@ impl NodeHandle {
         // A node that is down (or being marked down) may have had its replicas moved:
         // it gets a lease only once it is up again, which the leader records after the
         // moves, so the node sees them before it starts anything.
-        if liveness.marking_down.contains(&id)
-            || !matches!(status, Some(NodeStatus::Up | NodeStatus::Draining))
-        {
+        if liveness.marking_down.contains(&id) || status != Some(NodeStatus::Up) {
             return Err(LeaderError::Rejected(format!(
                 "node {id} is not up in the registry yet"
             )));
@@ -359,6 +358,12 @@ fn liveness_commands(handle: &NodeHandle, leading_since: Instant) -> Vec<Command
     };
     let nodes = &state.registry.nodes;
     let mut commands = Vec::new();
+    // A node removed from the membership leaves the node table (and its slots move).
+    let members: BTreeSet<NodeId> = handle.members().iter().map(|m| m.id).collect();
+    for id in nodes.keys().filter(|id| !members.contains(id)) {
+        tracing::info!(node = id, "removing a node that left the cluster");
+        commands.push(Command::RemoveNode { id: *id });
+    }
     for (id, heard) in &liveness.heard {
         let known = nodes.get(id);
         let changed = known.is_none_or(|node| {
@@ -381,7 +386,10 @@ fn liveness_commands(handle: &NodeHandle, leading_since: Instant) -> Vec<Command
     } else {
         leading_since
     };
-    for (id, node) in nodes {
+    for (id, node) in nodes.iter().filter(|(id, _)| members.contains(id)) {
+        if bugs::active(Bug::DeadDrainBlocks) && node.admin == AdminState::Draining {
+            continue;
+        }
         let last = liveness
             .heard
             .get(id)

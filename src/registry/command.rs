@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{NodeId, NodeRecord, NodeStatus, ReplicaHealth, ServerSpec};
+use super::model::{AdminState, NodeId, NodeRecord, NodeStatus, ReplicaHealth, ServerSpec};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -34,10 +34,16 @@ pub enum Command {
         tags: Vec<String>,
         capacity: Option<u32>,
     },
-    /// The leader's liveness check (up/down) or an operator (draining).
+    /// The leader's liveness check: up or down.
     SetNodeStatus {
         id: NodeId,
         status: NodeStatus,
+    },
+    /// An operator drains a node (its slots move off it) or makes it active again.
+    /// Never changes liveness.
+    SetNodeAdmin {
+        id: NodeId,
+        admin: AdminState,
     },
     /// The node running slot `slot` of `server` under the assignment made at `epoch`
     /// reports a health transition. Rejected unless that assignment is still current,
@@ -82,6 +88,7 @@ impl Command {
             Command::ApplyPlan { .. } => "apply-plan",
             Command::RegisterNode { .. } => "register-node",
             Command::SetNodeStatus { .. } => "set-node-status",
+            Command::SetNodeAdmin { .. } => "set-node-admin",
             Command::ReportHealth { .. } => "report-health",
         }
     }

@@ -135,11 +135,21 @@ pub struct ServerRecord {
     pub mod_revision: u64,
 }
 
+/// A node's liveness, as the leader sees it from the node's heartbeats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NodeStatus {
     Up,
     Down,
+}
+
+/// A node's admin state, as operators set it. Independent of liveness: a draining node
+/// that dies is down (and its slots move) like any other.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdminState {
+    #[default]
+    Active,
     Draining,
 }
 
@@ -149,9 +159,19 @@ pub struct NodeRecord {
     /// The address that serves both the client and the node-to-node API.
     pub addr: String,
     pub tags: Vec<String>,
+    /// Liveness (the leader's heartbeat check).
     pub status: NodeStatus,
+    /// Admin state (operators).
+    pub admin: AdminState,
     /// Most replicas the node runs; `None` is no limit.
     pub capacity: Option<u32>,
+}
+
+impl NodeRecord {
+    /// Whether the planner may put new replicas here: up and active.
+    pub fn accepts_replicas(&self) -> bool {
+        self.status == NodeStatus::Up && self.admin == AdminState::Active
+    }
 }
 
 /// Replica `slot` of `server` belongs on `node_id`, as decided at `epoch` (a log index).

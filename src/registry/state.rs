@@ -100,6 +100,14 @@ impl Registry {
                     Ok(None)
                 }
             },
+            Command::SetNodeAdmin { id, admin } => match self.nodes.get_mut(id) {
+                None => Err(RegistryError::NodeNotFound { id: *id }),
+                Some(node) => {
+                    node.admin = *admin;
+                    self.revision += 1;
+                    Ok(None)
+                }
+            },
             Command::ReportHealth {
                 server,
                 slot,
@@ -157,8 +165,8 @@ impl Registry {
                 ));
             }
             if let Some(node) = placement.node {
-                if self.nodes.get(&node).map(|n| n.status) != Some(NodeStatus::Up) {
-                    return invalid(format!("node {node} is not up"));
+                if !self.nodes.get(&node).is_some_and(NodeRecord::accepts_replicas) {
+                    return invalid(format!("node {node} is not up and active"));
                 }
             }
         }
@@ -218,7 +226,10 @@ impl Registry {
                 "at most {MAX_LIST_ITEMS} tags of 1..={MAX_NAME_LEN} bytes"
             ));
         }
-        let status = self.nodes.get(&id).map_or(NodeStatus::Up, |n| n.status);
+        let (status, admin) = self
+            .nodes
+            .get(&id)
+            .map_or((NodeStatus::Up, AdminState::Active), |n| (n.status, n.admin));
         self.nodes.insert(
             id,
             NodeRecord {
@@ -226,6 +237,7 @@ impl Registry {
                 addr: addr.to_string(),
                 tags: tags.to_vec(),
                 status,
+                admin,
                 capacity,
             },
         );

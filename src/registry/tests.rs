@@ -42,6 +42,7 @@ fn node(id: NodeId) -> NodeRecord {
         addr: format!("127.0.0.1:{}", 7700 + id),
         tags: vec![],
         status: NodeStatus::Up,
+        admin: AdminState::Active,
         capacity: None,
     }
 }
@@ -343,14 +344,14 @@ fn plans_apply_only_in_the_term_that_made_them() {
             "a node that is down",
             plan(5, vec![place("a", 0, Some(3))]),
             RegistryError::InvalidPlan {
-                reason: "node 3 is not up".into(),
+                reason: "node 3 is not up and active".into(),
             },
         ),
         (
             "an unknown node",
             plan(5, vec![place("a", 0, Some(9))]),
             RegistryError::InvalidPlan {
-                reason: "node 9 is not up".into(),
+                reason: "node 9 is not up and active".into(),
             },
         ),
         (
@@ -439,13 +440,29 @@ fn nodes_register_and_report_health_only_for_their_current_assignment() {
     registry.apply(&register(1, &["gpu"]));
     registry.apply(&register(2, &[]));
     assert_eq!(registry.nodes[&1].status, NodeStatus::Up);
-    // A node that registers again keeps the status the cluster gave it.
+    // A node that registers again keeps the status and admin state the cluster gave it.
+    registry.apply(&Command::SetNodeAdmin {
+        id: 1,
+        admin: AdminState::Draining,
+    });
     registry.apply(&Command::SetNodeStatus {
         id: 1,
-        status: NodeStatus::Draining,
+        status: NodeStatus::Down,
     });
     registry.apply(&register(1, &["gpu", "ssd"]));
-    assert_eq!(registry.nodes[&1].status, NodeStatus::Draining);
+    assert_eq!(registry.nodes[&1].admin, AdminState::Draining);
+    assert_eq!(registry.nodes[&1].status, NodeStatus::Down);
+    // Undraining never changes liveness; a plan may not use a node that is down or
+    // draining.
+    registry.apply(&Command::SetNodeAdmin {
+        id: 1,
+        admin: AdminState::Active,
+    });
+    assert_eq!(registry.nodes[&1].status, NodeStatus::Down);
+    registry.apply(&Command::SetNodeStatus {
+        id: 1,
+        status: NodeStatus::Up,
+    });
     assert_eq!(registry.nodes[&1].tags, vec!["gpu", "ssd"]);
     assert_eq!(registry.nodes[&1].capacity, Some(4));
     registry.apply(&put(echo("a")));

@@ -5,7 +5,7 @@
 //! registry and proposes its plan through Raft.
 //!
 //! Rules, in order:
-//! 1. A replica may run only on a node that is up, carries every tag the server asks
+//! 1. A replica may run only on a node that is up and active (not draining), carries every tag the server asks
 //!    for, and has room (its capacity, if it has one).
 //! 2. Replicas of one server sit on distinct nodes. A slot for which no such node exists
 //!    stays unplaced, with the reason, rather than doubling up.
@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::registry::{NodeId, NodeStatus, Placement, Registry};
+use crate::registry::{AdminState, NodeId, NodeStatus, Placement, Registry};
 
 #[cfg(test)]
 mod tests;
@@ -23,6 +23,7 @@ mod tests;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeView {
     pub status: NodeStatus,
+    pub admin: AdminState,
     pub tags: BTreeSet<String>,
     /// Most replicas the node may run; `None` is no limit.
     pub capacity: Option<u32>,
@@ -55,6 +56,7 @@ impl ClusterView {
                 .map(|(id, node)| {
                     let view = NodeView {
                         status: node.status,
+                        admin: node.admin,
                         tags: node.tags.iter().cloned().collect(),
                         capacity: node.capacity,
                     };
@@ -97,9 +99,9 @@ pub enum Move {
 /// Why a slot could not be placed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Unplaced {
-    #[error("no node is up")]
+    #[error("no node is up and active")]
     NoNodeUp,
-    #[error("no node that is up carries the tags {0:?}")]
+    #[error("no node that is up and active carries the tags {0:?}")]
     NoNodeWithTags(Vec<String>),
     #[error("every eligible node already runs a replica of this server or is full")]
     NoRoom,
@@ -139,9 +141,16 @@ impl Plan {
     }
 }
 
+impl NodeView {
+    /// Up and not draining.
+    fn accepts_replicas(&self) -> bool {
+        self.status == NodeStatus::Up && self.admin == AdminState::Active
+    }
+}
+
 /// Whether `node` may run a replica of `server` at all (rules 1, without room).
 fn eligible(node: &NodeView, server: &ServerView) -> bool {
-    node.status == NodeStatus::Up && server.node_tags.is_subset(&node.tags)
+    node.accepts_replicas() && server.node_tags.is_subset(&node.tags)
 }
 
 /// The plan for the registry's current state.
@@ -233,7 +242,7 @@ fn why_unplaced(view: &ClusterView, spec: &ServerView) -> Unplaced {
     let up: Vec<&NodeView> = view
         .nodes
         .values()
-        .filter(|n| n.status == NodeStatus::Up)
+        .filter(|n| n.accepts_replicas())
         .collect();
     if up.is_empty() {
         Unplaced::NoNodeUp

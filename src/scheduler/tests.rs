@@ -9,6 +9,7 @@ use super::*;
 fn node(status: NodeStatus, tags: &[&str], capacity: Option<u32>) -> NodeView {
     NodeView {
         status,
+        admin: AdminState::Active,
         tags: tags.iter().map(|t| t.to_string()).collect(),
         capacity,
     }
@@ -16,6 +17,13 @@ fn node(status: NodeStatus, tags: &[&str], capacity: Option<u32>) -> NodeView {
 
 fn up() -> NodeView {
     node(NodeStatus::Up, &[], None)
+}
+
+fn draining(status: NodeStatus) -> NodeView {
+    NodeView {
+        admin: AdminState::Draining,
+        ..node(status, &[], None)
+    }
 }
 
 fn server(replicas: u32, tags: &[&str]) -> ServerView {
@@ -103,11 +111,20 @@ fn plans_for_cluster_views() {
             view(
                 &[
                     (1, up()),
-                    (2, node(NodeStatus::Draining, &[], None)),
+                    (2, draining(NodeStatus::Up)),
                     (3, up()),
                 ],
                 &[("time", server(1, &[]))],
                 &[("time", 0, 2)],
+            ),
+            vec![assign("time", 0, 1)],
+        ),
+        (
+            "a draining node that died is emptied like any down node",
+            view(
+                &[(1, up()), (2, draining(NodeStatus::Down)), (3, up())],
+                &[("time", server(2, &[]))],
+                &[("time", 0, 2), ("time", 1, 3)],
             ),
             vec![assign("time", 0, 1)],
         ),
@@ -234,9 +251,10 @@ fn the_registry_view_carries_node_capacity() {
 fn arbitrary_view() -> impl Strategy<Value = ClusterView> {
     let tags = prop::sample::subsequence(vec!["gpu", "eu"], 0..=2);
     let status = prop_oneof![
-        4 => Just(NodeStatus::Up),
-        1 => Just(NodeStatus::Down),
-        1 => Just(NodeStatus::Draining),
+        4 => Just((NodeStatus::Up, AdminState::Active)),
+        1 => Just((NodeStatus::Down, AdminState::Active)),
+        1 => Just((NodeStatus::Up, AdminState::Draining)),
+        1 => Just((NodeStatus::Down, AdminState::Draining)),
     ];
     let nodes = prop::collection::btree_map(
         1u64..8,
@@ -256,7 +274,9 @@ fn arbitrary_view() -> impl Strategy<Value = ClusterView> {
     (nodes, servers, assignments).prop_map(|(nodes, servers, assignments)| ClusterView {
         nodes: nodes
             .into_iter()
-            .map(|(id, (status, tags, capacity))| (id, node(status, &tags, capacity)))
+            .map(|(id, ((status, admin), tags, capacity))| {
+                (id, NodeView { admin, ..node(status, &tags, capacity) })
+            })
             .collect(),
         servers: servers
             .into_iter()
@@ -282,7 +302,7 @@ proptest! {
             // Never more replicas than asked for, never on a node that is not up or
             // lacks a tag, never two of one server on one node.
             prop_assert!(*slot < spec.replicas);
-            prop_assert_eq!(view.status, NodeStatus::Up);
+            prop_assert!(view.accepts_replicas());
             prop_assert!(spec.node_tags.is_subset(&view.tags));
             prop_assert!(nodes_of.entry(server.as_str()).or_default().insert(*node));
             *load.entry(*node).or_default() += 1;
@@ -305,7 +325,7 @@ proptest! {
         for ((server, slot), node) in &input.assignments {
             let still_valid = after.assignments.get(&(server.clone(), *slot)) == Some(node);
             let could_stay = input.servers.get(server).is_some_and(|s| *slot < s.replicas)
-                && input.nodes.get(node).is_some_and(|n| n.status == NodeStatus::Up && n.capacity.is_none())
+                && input.nodes.get(node).is_some_and(|n| n.accepts_replicas() && n.capacity.is_none())
                 && input.servers[server].node_tags.is_subset(&input.nodes[node].tags)
                 && !input.assignments.iter().any(|((s, other), n)| s == server && other < slot && n == node);
             if could_stay {
