@@ -47,9 +47,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         TopCommand::Node { client, command } => {
             cli::run_client(client, cli::ClientCommand::Node(command)).await?
         }
-        TopCommand::Supervise { command } => {
+        TopCommand::Supervise { fence_fd, command } => {
             let (program, args) = command.split_first().expect("clap requires a command");
-            std::process::exit(mcpfleet::env::launcher::supervise(program, args).await);
+            let code = mcpfleet::env::launcher::supervise(program, args, fence_fd).await;
+            std::process::exit(code);
         }
         TopCommand::Bench { command } => match command {
             cli::BenchCommand::Put(args) => cli::bench::run_put(args).await?,

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mcpfleet::env::launcher::{
-    LaunchError, Launched, McpIo, McpLauncher, ReplicaId, ServerProcess,
+    Fence, LaunchError, Launched, McpIo, McpLauncher, ReplicaId, ServerProcess,
 };
 use mcpfleet::registry::Transport;
 use rand::rngs::SmallRng;
@@ -203,6 +203,7 @@ impl McpLauncher for SimLauncher {
         &self,
         replica: &ReplicaId,
         _transport: &Transport,
+        fence: Fence,
     ) -> Result<Launched, LaunchError> {
         let (start, behaviour) = self.draw();
         let (client_end, server_end) = tokio::io::duplex(PIPE_BYTES);
@@ -228,25 +229,34 @@ impl McpLauncher for SimLauncher {
             how: "process exited with code 1: simulated crash".into(),
         };
         let task = tokio::spawn(async move {
-            tokio::time::sleep(start).await;
-            let Ok(service) = SimServer.serve(io).await else {
-                return;
-            };
-            match behaviour {
-                Behaviour::Healthy | Behaviour::Slow(_) => {
-                    let _ = service.waiting().await;
-                    guard.how = "process exited with code 0".into();
-                }
-                Behaviour::CrashAfter(lifetime) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(lifetime) => {}
-                        _ = service.waiting() => guard.how = "process exited with code 0".into(),
+            // The supervisor's deadline ends the server whatever the node does.
+            let server = async {
+                tokio::time::sleep(start).await;
+                let Ok(service) = SimServer.serve(io).await else {
+                    return;
+                };
+                match behaviour {
+                    Behaviour::Healthy | Behaviour::Slow(_) => {
+                        let _ = service.waiting().await;
+                        guard.how = "process exited with code 0".into();
+                    }
+                    Behaviour::CrashAfter(lifetime) => {
+                        tokio::select! {
+                            _ = tokio::time::sleep(lifetime) => {}
+                            _ = service.waiting() => guard.how = "process exited with code 0".into(),
+                        }
+                    }
+                    Behaviour::HangAfter(lifetime) => {
+                        tokio::time::sleep(lifetime).await;
+                        frozen.store(true, Ordering::Relaxed);
+                        std::future::pending::<()>().await;
                     }
                 }
-                Behaviour::HangAfter(lifetime) => {
-                    tokio::time::sleep(lifetime).await;
-                    frozen.store(true, Ordering::Relaxed);
-                    std::future::pending::<()>().await;
+            };
+            tokio::select! {
+                _ = server => {}
+                _ = fence_deadline(fence) => {
+                    guard.how = "process killed by signal 9: the node's deadline passed".into();
                 }
             }
             drop(guard);
@@ -259,6 +269,32 @@ impl McpLauncher for SimLauncher {
             },
             process: Some(Box::new(SimProcess { task, exited })),
         })
+    }
+}
+
+/// Resolves once the fence's deadline has passed (never, with the IgnoreFenceDeadline
+/// bug): what the real supervisor does.
+async fn fence_deadline(mut fence: Fence) {
+    if mcpfleet::env::bugs::active(mcpfleet::env::bugs::Bug::IgnoreFenceDeadline) {
+        return std::future::pending().await;
+    }
+    loop {
+        let deadline = *fence.borrow_and_update();
+        let Some(deadline) = deadline else { return };
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                if *fence.borrow() == Some(deadline) {
+                    return;
+                }
+            }
+            changed = fence.changed() => {
+                if changed.is_err() {
+                    // No more renewals: the last deadline stands.
+                    tokio::time::sleep_until(deadline).await;
+                    return;
+                }
+            }
+        }
     }
 }
 

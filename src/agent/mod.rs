@@ -5,7 +5,9 @@
 //! - Runs a replica for each assignment of this node, but only while the lease is fresh:
 //!   when it runs out, every replica is stopped (SIGTERM, SIGKILL after
 //!   `FENCE_GRACE_MS`), so the node the leader hands them to next never overlaps with
-//!   this one. A new replica starts only once this node has applied everything the
+//!   this one. The hard bound is not this loop but the fence: every lease renews the
+//!   deadline each replica's supervisor holds (lease end + `FENCE_GRACE_MS`), and the
+//!   supervisor kills the replica at that deadline even if this node is paused. A new replica starts only once this node has applied everything the
 //!   leader had applied when it last renewed the lease, and never for an assignment older
 //!   than one this node has already seen for the slot.
 //! - Stops replicas whose assignment went away or changed (new epoch or new spec).
@@ -32,17 +34,12 @@ pub use replica::{ReplicaKey, INITIALIZE_TIMEOUT_MS};
 pub use restart::{Decision, Restarts};
 
 use crate::env::bugs::{self, Bug};
-use crate::env::launcher::McpLauncher;
-use crate::node::config::FENCE_GRACE_MS;
+use crate::env::launcher::{Fence, McpLauncher};
 use crate::node::controller::Heartbeat;
+use crate::node::timing::{FENCE_GRACE_MS, RECONCILE_MS, STOP_GRACE_MS};
 use crate::node::{LeaderOp, LeaderOpResult, NodeHandle};
 use crate::registry::ServerSpec;
 use reporter::Reports;
-
-/// How often the agent compares its assignments with what runs.
-const RECONCILE_MS: u64 = 100;
-/// How long a replica that is no longer wanted gets between SIGTERM and SIGKILL.
-pub const STOP_GRACE_MS: u64 = 2_000;
 
 /// This node's lease from the leader.
 #[derive(Clone, Copy, Debug, Default)]
@@ -62,13 +59,15 @@ struct Running {
 /// Runs the agent until the node shuts down.
 pub async fn run(handle: Arc<NodeHandle>, launcher: Option<Arc<dyn McpLauncher>>) {
     let (lease_tx, lease) = watch::channel(Lease::default());
+    let (fence_tx, fence) = watch::channel(None);
     let (running_tx, running) = watch::channel(BTreeSet::new());
-    let heartbeats = tokio::spawn(heartbeat(handle.clone(), lease_tx, running));
+    let heartbeats = tokio::spawn(heartbeat(handle.clone(), lease_tx, fence_tx, running));
     let reports = Arc::new(Reports::default());
     let reporter = tokio::spawn(reporter::run(handle.clone(), reports.clone()));
     let mut agent = Agent {
         handle: handle.clone(),
         launcher,
+        fence,
         reports,
         running: BTreeMap::new(),
         stopping: Vec::new(),
@@ -109,6 +108,9 @@ pub async fn run(handle: Arc<NodeHandle>, launcher: Option<Arc<dyn McpLauncher>>
 struct Agent {
     handle: Arc<NodeHandle>,
     launcher: Option<Arc<dyn McpLauncher>>,
+    /// Until when this node's replicas may run (lease end + fence grace), for their
+    /// supervisors.
+    fence: Fence,
     reports: Arc<Reports>,
     running: BTreeMap<(String, u32), Running>,
     /// Replicas told to stop and not yet stopped; their slot does not start again here
@@ -210,6 +212,7 @@ impl Agent {
                 replica,
                 spec.clone(),
                 launcher.clone(),
+                self.fence.clone(),
                 self.reports.clone(),
                 stop_signal,
             ));
@@ -239,6 +242,7 @@ impl Agent {
 async fn heartbeat(
     handle: Arc<NodeHandle>,
     lease: watch::Sender<Lease>,
+    fence: watch::Sender<Option<Instant>>,
     running: watch::Receiver<BTreeSet<(String, u32)>>,
 ) {
     let config = &handle.config;
@@ -280,8 +284,11 @@ async fn heartbeat(
             None => continue,
         };
         if let Ok(LeaderOpResult::Lease(grant)) = answer {
+            let valid_until = sent + Duration::from_millis(config.lease_ms);
+            // The supervisors learn the new deadline before anything may start under it.
+            fence.send_replace(Some(valid_until + Duration::from_millis(FENCE_GRACE_MS)));
             let _ = lease.send(Lease {
-                valid_until: Some(sent + Duration::from_millis(config.lease_ms)),
+                valid_until: Some(valid_until),
                 leader_applied: grant.applied_index,
             });
         }

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::breaker::Breaker;
 use super::reporter::Reports;
 use super::restart::Restarts;
-use crate::env::launcher::{McpLauncher, ReplicaId};
+use crate::env::launcher::{Fence, McpLauncher, ReplicaId};
 use crate::mcp::{Connection, McpError};
 use crate::registry::{NodeId, ReplicaHealth, ReplicaState, ServerSpec};
 
@@ -65,6 +65,7 @@ pub async fn run(
     key: ReplicaKey,
     spec: ServerSpec,
     launcher: Arc<dyn McpLauncher>,
+    fence: Fence,
     reports: Arc<Reports>,
     mut stop: StopSignal,
 ) {
@@ -94,7 +95,13 @@ pub async fn run(
             create_revision: replica.key.create_revision,
             slot: replica.key.slot,
         };
-        let open = Connection::open(launcher.as_ref(), &id, &replica.spec.transport, timeout);
+        let open = Connection::open(
+            launcher.as_ref(),
+            &id,
+            &replica.spec.transport,
+            timeout,
+            fence.clone(),
+        );
         let opened = tokio::select! {
             opened = open => opened,
             // Dropping the half-open connection kills its process group.
@@ -107,7 +114,7 @@ pub async fn run(
                 let ended = probe(&mut replica, &mut connection, &mut stop).await;
                 let grace = match ended {
                     Ended::Stopped(grace) => grace,
-                    Ended::Failed(_) => Duration::from_millis(crate::node::config::FENCE_GRACE_MS),
+                    Ended::Failed(_) => Duration::from_millis(crate::node::timing::FENCE_GRACE_MS),
                 };
                 connection.close(grace).await;
                 ended
@@ -157,7 +164,14 @@ async fn probe(replica: &mut Replica, connection: &mut Connection, stop: &mut St
             }
         }
         let before = (replica.health.state, replica.breaker.state(Instant::now()));
-        match connection.ping(timeout).await {
+        // A stop never waits for the ping in flight.
+        let pinged = tokio::select! {
+            pinged = connection.ping(timeout) => pinged,
+            grace = stop.wait_for(Option::is_some) => {
+                return Ended::Stopped(grace.ok().and_then(|g| *g).unwrap_or_default());
+            }
+        };
+        match pinged {
             Err(McpError::Exited(exit)) => return Ended::Failed(exit),
             Ok(latency) => {
                 successes = successes.saturating_add(1);

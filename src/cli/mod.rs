@@ -66,6 +66,10 @@ pub enum TopCommand {
     /// with it (used by nodes; not for people).
     #[command(hide = true)]
     Supervise {
+        /// The descriptor on which the node renews the deadline past which the server
+        /// is killed.
+        #[arg(long)]
+        fence_fd: Option<i32>,
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },

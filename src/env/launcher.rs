@@ -75,12 +75,18 @@ pub struct ReplicaId {
     pub slot: u32,
 }
 
+/// Until when a replica may run: the node's lease plus the fence grace. The node
+/// renews it with every lease; once it has passed, whatever runs the replica's process
+/// (its supervisor) kills it, even when the node itself is paused or stalled.
+pub type Fence = tokio::sync::watch::Receiver<Option<tokio::time::Instant>>;
+
 #[async_trait]
 pub trait McpLauncher: Send + Sync + 'static {
     async fn launch(
         &self,
         replica: &ReplicaId,
         transport: &Transport,
+        fence: Fence,
     ) -> Result<Launched, LaunchError>;
 }
 
@@ -96,6 +102,7 @@ impl McpLauncher for ProcessLauncher {
         &self,
         _replica: &ReplicaId,
         transport: &Transport,
+        fence: Fence,
     ) -> Result<Launched, LaunchError> {
         let (command, args, env, cwd) = match transport {
             Transport::Http { url, headers } => {
@@ -118,10 +125,21 @@ impl McpLauncher for ProcessLauncher {
             command: command.clone(),
             reason,
         };
+        // The pipe through which the node renews the supervisor's deadline; the
+        // supervisor reads it as fd FENCE_FD.
+        let fence_pipe = match &self.supervisor {
+            Some(_) => Some(FencePipe::new().map_err(|e| spawn_error(e.to_string()))?),
+            None => None,
+        };
         let mut builder = match &self.supervisor {
             Some(supervisor) => {
                 let mut builder = tokio::process::Command::new(supervisor);
-                builder.arg("supervise").arg("--").arg(command);
+                builder
+                    .arg("supervise")
+                    .arg("--fence-fd")
+                    .arg(FENCE_FD.to_string())
+                    .arg("--")
+                    .arg(command);
                 builder
             }
             None => tokio::process::Command::new(command),
@@ -143,9 +161,19 @@ impl McpLauncher for ProcessLauncher {
         } else {
             libc::SIGKILL
         };
+        let fence_read = fence_pipe.as_ref().map(|pipe| pipe.read);
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             builder.pre_exec(move || {
+                if let Some(read) = fence_read {
+                    // dup2 clears close-on-exec on the copy; the original closes on exec.
+                    if read == FENCE_FD {
+                        let flags = libc::fcntl(read, libc::F_GETFD);
+                        libc::fcntl(read, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+                    } else if libc::dup2(read, FENCE_FD) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 // Its own process group, so that stopping it reaches its children too.
                 if libc::setpgid(0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
@@ -167,6 +195,9 @@ impl McpLauncher for ProcessLauncher {
             }
         }
         let mut child = builder.spawn().map_err(|e| spawn_error(e.to_string()))?;
+        // The node keeps only the write end; the supervisor has its copy of the read end.
+        let fence_writer = fence_pipe.map(FencePipe::into_writer);
+        let fence_task = fence_writer.map(|writer| tokio::spawn(renew_fence(writer, fence)));
         let (Some(stdout), Some(stdin), Some(stderr)) =
             (child.stdout.take(), child.stdin.take(), child.stderr.take())
         else {
@@ -185,6 +216,8 @@ impl McpLauncher for ProcessLauncher {
                 pgid,
                 tail,
                 exit: None,
+                supervised: self.supervisor.is_some(),
+                fence_task,
             })),
         })
     }
@@ -210,6 +243,10 @@ struct ChildProcess {
     pgid: Option<libc::pid_t>,
     tail: Arc<Mutex<VecDeque<String>>>,
     exit: Option<String>,
+    /// Runs under `mcpfleet supervise` (whose cgroup the node cleans up after it).
+    supervised: bool,
+    /// Renews the supervisor's deadline; holds the pipe's write end.
+    fence_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl ChildProcess {
@@ -252,7 +289,9 @@ impl ServerProcess for ChildProcess {
         if let Some(exit) = &self.exit {
             return exit.clone();
         }
+        let supervisor = self.child.id();
         let status = self.child.wait().await;
+        self.reap_cgroup(supervisor).await;
         // Let the stderr reader take the last lines the process wrote.
         tokio::time::sleep(Duration::from_millis(20)).await;
         let exit = self.describe(status);
@@ -267,6 +306,7 @@ impl ServerProcess for ChildProcess {
             return;
         }
         // Not reaped yet, so the group id is still this server's.
+        let supervisor = self.child.id();
         self.signal_group(libc::SIGTERM);
         if tokio::time::timeout(grace, self.child.wait())
             .await
@@ -275,26 +315,140 @@ impl ServerProcess for ChildProcess {
             self.signal_group(libc::SIGKILL);
             let _ = self.child.wait().await;
         }
+        self.reap_cgroup(supervisor).await;
         self.exit = Some("stopped".to_string());
+    }
+}
+
+impl ChildProcess {
+    /// A supervisor that has exited may have been killed before it could end its
+    /// cgroup: whatever is left there goes now.
+    async fn reap_cgroup(&self, supervisor: Option<u32>) {
+        if let (true, Some(pid)) = (self.supervised, supervisor) {
+            super::process_tree::reap_replica_cgroup(pid).await;
+        }
     }
 }
 
 impl Drop for ChildProcess {
     fn drop(&mut self) {
+        if let Some(task) = self.fence_task.take() {
+            task.abort();
+        }
         if self.exit.is_none() {
             self.signal_group(libc::SIGKILL);
         }
     }
 }
 
-/// `mcpfleet supervise -- COMMAND ARGS...`: runs COMMAND in the supervisor's process
-/// group with the supervisor's stdio, and takes the whole group down when told to stop
-/// (SIGTERM, SIGINT) or when the node that started it is gone. Returns the exit code.
-pub async fn supervise(command: &str, args: &[String]) -> i32 {
+/// The file descriptor on which a supervisor reads its deadlines.
+pub const FENCE_FD: libc::c_int = 3;
+
+/// A pipe from the node to one supervisor, both ends close-on-exec.
+struct FencePipe {
+    read: libc::c_int,
+    write: libc::c_int,
+}
+
+impl FencePipe {
+    fn new() -> std::io::Result<FencePipe> {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: pipe2 fills two descriptors we then own.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(FencePipe {
+            read: fds[0],
+            write: fds[1],
+        })
+    }
+
+    /// Closes the read end (the supervisor has its own copy) and returns the write end,
+    /// non-blocking: a supervisor that does not read never stalls the node.
+    fn into_writer(self) -> std::fs::File {
+        use std::os::fd::FromRawFd;
+        let (read, write) = (self.read, self.write);
+        std::mem::forget(self);
+        // SAFETY: both descriptors are ours; `write` is handed to the File.
+        unsafe {
+            libc::close(read);
+            let flags = libc::fcntl(write, libc::F_GETFL);
+            libc::fcntl(write, libc::F_SETFL, flags | libc::O_NONBLOCK);
+            std::fs::File::from_raw_fd(write)
+        }
+    }
+}
+
+impl Drop for FencePipe {
+    fn drop(&mut self) {
+        // SAFETY: closing descriptors we own (only reached when never handed over).
+        unsafe {
+            libc::close(self.read);
+            libc::close(self.write);
+        }
+    }
+}
+
+/// Now on the host's monotonic clock (CLOCK_MONOTONIC, which every process of the host
+/// shares and which runs on while a process is stopped), in nanoseconds.
+fn monotonic_now_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the struct.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now);
+    }
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// Writes every new deadline of `fence` to the supervisor, as an absolute time on the
+/// host's monotonic clock, so that no delay in delivering it can extend it.
+async fn renew_fence(mut writer: std::fs::File, mut fence: Fence) {
+    use std::io::Write;
+    loop {
+        let deadline = *fence.borrow_and_update();
+        let now = tokio::time::Instant::now();
+        let left = deadline.map_or(Duration::ZERO, |until| until.saturating_duration_since(now));
+        let at = monotonic_now_ns().saturating_add(left.as_nanos() as u64);
+        // One short line is written whole or not at all (PIPE_BUF); a full pipe means
+        // the supervisor has older deadlines to read, and the next renewal follows.
+        let _ = writer.write_all(format!("{at}\n").as_bytes());
+        if fence.changed().await.is_err() {
+            // The node no longer renews: keep the pipe open (its end tells the
+            // supervisor the node is gone) and let the last deadline stand.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Why a supervisor ends its server.
+enum SupervisorStop {
+    /// The node told it to (SIGTERM, SIGINT) or is gone: SIGTERM, then SIGKILL after the
+    /// grace, but never later than the deadline.
+    Graceful,
+    /// The node's deadline passed: SIGKILL at once.
+    Deadline,
+}
+
+/// `mcpfleet supervise [--fence-fd FD] -- COMMAND ARGS...`: runs COMMAND (in the
+/// supervisor's process group, its own cgroup where cgroup v2 allows, as a child
+/// subreaper) with the supervisor's stdio, and takes the whole tree down:
+/// - when the deadline the node renews on FD passes: SIGKILL at once, whatever the node
+///   is doing (paused, stalled on disk). This is the fence;
+/// - when told to stop (SIGTERM, SIGINT), or when the node is gone (FD closes, or the
+///   parent changes): SIGTERM, then SIGKILL after a grace that never runs past the
+///   deadline;
+/// - when COMMAND exits: whatever it left behind (daemons included) goes too.
+///
+/// Returns the exit code.
+pub async fn supervise(command: &str, args: &[String], fence_fd: Option<i32>) -> i32 {
+    use super::process_tree::{self, ReplicaCgroup};
     use tokio::signal::unix::{signal, SignalKind};
     let parent = std::os::unix::process::parent_id();
     // Handle the signals before anything runs: the node's death (PDEATHSIG) must never
-    // kill the supervisor before it has taken its group down.
+    // kill the supervisor before it has taken its tree down.
     let (Ok(mut terminate), Ok(mut interrupt)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -302,23 +456,76 @@ pub async fn supervise(command: &str, args: &[String]) -> i32 {
         eprintln!("mcpfleet supervise: cannot handle signals");
         return 1;
     };
-    let mut child = match tokio::process::Command::new(command).args(args).spawn() {
+    let mut fence = match fence_fd.map(open_fence) {
+        Some(Ok(fence)) => Some(fence),
+        Some(Err(error)) => {
+            eprintln!("mcpfleet supervise: cannot read the fence: {error}");
+            return 1;
+        }
+        None => None,
+    };
+    // Until the node's first deadline arrives (it writes one right after the spawn),
+    // the server does not start.
+    let mut deadline = None;
+    if let Some(lines) = fence.as_mut() {
+        match tokio::time::timeout(
+            Duration::from_millis(FIRST_DEADLINE_WAIT_MS),
+            lines.next_line(),
+        )
+        .await
+        {
+            Ok(Ok(Some(line))) => deadline = parse_deadline(&line),
+            _ => {
+                eprintln!("mcpfleet supervise: no deadline from the node");
+                return 1;
+            }
+        }
+    }
+    process_tree::become_subreaper();
+    let cgroup = ReplicaCgroup::create();
+    let mut builder = tokio::process::Command::new(command);
+    builder.args(args);
+    let procs = cgroup.as_ref().and_then(|c| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(c.procs_file())
+            .ok()
+    });
+    let procs_fd = procs.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        builder.pre_exec(move || {
+            // Into the replica's cgroup before it can start anything.
+            if let Some(fd) = procs_fd {
+                libc::write(fd, b"0".as_ptr().cast(), 1);
+            }
+            // Without cgroups, the server at least dies with a supervisor killed by
+            // SIGKILL.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = match builder.spawn() {
         Ok(child) => child,
         Err(error) => {
             eprintln!("mcpfleet supervise: cannot start {command:?}: {error}");
+            if let Some(cgroup) = &cgroup {
+                cgroup.kill().await;
+            }
             return EXIT_CANNOT_START;
         }
     };
+    drop(procs);
     let mut check = tokio::time::interval(Duration::from_millis(PARENT_CHECK_INTERVAL_MS));
-    loop {
+    let stop = loop {
+        let until =
+            deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             status = child.wait() => {
-                // Whatever the server left behind in the group is told to go too.
-                // SAFETY: signalling our own process group (0); the supervisor handles
-                // SIGTERM itself.
-                unsafe {
-                    libc::kill(0, libc::SIGTERM);
-                }
+                // Whatever the server left behind goes too.
+                kill_tree(cgroup.as_ref(), libc::SIGTERM).await;
+                tokio::time::sleep(Duration::from_millis(LEFTOVER_GRACE_MS)).await;
+                kill_tree(cgroup.as_ref(), libc::SIGKILL).await;
                 return match status {
                     Ok(status) => {
                         use std::os::unix::process::ExitStatusExt;
@@ -327,23 +534,94 @@ pub async fn supervise(command: &str, args: &[String]) -> i32 {
                     Err(_) => 1,
                 };
             }
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break SupervisorStop::Graceful,
+            _ = interrupt.recv() => break SupervisorStop::Graceful,
+            _ = tokio::time::sleep_until(until), if deadline.is_some() => {
+                if crate::env::bugs::active(crate::env::bugs::Bug::IgnoreFenceDeadline) {
+                    deadline = None;
+                    continue;
+                }
+                break SupervisorStop::Deadline;
+            }
+            line = next_fence_line(&mut fence) => match line {
+                Some(line) => {
+                    if let Some(next) = parse_deadline(&line) {
+                        deadline = Some(next);
+                    }
+                }
+                // The node is gone (its end of the pipe closed with it).
+                None => break SupervisorStop::Graceful,
+            },
             _ = check.tick() => {
                 if std::os::unix::process::parent_id() != parent {
-                    break;
+                    break SupervisorStop::Graceful;
                 }
             }
         }
+    };
+    if let SupervisorStop::Graceful = stop {
+        kill_tree(cgroup.as_ref(), libc::SIGTERM).await;
+        let grace = tokio::time::Instant::now() + Duration::from_millis(SUPERVISOR_GRACE_MS);
+        let until = deadline.map_or(grace, |deadline| deadline.min(grace));
+        let _ = tokio::time::timeout_at(until, child.wait()).await;
+    } else {
+        eprintln!("mcpfleet supervise: the node's deadline passed: killing the server");
     }
-    // SAFETY: signalling our own process group (0).
-    unsafe {
-        libc::kill(0, libc::SIGTERM);
-    }
-    let _ = tokio::time::timeout(Duration::from_millis(SUPERVISOR_GRACE_MS), child.wait()).await;
-    // SAFETY: as above; this ends the supervisor too.
-    unsafe {
-        libc::kill(0, libc::SIGKILL);
-    }
+    kill_tree(cgroup.as_ref(), libc::SIGKILL).await;
     1
+}
+
+/// How long a supervisor waits for the node's first deadline.
+const FIRST_DEADLINE_WAIT_MS: u64 = 5_000;
+/// How long what an exited server left behind gets between SIGTERM and SIGKILL.
+const LEFTOVER_GRACE_MS: u64 = 100;
+
+type FenceLines = tokio::io::Lines<BufReader<tokio::net::unix::pipe::Receiver>>;
+
+fn open_fence(fd: i32) -> std::io::Result<FenceLines> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the node handed this descriptor over for exactly this use. Close-on-exec,
+    // so the server never inherits it.
+    let owned = unsafe {
+        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        std::os::fd::OwnedFd::from_raw_fd(fd)
+    };
+    let receiver = tokio::net::unix::pipe::Receiver::from_owned_fd(owned)?;
+    Ok(BufReader::new(receiver).lines())
+}
+
+/// The next line from the node; `None` once its end is closed. Pending forever without
+/// a fence.
+async fn next_fence_line(fence: &mut Option<FenceLines>) -> Option<String> {
+    match fence {
+        Some(lines) => lines.next_line().await.ok().flatten(),
+        None => std::future::pending().await,
+    }
+}
+
+/// A deadline line: nanoseconds on the host's monotonic clock.
+fn parse_deadline(line: &str) -> Option<tokio::time::Instant> {
+    let at: u64 = line.trim().parse().ok()?;
+    let now = monotonic_now_ns();
+    let now_instant = tokio::time::Instant::now();
+    Some(if at >= now {
+        now_instant + Duration::from_nanos(at - now)
+    } else {
+        now_instant
+    })
+}
+
+/// Signals the supervisor's whole tree: its cgroup, or every descendant and the group.
+async fn kill_tree(cgroup: Option<&super::process_tree::ReplicaCgroup>, signal: libc::c_int) {
+    use super::process_tree;
+    match (cgroup, signal) {
+        (Some(cgroup), libc::SIGKILL) => cgroup.kill().await,
+        _ => {
+            if signal == libc::SIGKILL {
+                process_tree::kill_descendants();
+            } else {
+                process_tree::signal_descendants(signal);
+            }
+        }
+    }
 }

@@ -7,6 +7,7 @@ pub mod bugs;
 pub mod disk;
 pub mod launcher;
 pub mod network;
+pub mod process_tree;
 pub mod runtime;
 
 use std::sync::Arc;

@@ -10,7 +10,7 @@ use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{RoleClient, ServiceExt};
 
-use crate::env::launcher::{Launched, McpIo, McpLauncher, ReplicaId, ServerProcess};
+use crate::env::launcher::{Fence, Launched, McpIo, McpLauncher, ReplicaId, ServerProcess};
 use crate::registry::Transport;
 
 /// How long a failed handshake waits for the process's exit, which explains it better.
@@ -51,9 +51,10 @@ impl Connection {
         replica: &ReplicaId,
         transport: &Transport,
         timeout: Duration,
+        fence: Fence,
     ) -> Result<Connection, McpError> {
         let Launched { io, mut process } = launcher
-            .launch(replica, transport)
+            .launch(replica, transport, fence)
             .await
             .map_err(|e| McpError::Launch(e.to_string()))?;
         let handshake = async {

@@ -51,11 +51,7 @@ pub struct Config {
     pub lease_ms: u64,
 }
 
-/// How recently the leader must have confirmed its leadership with a quorum to renew a
-/// lease: a deposed leader that does not know it yet stops renewing within this time.
-pub const LEASE_CONFIRM_MS: u64 = 300;
-/// How long a replica whose lease ran out gets between SIGTERM and SIGKILL.
-pub const FENCE_GRACE_MS: u64 = 200;
+use super::timing::{fencing_holds, FENCE_MARGIN_MS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -171,14 +167,14 @@ impl Config {
             ));
         }
         // Fencing: a lease renewed just before the leader was deposed runs out, and its
-        // replicas are killed, before the new leader's grace ends (see docs/operations.md).
+        // replicas are killed by their supervisors, before the new leader's grace ends
+        // (the whole inequality is in node::timing).
         if self.node_heartbeat_interval_ms == 0
             || self.node_heartbeat_interval_ms * 2 > self.lease_ms
-            || self.lease_ms + LEASE_CONFIRM_MS + FENCE_GRACE_MS >= self.node_timeout_ms
+            || !fencing_holds(self.lease_ms, self.node_timeout_ms)
         {
             return Err(ConfigError::Timing(format!(
-                "need 0 < 2 x node_heartbeat_interval_ms <= lease_ms and lease_ms + {} ms < node_timeout_ms",
-                LEASE_CONFIRM_MS + FENCE_GRACE_MS
+                "need 0 < 2 x node_heartbeat_interval_ms <= lease_ms and lease_ms + {FENCE_MARGIN_MS} ms < node_timeout_ms"
             )));
         }
         if self.tags.len() > crate::registry::MAX_LIST_ITEMS
@@ -252,5 +248,17 @@ mod tests {
             ..Config::default()
         };
         assert!(matches!(config.validate(), Err(ConfigError::Timing(_))));
+        // The whole fencing inequality: 800 + 300 + 200 + 100 = 1,400 ms must stay
+        // below the node timeout.
+        let config = Config {
+            node_timeout_ms: 1_400,
+            ..Config::default()
+        };
+        assert!(matches!(config.validate(), Err(ConfigError::Timing(_))));
+        let config = Config {
+            node_timeout_ms: 1_401,
+            ..Config::default()
+        };
+        config.validate().unwrap();
     }
 }

@@ -25,7 +25,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::config::LEASE_CONFIRM_MS;
+use super::timing::LEASE_CONFIRM_MS;
 use super::{LeaderError, LeaderOpResult, NodeHandle};
 use crate::env::bugs::{self, Bug};
 use crate::raft::{NodeId, Proposal, RequestId};

@@ -7,6 +7,7 @@ pub mod controller;
 mod elections;
 mod leader;
 mod proposer;
+pub mod timing;
 
 use std::future::Future;
 use std::sync::atomic::AtomicU64;

@@ -165,7 +165,11 @@ impl Registry {
                 ));
             }
             if let Some(node) = placement.node {
-                if !self.nodes.get(&node).is_some_and(NodeRecord::accepts_replicas) {
+                if !self
+                    .nodes
+                    .get(&node)
+                    .is_some_and(NodeRecord::accepts_replicas)
+                {
                     return invalid(format!("node {node} is not up and active"));
                 }
             }
@@ -229,7 +233,9 @@ impl Registry {
         let (status, admin) = self
             .nodes
             .get(&id)
-            .map_or((NodeStatus::Up, AdminState::Active), |n| (n.status, n.admin));
+            .map_or((NodeStatus::Up, AdminState::Active), |n| {
+                (n.status, n.admin)
+            });
         self.nodes.insert(
             id,
             NodeRecord {

@@ -109,11 +109,7 @@ fn plans_for_cluster_views() {
         (
             "a draining node is emptied",
             view(
-                &[
-                    (1, up()),
-                    (2, draining(NodeStatus::Up)),
-                    (3, up()),
-                ],
+                &[(1, up()), (2, draining(NodeStatus::Up)), (3, up())],
                 &[("time", server(1, &[]))],
                 &[("time", 0, 2)],
             ),
@@ -275,7 +271,13 @@ fn arbitrary_view() -> impl Strategy<Value = ClusterView> {
         nodes: nodes
             .into_iter()
             .map(|(id, ((status, admin), tags, capacity))| {
-                (id, NodeView { admin, ..node(status, &tags, capacity) })
+                (
+                    id,
+                    NodeView {
+                        admin,
+                        ..node(status, &tags, capacity)
+                    },
+                )
             })
             .collect(),
         servers: servers

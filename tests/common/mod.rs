@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_mcpfleet")
@@ -50,12 +50,25 @@ pub struct NodeProcess {
     pub addr: String,
     pub data: PathBuf,
     pub args: Vec<String>,
+    /// Extra environment for the process.
+    pub env: Vec<(String, String)>,
     pub child: Option<Child>,
 }
 
 impl NodeProcess {
     /// Starts `mcpfleet serve` with `args`; its log goes to `<data>.log`.
     pub fn start(id: u64, addr: &str, data: &Path, extra: &[String]) -> Result<NodeProcess> {
+        NodeProcess::start_with_env(id, addr, data, extra, &[])
+    }
+
+    /// As `start`, with extra environment variables.
+    pub fn start_with_env(
+        id: u64,
+        addr: &str,
+        data: &Path,
+        extra: &[String],
+        env: &[(&str, &str)],
+    ) -> Result<NodeProcess> {
         let mut args = vec![
             "serve".to_string(),
             "--id".into(),
@@ -71,6 +84,10 @@ impl NodeProcess {
             addr: addr.to_string(),
             data: data.to_path_buf(),
             args,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
         };
         node.restart()?;
@@ -85,11 +102,27 @@ impl NodeProcess {
             .open(self.data.with_extension("log"))?;
         let child = Command::new(binary())
             .args(&self.args)
+            .envs(self.env.iter().cloned())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .context("spawn mcpfleet serve")?;
         self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (a name such as "STOP" or "CONT") to the process.
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        let pid = self.pid().context("not running")?;
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()?;
+        ensure!(status.success(), "kill -{signal} {pid} failed");
         Ok(())
     }
 
@@ -316,4 +349,35 @@ pub fn alive_in_groups(groups: &BTreeSet<u32>, marker: &str) -> Vec<(u32, String
         .into_iter()
         .filter(|(pid, _)| stat(*pid).is_some_and(|(_, _, group)| groups.contains(&group)))
         .collect()
+}
+
+/// The path of one of the test's own MCP servers in tests/servers/.
+pub fn test_server(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/servers")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// Runs `mcpfleet server add NAME ARGS...` and fails with its stderr if it fails.
+pub fn add_server(endpoint: &str, name: &str, args: &[&str]) -> Result<()> {
+    let mut all = vec!["server", "add", name];
+    all.extend_from_slice(args);
+    let output = cli(endpoint, &all);
+    ensure!(
+        output.status.success(),
+        "server add {name}: {}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(())
+}
+
+/// The slots of `name` that are healthy, as (slot, node id).
+pub fn healthy_slots(endpoint: &str, name: &str) -> Result<Vec<(u64, u64)>> {
+    Ok(replicas(endpoint, name)?
+        .iter()
+        .filter(|r| r["state"] == "healthy")
+        .filter_map(|r| Some((r["slot"].as_u64()?, r["node_id"].as_u64()?)))
+        .collect())
 }
