@@ -372,3 +372,83 @@ fn daemons_and_killed_supervisors_leave_no_process_behind() -> Result<()> {
     );
     Ok(())
 }
+
+/// The supervisors (one per replica) that carry `marker`.
+fn supervisors(marker: &str) -> Vec<u32> {
+    let mut pids: Vec<u32> = processes_with_marker(marker)
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains(" supervise "))
+        .map(|(pid, _)| pid)
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+#[test]
+fn spec_changes_restart_nothing_but_a_transport_change_rolls() -> Result<()> {
+    let servers = mcp_servers()?;
+    let cluster = Cluster::start(3)?;
+    let endpoint = cluster.addr(1);
+    wait_for_leader(&endpoint, Duration::from_secs(20))?;
+    let marker = process_marker("spec-change");
+    let add = |extra: &[&str]| {
+        let mut args = vec!["--command", servers.everything.as_str(), "--env", &marker];
+        args.extend_from_slice(extra);
+        add_server(&endpoint, "ev", &args)
+    };
+    let healthy = |count: usize| -> Result<()> {
+        let slots = healthy_slots(&endpoint, "ev")?;
+        ensure!(slots.len() == count, "not {count} healthy: {slots:?}");
+        Ok(())
+    };
+    add(&["--replicas", "2"])?;
+    eventually(Duration::from_secs(60), || healthy(2))?;
+    let first = supervisors(&marker);
+    ensure!(first.len() == 2, "two supervisors: {first:?}");
+
+    // A health setting applies live: the same processes keep running.
+    add(&["--replicas", "2", "--health-interval-ms", "300"])?;
+    std::thread::sleep(Duration::from_secs(3));
+    healthy(2)?;
+    ensure!(
+        supervisors(&marker) == first,
+        "a health setting restarted replicas"
+    );
+
+    // Three replicas instead of two: one more process, the first two untouched.
+    add(&["--replicas", "3", "--health-interval-ms", "300"])?;
+    eventually(Duration::from_secs(60), || healthy(3))?;
+    let three = supervisors(&marker);
+    ensure!(
+        three.len() == 3 && first.iter().all(|pid| three.contains(pid)),
+        "--replicas 3 restarted replicas: {first:?} -> {three:?}"
+    );
+
+    // A transport change (new env) rolls through the slots: one at a time, with at
+    // least one healthy replica throughout.
+    add(&[
+        "--replicas",
+        "3",
+        "--health-interval-ms",
+        "300",
+        "--env",
+        "ROLLED=1",
+    ])?;
+    let mut fewest = usize::MAX;
+    eventually(Duration::from_secs(90), || {
+        let slots = healthy_slots(&endpoint, "ev")?;
+        fewest = fewest.min(slots.len());
+        let now = supervisors(&marker);
+        ensure!(
+            slots.len() == 3 && now.len() == 3 && now.iter().all(|pid| !three.contains(pid)),
+            "not rolled yet: {slots:?}, supervisors {now:?}"
+        );
+        Ok(())
+    })?;
+    ensure!(
+        fewest >= 1,
+        "no replica was healthy at some point of the roll"
+    );
+    eprintln!("transport change rolled; fewest healthy replicas seen: {fewest}");
+    Ok(())
+}

@@ -33,6 +33,11 @@ impl Breaker {
     }
 
     /// The state at `now` (an open breaker turns half-open once `open_ms` passed).
+    /// Takes new settings (a spec change applies live); the state stays as it is.
+    pub fn reconfigure(&mut self, config: CircuitBreaker) {
+        self.config = config;
+    }
+
     pub fn state(&mut self, now: Instant) -> BreakerState {
         if self.state == BreakerState::Open
             && self.opened_at.is_some_and(|at| {

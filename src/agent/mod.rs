@@ -10,7 +10,12 @@
 //!   supervisor kills the replica at that deadline even if this node is paused. A new replica starts only once this node has applied everything the
 //!   leader had applied when it last renewed the lease, and never for an assignment older
 //!   than one this node has already seen for the slot.
-//! - Stops replicas whose assignment went away or changed (new epoch or new spec).
+//! - Stops replicas whose assignment went away or changed (new epoch). A spec change
+//!   restarts nothing unless the transport changed: settings reach the running replica
+//!   live, and a change of `replicas` only adds or removes slots. A transport change
+//!   rolls through the slots in order: slot k restarts only once every lower slot is
+//!   healthy on the new transport, so a server with two or more replicas keeps one
+//!   healthy throughout (and a bad new transport stops the roll at slot 0).
 //! - On shutdown, stops every replica before it returns.
 //!
 //! It reads the registry only from this node's applied state and writes to it only
@@ -38,7 +43,7 @@ use crate::env::launcher::{Fence, McpLauncher};
 use crate::node::controller::Heartbeat;
 use crate::node::timing::{FENCE_GRACE_MS, RECONCILE_MS, STOP_GRACE_MS};
 use crate::node::{LeaderOp, LeaderOpResult, NodeHandle};
-use crate::registry::ServerSpec;
+use crate::registry::{ReplicaState, ServerSpec};
 use reporter::Reports;
 
 /// This node's lease from the leader.
@@ -51,9 +56,22 @@ struct Lease {
 
 struct Running {
     epoch: u64,
-    spec: ServerSpec,
+    transport_revision: u64,
+    /// The spec the replica runs with; settings changes are sent here.
+    settings: watch::Sender<ServerSpec>,
     stop: watch::Sender<Option<Duration>>,
     task: JoinHandle<()>,
+}
+
+/// One of this node's assignments, as the registry holds it now.
+struct Wanted {
+    epoch: u64,
+    create_revision: u64,
+    transport_revision: u64,
+    spec: ServerSpec,
+    /// Every lower slot of the server is healthy on the current transport (or has no
+    /// node): this slot may restart onto it.
+    may_roll: bool,
 }
 
 /// Runs the agent until the node shuts down.
@@ -132,7 +150,7 @@ impl Agent {
             .last_applied
             .map_or(0, |id| id.index);
         let me = self.handle.id();
-        let mine: BTreeMap<(String, u32), (u64, u64, ServerSpec)> = {
+        let mine: BTreeMap<(String, u32), Wanted> = {
             let state = self.handle.view.read();
             let registry = &state.registry;
             self.highest_epoch
@@ -143,24 +161,36 @@ impl Agent {
                 .filter(|(_, a)| a.node_id == me)
                 .filter_map(|(key, a)| {
                     let record = registry.servers.get(&a.server)?;
-                    Some((
-                        key.clone(),
-                        (a.epoch, record.create_revision, record.spec.clone()),
-                    ))
+                    let may_roll = (0..a.slot).all(|lower| {
+                        let lower = (a.server.clone(), lower);
+                        !registry.assignments.contains_key(&lower)
+                            || registry.health.get(&lower).is_some_and(|h| {
+                                h.state == ReplicaState::Healthy
+                                    && h.transport_revision == record.transport_revision
+                            })
+                    });
+                    let wanted = Wanted {
+                        epoch: a.epoch,
+                        create_revision: record.create_revision,
+                        transport_revision: record.transport_revision,
+                        spec: record.spec.clone(),
+                        may_roll,
+                    };
+                    Some((key.clone(), wanted))
                 })
                 .collect()
         };
         let mut wanted = BTreeMap::new();
-        for (key, (epoch, create_revision, spec)) in mine {
-            let highest = self.highest_epoch.entry(key.clone()).or_insert(epoch);
-            if epoch < *highest {
-                tracing::warn!(server = %key.0, slot = key.1, epoch, highest = *highest,
-                    "refusing a stale assignment");
+        for (key, slot) in mine {
+            let highest = self.highest_epoch.entry(key.clone()).or_insert(slot.epoch);
+            if slot.epoch < *highest {
+                tracing::warn!(server = %key.0, slot = key.1, epoch = slot.epoch,
+                    highest = *highest, "refusing a stale assignment");
                 continue;
             }
-            *highest = epoch;
+            *highest = slot.epoch;
             if fresh || bugs::active(Bug::IgnoreLease) {
-                wanted.insert(key, (epoch, create_revision, spec));
+                wanted.insert(key, slot);
             }
         }
         let grace = if fresh {
@@ -168,16 +198,30 @@ impl Agent {
         } else {
             Duration::from_millis(FENCE_GRACE_MS)
         };
-        let unwanted: Vec<(String, u32)> = self
-            .running
-            .iter()
-            .filter(|(key, running)| {
-                wanted
-                    .get(*key)
-                    .is_none_or(|(epoch, _, spec)| *epoch != running.epoch || *spec != running.spec)
-            })
-            .map(|(key, _)| key.clone())
-            .collect();
+        let mut unwanted = Vec::new();
+        for (key, running) in &self.running {
+            match wanted.get(key) {
+                None => unwanted.push(key.clone()),
+                Some(slot) if slot.epoch != running.epoch => unwanted.push(key.clone()),
+                Some(slot) if slot.transport_revision != running.transport_revision => {
+                    if slot.may_roll {
+                        tracing::info!(server = %key.0, slot = key.1,
+                            "transport changed: restarting the replica");
+                        unwanted.push(key.clone());
+                    }
+                }
+                Some(slot) => {
+                    // Settings only: the replica takes them live.
+                    running.settings.send_if_modified(|spec| {
+                        let changed = *spec != slot.spec;
+                        if changed {
+                            *spec = slot.spec.clone();
+                        }
+                        changed
+                    });
+                }
+            }
+        }
         if !fresh && !unwanted.is_empty() {
             tracing::warn!(
                 replicas = unwanted.len(),
@@ -195,22 +239,31 @@ impl Agent {
         if !may_start && !bugs::active(Bug::IgnoreLease) {
             return;
         }
-        for (key, (epoch, create_revision, spec)) in wanted {
+        for (key, slot) in wanted {
             if self.running.contains_key(&key) || self.stopping.iter().any(|(k, _)| *k == key) {
                 continue;
             }
+            let Wanted {
+                epoch,
+                create_revision,
+                transport_revision,
+                spec,
+                ..
+            } = slot;
             let (stop, stop_signal) = watch::channel(None);
+            let (settings, settings_signal) = watch::channel(spec);
             let replica = ReplicaKey {
                 server: key.0.clone(),
                 slot: key.1,
                 epoch,
                 create_revision,
+                transport_revision,
             };
             tracing::info!(server = %key.0, slot = key.1, epoch, "starting replica");
             let task = tokio::spawn(replica::run(
                 me,
                 replica,
-                spec.clone(),
+                settings_signal,
                 launcher.clone(),
                 self.fence.clone(),
                 self.reports.clone(),
@@ -220,7 +273,8 @@ impl Agent {
                 key,
                 Running {
                     epoch,
-                    spec,
+                    transport_revision,
+                    settings,
                     stop,
                     task,
                 },

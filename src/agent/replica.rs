@@ -29,7 +29,13 @@ pub struct ReplicaKey {
     pub epoch: u64,
     /// The revision that created the server (its incarnation).
     pub create_revision: u64,
+    /// The server's transport revision this replica runs.
+    pub transport_revision: u64,
 }
+
+/// The replica's spec as the registry holds it now: settings (health check, breaker,
+/// restart policy) apply live; a transport change is a new replica (see the agent).
+pub type Settings = watch::Receiver<ServerSpec>;
 
 /// Set to `Some(grace)` to stop the replica: SIGTERM, then SIGKILL after `grace`.
 pub type StopSignal = watch::Receiver<Option<Duration>>;
@@ -42,12 +48,30 @@ enum Ended {
 struct Replica {
     key: ReplicaKey,
     spec: ServerSpec,
+    settings: Settings,
     reports: Arc<Reports>,
     health: ReplicaHealth,
     breaker: Breaker,
+    restarts: Restarts,
 }
 
 impl Replica {
+    /// Takes the newest settings, if they changed.
+    fn refresh(&mut self) -> bool {
+        if !self.settings.has_changed().unwrap_or(false) {
+            return false;
+        }
+        let spec = self.settings.borrow_and_update().clone();
+        self.breaker.reconfigure(spec.circuit_breaker);
+        self.restarts.reconfigure(spec.restart);
+        // The transport stays the one this replica was started with.
+        self.spec = ServerSpec {
+            transport: self.spec.transport.clone(),
+            ..spec
+        };
+        true
+    }
+
     fn set_state(&mut self, state: ReplicaState) {
         self.health.state = state;
         self.publish();
@@ -63,15 +87,17 @@ impl Replica {
 pub async fn run(
     node_id: NodeId,
     key: ReplicaKey,
-    spec: ServerSpec,
+    mut settings: Settings,
     launcher: Arc<dyn McpLauncher>,
     fence: Fence,
     reports: Arc<Reports>,
     mut stop: StopSignal,
 ) {
+    let spec = settings.borrow_and_update().clone();
     let mut replica = Replica {
         health: ReplicaHealth {
             node_id,
+            transport_revision: key.transport_revision,
             state: ReplicaState::Starting,
             breaker: crate::registry::BreakerState::Closed,
             restarts: 0,
@@ -79,12 +105,14 @@ pub async fn run(
             probe_latency_ms: None,
         },
         breaker: Breaker::new(spec.circuit_breaker),
+        restarts: Restarts::new(spec.restart),
         key,
         spec,
+        settings,
         reports,
     };
-    let mut restarts = Restarts::new(replica.spec.restart);
     loop {
+        replica.refresh();
         // A replica in crash-loop says so while it tries again.
         if replica.health.state != ReplicaState::CrashLoop {
             replica.set_state(ReplicaState::Starting);
@@ -126,7 +154,8 @@ pub async fn run(
             Ended::Failed(error) => error,
         };
         replica.breaker.record_failure(Instant::now());
-        let decision = restarts.failed(Instant::now());
+        replica.refresh();
+        let decision = replica.restarts.failed(Instant::now());
         tracing::warn!(server = %replica.key.server, slot = replica.key.slot, %error,
             delay_ms = decision.delay.as_millis() as u64, crash_loop = decision.crash_loop,
             "replica failed");
@@ -147,22 +176,31 @@ pub async fn run(
 
 /// Probes a started replica until it fails or is stopped.
 async fn probe(replica: &mut Replica, connection: &mut Connection, stop: &mut StopSignal) -> Ended {
-    let check = replica.spec.health_check;
+    let mut check = replica.spec.health_check;
     let mut interval = tokio::time::interval(Duration::from_millis(check.interval_ms));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let timeout = Duration::from_millis(check.timeout_ms);
-    let restart_after = check
-        .unhealthy_threshold
-        .saturating_mul(RESTART_AFTER_UNHEALTHY_ROUNDS);
     let (mut successes, mut failures) = (0u32, 0u32);
     loop {
         tokio::select! {
             _ = interval.tick() => {}
+            changed = replica.settings.changed(), if replica.settings.has_changed().is_ok() => {
+                // New settings apply at once, without a restart.
+                if changed.is_ok() && replica.refresh() && replica.spec.health_check != check {
+                    check = replica.spec.health_check;
+                    interval = tokio::time::interval(Duration::from_millis(check.interval_ms));
+                    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                }
+                continue;
+            }
             exit = connection.exited() => return Ended::Failed(exit),
             grace = stop.wait_for(Option::is_some) => {
                 return Ended::Stopped(grace.ok().and_then(|g| *g).unwrap_or_default());
             }
         }
+        let timeout = Duration::from_millis(check.timeout_ms);
+        let restart_after = check
+            .unhealthy_threshold
+            .saturating_mul(RESTART_AFTER_UNHEALTHY_ROUNDS);
         let before = (replica.health.state, replica.breaker.state(Instant::now()));
         // A stop never waits for the ping in flight.
         let pinged = tokio::select! {

@@ -34,6 +34,11 @@ impl Restarts {
     /// The delay doubles with each failure in the window, up to `max_backoff_ms`; with
     /// `crash_loop_restarts` failures in the window the replica is in crash-loop (it
     /// still retries, at the longest delay).
+    /// Takes a new policy (a spec change applies live); the history stays.
+    pub fn reconfigure(&mut self, policy: RestartPolicy) {
+        self.policy = policy;
+    }
+
     pub fn failed(&mut self, now: Instant) -> Decision {
         let window = Duration::from_millis(self.policy.crash_loop_window_ms);
         while self

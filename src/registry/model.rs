@@ -133,6 +133,9 @@ pub struct ServerRecord {
     pub spec: ServerSpec,
     pub create_revision: u64,
     pub mod_revision: u64,
+    /// The revision at which the transport (how replicas are launched or reached) last
+    /// changed. Other changes (settings, replicas, tags) apply without a restart.
+    pub transport_revision: u64,
 }
 
 /// A node's liveness, as the leader sees it from the node's heartbeats.
@@ -206,6 +209,8 @@ pub enum BreakerState {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaHealth {
     pub node_id: NodeId,
+    /// The server's `transport_revision` this replica runs.
+    pub transport_revision: u64,
     pub state: ReplicaState,
     pub breaker: BreakerState,
     pub restarts: u32,

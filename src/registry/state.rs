@@ -301,10 +301,15 @@ impl Registry {
         }
         self.revision += 1;
         let create_revision = current.map_or(self.revision, |r| r.create_revision);
+        let transport_revision = match current {
+            Some(current) if current.spec.transport == spec.transport => current.transport_revision,
+            _ => self.revision,
+        };
         let record = ServerRecord {
             spec: spec.clone(),
             create_revision,
             mod_revision: self.revision,
+            transport_revision,
         };
         // Slots beyond the new replica count no longer exist.
         self.assignments

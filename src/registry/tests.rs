@@ -401,6 +401,7 @@ fn plans_apply_only_in_the_term_that_made_them() {
         ("a".into(), 0),
         ReplicaHealth {
             node_id: 1,
+            transport_revision: 0,
             state: ReplicaState::Healthy,
             breaker: BreakerState::Closed,
             restarts: 0,
@@ -420,6 +421,7 @@ fn plans_apply_only_in_the_term_that_made_them() {
 fn healthy_on(node_id: NodeId) -> ReplicaHealth {
     ReplicaHealth {
         node_id,
+        transport_revision: 0,
         state: ReplicaState::Healthy,
         breaker: BreakerState::Closed,
         restarts: 0,
@@ -591,4 +593,25 @@ proptest! {
             bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
         prop_assert_eq!(decoded, first);
     }
+}
+
+#[test]
+fn only_a_transport_change_moves_the_transport_revision() {
+    let mut registry = Registry::default();
+    registry.apply(&put(echo("a")));
+    assert_eq!(registry.servers["a"].transport_revision, 1);
+    registry.apply(&put(with(echo("a"), |s| {
+        s.replicas = 3;
+        s.health_check.interval_ms = 500;
+        s.circuit_breaker.open_ms = 1_000;
+    })));
+    assert_eq!(registry.servers["a"].mod_revision, 2);
+    assert_eq!(registry.servers["a"].transport_revision, 1);
+    registry.apply(&put(with(echo("a"), |s| {
+        s.transport = Transport::Http {
+            url: "http://127.0.0.1:1/mcp".into(),
+            headers: BTreeMap::new(),
+        }
+    })));
+    assert_eq!(registry.servers["a"].transport_revision, 3);
 }
