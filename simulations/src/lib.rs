@@ -196,6 +196,21 @@ pub fn add_nodes(
     let mut disks = BTreeMap::new();
     let probe = Arc::new(SimProbe::default());
     let instances = Arc::new(mcp::Instances::default());
+    // The host on which every node's MCP servers run (never crashed).
+    let (spawner, servers) = tokio::sync::mpsc::unbounded_channel::<mcp::ServerTask>();
+    instances.run_servers_on(spawner);
+    let servers = Arc::new(Mutex::new(Some(servers)));
+    sim.host("processes", move || {
+        let servers = servers.lock().unwrap_or_else(|e| e.into_inner()).take();
+        async move {
+            if let Some(mut servers) = servers {
+                while let Some(server) = servers.recv().await {
+                    tokio::spawn(server);
+                }
+            }
+            Ok(())
+        }
+    });
     for config in configs {
         let id = config.id;
         let disk = Arc::new(MemoryDisk::new());

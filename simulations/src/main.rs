@@ -32,10 +32,11 @@ struct Args {
     /// the two trace hashes differ.
     #[arg(long)]
     check_determinism: bool,
-    /// The scenario to run.
-    #[arg(long, default_value = SCENARIOS[0], value_parser = SCENARIOS)]
-    scenario: String,
-    /// Nodes in the cluster (the chaos scenario; the others run three).
+    /// The scenario to run (default: chaos, or the scenario made to catch the bug given
+    /// with --inject-bug).
+    #[arg(long, value_parser = SCENARIOS)]
+    scenario: Option<String>,
+    /// Nodes in the cluster (the chaos scenario; the others run a fixed number).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(3..=7))]
     nodes: u64,
     /// Switch on a deliberate bug (`list` prints their names). A sweep stops at the first
@@ -55,11 +56,15 @@ struct Args {
 }
 
 impl Args {
+    fn scenario(&self) -> &str {
+        self.scenario.as_deref().unwrap_or(SCENARIOS[0])
+    }
+
     /// The flags that select what runs, as a replay must repeat them.
     fn selection(&self) -> Vec<String> {
         let mut flags = vec![
             "--scenario".to_string(),
-            self.scenario.clone(),
+            self.scenario().to_string(),
             "--nodes".to_string(),
             self.nodes.to_string(),
         ];
@@ -103,7 +108,7 @@ fn usage_error(message: &str) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
     if args.inject_bug.as_deref() == Some("list") {
         for bug in Bug::ALL {
             println!("{}", bug.name());
@@ -122,8 +127,14 @@ fn main() -> ExitCode {
             ));
         }
     };
-    if args.scenario != "chaos" && args.nodes != 3 {
-        return usage_error(&format!("scenario {} runs three nodes", args.scenario));
+    if args.scenario.is_none() {
+        args.scenario = bug.map(|bug| scenarios::catches(bug).to_string());
+    }
+    if args.scenario() != "chaos" && args.nodes != 3 {
+        return usage_error(&format!(
+            "scenario {} runs a fixed number of nodes",
+            args.scenario()
+        ));
     }
     // Node logs, for replaying a seed: RUST_LOG=mcpfleet=debug,openraft=info.
     if std::env::var_os("RUST_LOG").is_some() {
@@ -144,7 +155,7 @@ fn main() -> ExitCode {
 fn run_one(args: &Args, seed: u64, bug: Option<Bug>) -> ExitCode {
     bugs::switch_on(bug);
     let started = Instant::now();
-    let report = scenarios::run(&args.scenario, seed, args.nodes);
+    let report = scenarios::run(args.scenario(), seed, args.nodes);
     let wall = started.elapsed().as_secs_f64();
     if !args.quiet {
         if let Some(bug) = bug {

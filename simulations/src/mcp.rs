@@ -5,7 +5,10 @@
 //! While the faults last, the seed decides how each one misbehaves: it starts slowly,
 //! crashes after a while, or hangs (stops answering with its pipe open). Afterwards every
 //! new one behaves. Every running server is recorded in `Instances`, which the fencing
-//! checker reads; a server dies with its host.
+//! checker reads. Servers run on a process host of their own, as a real server runs
+//! under its supervisor beside the node: a crashed node's servers take their time to
+//! exit (some run on after their stdin closes), and only a stop or the supervisor's
+//! deadline ends them. Stops take time too (a real SIGTERM grace).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -26,6 +29,9 @@ use rmcp::ServiceExt;
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::sync::watch;
 
+/// How long a real supervisor gives its server between SIGTERM and SIGKILL when its
+/// node is gone (never past the deadline).
+const SUPERVISOR_GRACE_MS: u64 = 2_000;
 /// Bytes buffered in each direction of a server's pipe.
 const PIPE_BYTES: usize = 64 * 1024;
 
@@ -35,14 +41,36 @@ struct SimServer;
 
 impl rmcp::ServerHandler for SimServer {}
 
+/// A server's life, run on the process host.
+pub type ServerTask = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// The MCP servers running anywhere in the simulation, by instance number.
 #[derive(Default)]
 pub struct Instances {
     running: Mutex<BTreeMap<u64, (u64, ReplicaId)>>,
     next: AtomicU64,
+    /// Hands servers to the process host, which runs them.
+    spawner: Mutex<Option<tokio::sync::mpsc::UnboundedSender<ServerTask>>>,
 }
 
 impl Instances {
+    /// Where launched servers go from now on: the process host's queue.
+    pub fn run_servers_on(&self, spawner: tokio::sync::mpsc::UnboundedSender<ServerTask>) {
+        *self.spawner.lock().unwrap_or_else(|e| e.into_inner()) = Some(spawner);
+    }
+
+    fn spawn(&self, task: ServerTask) {
+        let spawner = self.spawner.lock().unwrap_or_else(|e| e.into_inner());
+        match spawner.as_ref() {
+            Some(spawner) => {
+                let _ = spawner.send(task);
+            }
+            None => {
+                tokio::spawn(task);
+            }
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, (u64, ReplicaId)>> {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -179,21 +207,33 @@ impl SimLauncher {
         }
     }
 
-    fn draw(&self) -> (Duration, Behaviour) {
+    fn draw(&self) -> (Duration, Behaviour, Duration, bool) {
         let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
         let start = Duration::from_millis(rng.gen_range(5..200));
         let now = turmoil::sim_elapsed().unwrap_or_default();
+        let misbehaving = now < self.misbehave_until;
+        // How long it takes to exit once told to (a real SIGTERM grace), and whether
+        // it runs on once its stdin closes.
+        let exit_delay = Duration::from_millis(if misbehaving {
+            rng.gen_range(0..=SUPERVISOR_GRACE_MS)
+        } else {
+            rng.gen_range(0..50)
+        });
+        let lingers = misbehaving && rng.gen_bool(0.5);
         let lifetime = Duration::from_millis(rng.gen_range(300..5_000));
         let behaviour = match rng.gen_range(0..100) {
             _ if now >= self.misbehave_until => Behaviour::Healthy,
             0..15 => Behaviour::CrashAfter(lifetime),
             15..25 => Behaviour::HangAfter(lifetime),
             // Slow to start: answers initialize only after a few seconds.
-            25..35 => return (start + Duration::from_secs(3), Behaviour::Healthy),
+            25..35 => {
+                let start = start + Duration::from_secs(3);
+                return (start, Behaviour::Healthy, exit_delay, lingers);
+            }
             35..45 => Behaviour::Slow(Duration::from_millis(rng.gen_range(20..300))),
             _ => Behaviour::Healthy,
         };
-        (start, behaviour)
+        (start, behaviour, exit_delay, lingers)
     }
 }
 
@@ -205,7 +245,7 @@ impl McpLauncher for SimLauncher {
         _transport: &Transport,
         fence: Fence,
     ) -> Result<Launched, LaunchError> {
-        let (start, behaviour) = self.draw();
+        let (start, behaviour, exit_delay, lingers) = self.draw();
         let (client_end, server_end) = tokio::io::duplex(PIPE_BYTES);
         let frozen = Arc::new(AtomicBool::new(false));
         let io = Freezable {
@@ -228,47 +268,77 @@ impl McpLauncher for SimLauncher {
             exited: exited_tx,
             how: "process exited with code 1: simulated crash".into(),
         };
-        let task = tokio::spawn(async move {
-            // The supervisor's deadline ends the server whatever the node does.
-            let server = async {
-                tokio::time::sleep(start).await;
-                let Ok(service) = SimServer.serve(io).await else {
-                    return;
-                };
-                match behaviour {
-                    Behaviour::Healthy | Behaviour::Slow(_) => {
-                        let _ = service.waiting().await;
-                        guard.how = "process exited with code 0".into();
-                    }
-                    Behaviour::CrashAfter(lifetime) => {
-                        tokio::select! {
-                            _ = tokio::time::sleep(lifetime) => {}
-                            _ = service.waiting() => guard.how = "process exited with code 0".into(),
-                        }
-                    }
-                    Behaviour::HangAfter(lifetime) => {
-                        tokio::time::sleep(lifetime).await;
-                        frozen.store(true, Ordering::Relaxed);
+        let (stop_tx, mut stop_rx) = watch::channel(None::<Duration>);
+        let server = async move {
+            tokio::time::sleep(start).await;
+            let Ok(service) = SimServer.serve(io).await else {
+                return "process exited with code 1: no handshake".to_string();
+            };
+            match behaviour {
+                Behaviour::Healthy | Behaviour::Slow(_) => {
+                    let _ = service.waiting().await;
+                    if lingers {
+                        // Its stdin closed, and it runs on: only a stop or the fence
+                        // ends it.
                         std::future::pending::<()>().await;
                     }
+                    "process exited with code 0".to_string()
                 }
-            };
+                Behaviour::CrashAfter(lifetime) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(lifetime) => "process exited with code 1: simulated crash".to_string(),
+                        _ = service.waiting() => "process exited with code 0".to_string(),
+                    }
+                }
+                Behaviour::HangAfter(lifetime) => {
+                    tokio::time::sleep(lifetime).await;
+                    frozen.store(true, Ordering::Relaxed);
+                    std::future::pending::<String>().await
+                }
+            }
+        };
+        // The server runs on the simulation's process host, not the node's: like a real
+        // server under its supervisor, it outlives a crash of its node until it is
+        // stopped or the supervisor's deadline passes.
+        self.instances.spawn(Box::pin(async move {
             tokio::select! {
-                _ = server => {}
-                _ = fence_deadline(fence) => {
+                how = server => guard.how = how,
+                _ = fence_deadline(fence.clone()) => {
                     guard.how = "process killed by signal 9: the node's deadline passed".into();
+                }
+                grace = stop_requested(&mut stop_rx) => {
+                    // Told to stop (SIGTERM, SIGKILL after the grace) or, with the node
+                    // gone, by the supervisor (its grace, never past the deadline).
+                    tokio::select! {
+                        _ = tokio::time::sleep(exit_delay.min(grace)) => {}
+                        _ = fence_deadline(fence) => {}
+                    }
+                    guard.how = "stopped".into();
                 }
             }
             drop(guard);
-        });
+        }));
         let (reader, writer) = tokio::io::split(client_end);
         Ok(Launched {
             io: McpIo::Streams {
                 reader: Box::pin(reader),
                 writer: Box::pin(writer),
             },
-            process: Some(Box::new(SimProcess { task, exited })),
+            process: Some(Box::new(SimProcess {
+                stop: stop_tx,
+                exited,
+            })),
         })
+    }
+}
+
+/// The grace of a stop request; the supervisor's grace once the node is gone (the
+/// sender dropped).
+async fn stop_requested(stop: &mut watch::Receiver<Option<Duration>>) -> Duration {
+    let requested = stop.wait_for(Option::is_some).await.map(|grace| *grace);
+    match requested {
+        Ok(grace) => grace.unwrap_or_default(),
+        Err(_) => Duration::from_millis(SUPERVISOR_GRACE_MS),
     }
 }
 
@@ -299,7 +369,8 @@ async fn fence_deadline(mut fence: Fence) {
 }
 
 struct SimProcess {
-    task: tokio::task::JoinHandle<()>,
+    /// Dropped with the node: the server's supervisor then stops it on its own.
+    stop: watch::Sender<Option<Duration>>,
     exited: watch::Receiver<Option<String>>,
 }
 
@@ -312,14 +383,8 @@ impl ServerProcess for SimProcess {
         }
     }
 
-    async fn stop(&mut self, _grace: Duration) {
-        self.task.abort();
-        let _ = (&mut self.task).await;
-    }
-}
-
-impl Drop for SimProcess {
-    fn drop(&mut self) {
-        self.task.abort();
+    async fn stop(&mut self, grace: Duration) {
+        self.stop.send_replace(Some(grace));
+        let _ = self.exited.wait_for(Option::is_some).await;
     }
 }

@@ -271,6 +271,115 @@ pub fn leader_crash(seed: u64) -> Result<Report, String> {
     Ok(report(seed, &sim, &events, &disks, &[]))
 }
 
+/// How long after its write a server added once a drained node and the leader have died
+/// may take to run, healthy, on a live node.
+const DRAINED_PLACEMENT_BOUND: Duration = Duration::from_secs(15);
+
+/// Five nodes. An operator drains a follower, which then dies and stays dead, still
+/// draining; then the leader dies. A server added afterwards must be placed on a live
+/// node and run there, healthy, within `DRAINED_PLACEMENT_BOUND` (a dead draining node
+/// must never hold up the hand-overs of the whole cluster).
+pub fn drained_node_dies(seed: u64) -> Result<Report, String> {
+    use mcpfleet::registry::ReplicaState;
+    let mut sim = lan_sim(seed);
+    let all: Vec<u64> = (1..=5).collect();
+    let cluster = add_nodes(&mut sim, seed, cluster_configs(5), Duration::ZERO);
+    let events = Rc::new(RefCell::new(Vec::<String>::new()));
+    // Every node registered; drain a follower.
+    let chosen = Rc::new(RefCell::new(None::<(u64, u64)>));
+    let (log, found, nodes) = (events.clone(), chosen.clone(), all.clone());
+    sim.client("operator", async move {
+        let leader = find_leader(&nodes).await?;
+        let drained = *nodes.iter().find(|id| **id != leader).ok_or("no follower")?;
+        for _ in 0..200 {
+            let registered = client(leader)
+                .fleet_status(pb::FleetStatusRequest { stale: false })
+                .await
+                .map(|s| s.into_inner().nodes.len())
+                .unwrap_or(0);
+            if registered == nodes.len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        client(leader)
+            .set_node_status(pb::SetNodeStatusRequest {
+                id: drained,
+                status: "draining".into(),
+            })
+            .await?;
+        log.borrow_mut()
+            .push(format!("leader {leader}; node {drained} drained"));
+        *found.borrow_mut() = Some((leader, drained));
+        Ok(())
+    });
+    run_until(&mut sim, || chosen.borrow().is_some(), "before the drain")?;
+    let (leader, drained) = chosen.borrow().expect("set by the operator");
+    for _ in 0..200 {
+        sim.step().map_err(|e| e.to_string())?;
+    }
+    cluster.crash(&mut sim, drained);
+    for _ in 0..500 {
+        sim.step().map_err(|e| e.to_string())?;
+    }
+    cluster.crash(&mut sim, leader);
+    events.borrow_mut().push(format!(
+        "crashed drained node {drained}, then leader {leader}, at {:?}",
+        sim.elapsed()
+    ));
+    let alive: Vec<u64> = all
+        .iter()
+        .copied()
+        .filter(|id| ![leader, drained].contains(id))
+        .collect();
+    let written = Rc::new(RefCell::new(None::<Duration>));
+    let (log, done, nodes) = (events.clone(), written.clone(), alive.clone());
+    sim.client("client-late", async move {
+        let leader = find_leader(&nodes).await?;
+        let revision = put_until_acknowledged(leader, "late").await?;
+        log.borrow_mut().push(format!(
+            "new leader {leader}; 'late' acknowledged at revision {revision}"
+        ));
+        *done.borrow_mut() = turmoil::sim_elapsed();
+        Ok(())
+    });
+    run_until(&mut sim, || written.borrow().is_some(), "before the late write")?;
+    let written_at = written.borrow().expect("set by the client");
+    loop {
+        cluster.instances.check_fencing()?;
+        let placed = cluster.probe.with_nodes(|windows| {
+            let window = windows.get(&alive[0])?;
+            let applied = window.view.read();
+            let registry = &applied.registry;
+            let key = ("late".to_string(), 0);
+            let assignment = registry.assignments.get(&key)?;
+            let healthy = registry
+                .health
+                .get(&key)
+                .is_some_and(|h| h.state == ReplicaState::Healthy);
+            (healthy && alive.contains(&assignment.node_id)).then_some(assignment.node_id)
+        });
+        if let Some(node) = placed {
+            events.borrow_mut().push(format!(
+                "'late' healthy on node {node} {:?} after its write",
+                sim.elapsed() - written_at
+            ));
+            break;
+        }
+        if sim.elapsed() > written_at + DRAINED_PLACEMENT_BOUND {
+            return Err(format!(
+                "'late' was not running, healthy, on a live node within \
+                 {DRAINED_PLACEMENT_BOUND:?} of its write (drained node {drained} and leader \
+                 {leader} dead): {}",
+                describe_nodes(&cluster)
+            ));
+        }
+        sim.step().map_err(|e| e.to_string())?;
+    }
+    let events = events.borrow().clone();
+    Ok(report(seed, &sim, &events, &cluster.disks, &[]))
+}
+
 /// Asks every node in `nodes` for its term and leader; nodes that do not answer or know
 /// no leader are left out.
 async fn observe_leaders(nodes: &[u64]) -> Vec<(u64, u64)> {
@@ -417,7 +526,21 @@ pub fn leader_partition(seed: u64) -> Result<Report, String> {
 }
 
 /// The scenarios by name, for the command line; the first is the default.
-pub const SCENARIOS: [&str; 3] = ["chaos", "leader-crash", "leader-partition"];
+pub const SCENARIOS: [&str; 4] = [
+    "chaos",
+    "leader-crash",
+    "leader-partition",
+    "drained-node-dies",
+];
+
+/// The scenario that catches `bug` (chaos, unless a bug needs a fault schedule of its
+/// own).
+pub fn catches(bug: mcpfleet::env::bugs::Bug) -> &'static str {
+    match bug {
+        mcpfleet::env::bugs::Bug::DeadDrainBlocks => "drained-node-dies",
+        _ => "chaos",
+    }
+}
 
 /// Runs the scenario called `name` for `seed` with `nodes` nodes.
 pub fn run(name: &str, seed: u64, nodes: u64) -> Report {
@@ -435,6 +558,7 @@ pub fn run(name: &str, seed: u64, nodes: u64) -> Report {
         "chaos" => chaos(seed, nodes),
         "leader-crash" => fixed(leader_crash(seed)),
         "leader-partition" => fixed(leader_partition(seed)),
+        "drained-node-dies" => fixed(drained_node_dies(seed)),
         other => fixed(Err(format!(
             "unknown scenario {other:?}; known: {}",
             SCENARIOS.join(", ")

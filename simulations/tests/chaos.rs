@@ -64,7 +64,9 @@ fn bug_names_are_listed_and_unknown_ones_are_usage_errors() {
             "skip-vote-fsync",
             "ignore-lease",
             "no-leader-grace",
-            "accept-stale-plan"
+            "accept-stale-plan",
+            "dead-drain-blocks",
+            "ignore-fence-deadline"
         ]
     );
     let output = Command::new(env!("CARGO_BIN_EXE_mcpfleet-sim"))

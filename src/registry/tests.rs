@@ -602,7 +602,7 @@ fn only_a_transport_change_moves_the_transport_revision() {
     assert_eq!(registry.servers["a"].transport_revision, 1);
     registry.apply(&put(with(echo("a"), |s| {
         s.replicas = 3;
-        s.health_check.interval_ms = 500;
+        s.health_check.interval_ms = 5_000;
         s.circuit_breaker.open_ms = 1_000;
     })));
     assert_eq!(registry.servers["a"].mod_revision, 2);
