@@ -269,6 +269,7 @@ impl McpLauncher for SimLauncher {
             how: "process exited with code 1: simulated crash".into(),
         };
         let (stop_tx, mut stop_rx) = watch::channel(None::<Duration>);
+        let fence = on_the_simulation_clock(fence);
         let server = async move {
             tokio::time::sleep(start).await;
             let Ok(service) = SimServer.serve(io).await else {
@@ -342,17 +343,47 @@ async fn stop_requested(stop: &mut watch::Receiver<Option<Duration>>) -> Duratio
     }
 }
 
+/// A fence deadline on the simulation's clock (time since it started). Hosts keep
+/// their own tokio clocks, which a restart resets, so the node's instants mean nothing
+/// on the process host: as the real node writes its deadlines on the host's monotonic
+/// clock, this one writes them as simulated time.
+type SimFence = watch::Receiver<Option<Duration>>;
+
+/// Forwards `fence`'s deadlines, as simulated time, from a task on the node's host: it
+/// dies with the node, and the last deadline then stands.
+fn on_the_simulation_clock(mut fence: Fence) -> SimFence {
+    let to_sim = |deadline: Option<tokio::time::Instant>| {
+        let now = turmoil::sim_elapsed().unwrap_or_default();
+        deadline.map(|until| now + until.saturating_duration_since(tokio::time::Instant::now()))
+    };
+    let (sender, receiver) = watch::channel(to_sim(*fence.borrow_and_update()));
+    tokio::spawn(async move {
+        while fence.changed().await.is_ok() {
+            let deadline = to_sim(*fence.borrow_and_update());
+            if sender.send(deadline).is_err() {
+                return;
+            }
+        }
+        // The agent is gone but the node runs on (it is shutting down): keep the last
+        // deadline in force by keeping the sender.
+        std::future::pending::<()>().await;
+    });
+    receiver
+}
+
 /// Resolves once the fence's deadline has passed (never, with the IgnoreFenceDeadline
 /// bug): what the real supervisor does.
-async fn fence_deadline(mut fence: Fence) {
+async fn fence_deadline(mut fence: SimFence) {
     if mcpfleet::env::bugs::active(mcpfleet::env::bugs::Bug::IgnoreFenceDeadline) {
         return std::future::pending().await;
     }
     loop {
-        let deadline = *fence.borrow_and_update();
-        let Some(deadline) = deadline else { return };
+        let Some(deadline) = *fence.borrow_and_update() else {
+            return;
+        };
+        let now = turmoil::sim_elapsed().unwrap_or_default();
         tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => {
+            _ = tokio::time::sleep(deadline.saturating_sub(now)) => {
                 if *fence.borrow() == Some(deadline) {
                     return;
                 }
@@ -360,7 +391,8 @@ async fn fence_deadline(mut fence: Fence) {
             changed = fence.changed() => {
                 if changed.is_err() {
                     // No more renewals: the last deadline stands.
-                    tokio::time::sleep_until(deadline).await;
+                    let now = turmoil::sim_elapsed().unwrap_or_default();
+                    tokio::time::sleep(deadline.saturating_sub(now)).await;
                     return;
                 }
             }

@@ -290,7 +290,10 @@ pub fn drained_node_dies(seed: u64) -> Result<Report, String> {
     let (log, found, nodes) = (events.clone(), chosen.clone(), all.clone());
     sim.client("operator", async move {
         let leader = find_leader(&nodes).await?;
-        let drained = *nodes.iter().find(|id| **id != leader).ok_or("no follower")?;
+        let drained = *nodes
+            .iter()
+            .find(|id| **id != leader)
+            .ok_or("no follower")?;
         for _ in 0..200 {
             let registered = client(leader)
                 .fleet_status(pb::FleetStatusRequest { stale: false })
@@ -343,7 +346,11 @@ pub fn drained_node_dies(seed: u64) -> Result<Report, String> {
         *done.borrow_mut() = turmoil::sim_elapsed();
         Ok(())
     });
-    run_until(&mut sim, || written.borrow().is_some(), "before the late write")?;
+    run_until(
+        &mut sim,
+        || written.borrow().is_some(),
+        "before the late write",
+    )?;
     let written_at = written.borrow().expect("set by the client");
     loop {
         cluster.instances.check_fencing()?;
