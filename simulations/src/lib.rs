@@ -179,6 +179,7 @@ impl SimCluster {
     /// Crashes node `id` as a power loss would: its tasks stop and what it had not made
     /// durable is gone.
     pub fn crash(&self, sim: &mut turmoil::Sim<'_>, id: u64) {
+        self.instances.node_crashed(id);
         sim.crash(host_name(id));
         self.disks[&id].crash();
         self.probe.forget(id);

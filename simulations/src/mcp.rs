@@ -51,12 +51,30 @@ pub struct Instances {
     next: AtomicU64,
     /// Hands servers to the process host, which runs them.
     spawner: Mutex<Option<tokio::sync::mpsc::UnboundedSender<ServerTask>>>,
+    /// How many times each node has crashed: a server whose node crashed after its
+    /// launch is left to its supervisor; one the live node dropped is killed at once.
+    crashes: Mutex<BTreeMap<u64, u64>>,
 }
 
 impl Instances {
     /// Where launched servers go from now on: the process host's queue.
     pub fn run_servers_on(&self, spawner: tokio::sync::mpsc::UnboundedSender<ServerTask>) {
         *self.spawner.lock().unwrap_or_else(|e| e.into_inner()) = Some(spawner);
+    }
+
+    /// Called just before node `node` crashes.
+    pub fn node_crashed(&self, node: u64) {
+        *self
+            .crashes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(node)
+            .or_default() += 1;
+    }
+
+    fn crashes(&self, node: u64) -> u64 {
+        let crashes = self.crashes.lock().unwrap_or_else(|e| e.into_inner());
+        crashes.get(&node).copied().unwrap_or(0)
     }
 
     fn spawn(&self, task: ServerTask) {
@@ -328,6 +346,9 @@ impl McpLauncher for SimLauncher {
             process: Some(Box::new(SimProcess {
                 stop: stop_tx,
                 exited,
+                instances: self.instances.clone(),
+                node: self.node,
+                crashes: self.instances.crashes(self.node),
             })),
         })
     }
@@ -404,6 +425,21 @@ struct SimProcess {
     /// Dropped with the node: the server's supervisor then stops it on its own.
     stop: watch::Sender<Option<Duration>>,
     exited: watch::Receiver<Option<String>>,
+    instances: Arc<Instances>,
+    node: u64,
+    /// The node's crash count at launch.
+    crashes: u64,
+}
+
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        // Dropped by a live node (a start given up half-way): killed at once, as the
+        // real launcher's drop SIGKILLs the group. Dropped because the node crashed:
+        // the sender goes, and the supervisor takes over.
+        if self.instances.crashes(self.node) == self.crashes {
+            self.stop.send_replace(Some(Duration::ZERO));
+        }
+    }
 }
 
 #[async_trait]

@@ -336,7 +336,15 @@ impl Drop for ChildProcess {
             task.abort();
         }
         if self.exit.is_none() {
+            // Dropped without a stop (a start given up half-way): kill it now, the
+            // supervisor with its group, and what escaped the group with the cgroup.
+            let supervisor = self.child.id();
             self.signal_group(libc::SIGKILL);
+            if let (true, Some(pid)) = (self.supervised, supervisor) {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(super::process_tree::reap_replica_cgroup(pid));
+                }
+            }
         }
     }
 }
