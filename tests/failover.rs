@@ -452,3 +452,78 @@ fn spec_changes_restart_nothing_but_a_transport_change_rolls() -> Result<()> {
     eprintln!("transport change rolled; fewest healthy replicas seen: {fewest}");
     Ok(())
 }
+
+#[test]
+fn a_voter_on_a_wiped_data_dir_is_refused_and_the_replace_procedure_works() -> Result<()> {
+    let mut cluster = Cluster::start(3)?;
+    let endpoint = cluster.addr(1);
+    wait_for_leader(&endpoint, Duration::from_secs(20))?;
+    // Every node has registered (with its incarnation).
+    eventually(Duration::from_secs(20), || {
+        let states = node_states(&endpoint)?;
+        ensure!(states.len() == 3, "not every node registered: {states:?}");
+        Ok(())
+    })?;
+    add_server(&endpoint, "before", &["--command", "echo"])?;
+
+    // Node 3 restarts on an empty data dir under its old id: refused, with the reason.
+    let status = cluster.node(3).terminate(Duration::from_secs(15))?;
+    ensure!(status.success());
+    let data = cluster.node(3).data.clone();
+    std::fs::remove_dir_all(&data)?;
+    let log = data.with_extension("log");
+    std::fs::write(&log, "")?;
+    cluster.node(3).restart()?;
+    let exit = eventually(Duration::from_secs(20), || {
+        let child = cluster.node(3).child.as_mut().context("running")?;
+        child.try_wait()?.context("node 3 still runs")
+    })?;
+    cluster.node(3).child = None;
+    ensure!(
+        !exit.success(),
+        "a replaced node must exit non-zero, got {exit}"
+    );
+    let text = std::fs::read_to_string(&log)?;
+    let reason = text
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .context("an error line")?;
+    ensure!(
+        reason.contains("cannot rejoin under its old id") && reason.contains("remove-node 3"),
+        "unclear reason: {reason}"
+    );
+    eprintln!("{reason}");
+    // The cluster keeps working meanwhile.
+    add_server(&endpoint, "during", &["--command", "echo"])?;
+
+    // The documented procedure: remove it, then start it on an empty data dir with
+    // --join.
+    let output = cli(&endpoint, &["cluster", "remove-node", "3"]);
+    ensure!(
+        output.status.success(),
+        "remove-node: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::fs::remove_dir_all(&data).ok();
+    let addr = cluster.addr(3);
+    cluster.nodes[2] = NodeProcess::start(3, &addr, &data, &["--join".into(), endpoint.clone()])?;
+    eventually(Duration::from_secs(30), || {
+        let status = cli_json(&endpoint, &["cluster", "status"])?;
+        let members = status["members"].as_array().cloned().unwrap_or_default();
+        ensure!(
+            members.len() == 3 && members.iter().all(|m| m["voter"] == true),
+            "members: {members:?}"
+        );
+        let states = node_states(&endpoint)?;
+        ensure!(
+            states.get(&3).map(|s| s.0.as_str()) == Some("up"),
+            "node 3: {:?}",
+            states.get(&3)
+        );
+        Ok(())
+    })?;
+    // It serves linearizable reads of everything written before.
+    let names = server_names(&addr, false)?;
+    ensure!(names == ["before", "during"], "node 3 lists {names:?}");
+    Ok(())
+}

@@ -42,7 +42,7 @@ use crate::env::bugs::{self, Bug};
 use crate::env::launcher::{Fence, McpLauncher};
 use crate::node::controller::Heartbeat;
 use crate::node::timing::{FENCE_GRACE_MS, RECONCILE_MS, STOP_GRACE_MS};
-use crate::node::{LeaderOp, LeaderOpResult, NodeHandle};
+use crate::node::{LeaderError, LeaderOp, LeaderOpResult, NodeHandle};
 use crate::registry::{ReplicaState, ServerSpec};
 use reporter::Reports;
 
@@ -315,6 +315,7 @@ async fn heartbeat(
             addr: config.advertise.clone(),
             tags: config.tags.clone(),
             capacity: config.capacity,
+            incarnation: handle.incarnations.own(),
             // Read together, with nothing in between: the slots running or stopping
             // right now (each reconcile publishes them after it starts any), and an
             // index from which on this node starts nothing the registry does not
@@ -337,6 +338,9 @@ async fn heartbeat(
             }
             None => continue,
         };
+        if let Err(LeaderError::Replaced(reason)) = &answer {
+            handle.incarnations.refused(reason);
+        }
         if let Ok(LeaderOpResult::Lease(grant)) = answer {
             let valid_until = sent + Duration::from_millis(config.lease_ms);
             // The supervisors learn the new deadline before anything may start under it.

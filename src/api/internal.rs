@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::node::{LeaderOp, NodeHandle};
+use crate::node::{LeaderError, LeaderOp, NodeHandle};
 use crate::proto::internal::raft_internal_server::RaftInternal;
 use crate::proto::internal::{RaftKind, RaftMessage};
 use crate::raft::codec::{decode, encode};
@@ -70,6 +70,9 @@ impl RaftInternal for InternalApi {
         &self,
         request: Request<Streaming<RaftMessage>>,
     ) -> Result<Response<RaftStream>, Status> {
+        if let Err(reason) = self.node.incarnations.check_metadata(request.metadata()) {
+            return Err(Status::failed_precondition(reason));
+        }
         let inbound = request.into_inner();
         let node = self.node.clone();
         // Requests are answered one at a time, in order; the stream ends when the sender
@@ -87,15 +90,23 @@ impl RaftInternal for InternalApi {
             },
         );
         let answers = answers.take_until(self.node.shutdown_signal());
-        Ok(Response::new(Box::pin(answers)))
+        let mut response = Response::new(Box::pin(answers) as RaftStream);
+        self.node.incarnations.stamp(response.metadata_mut());
+        Ok(response)
     }
 
     async fn execute(
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let op: LeaderOp = decode_payload(&request.into_inner().payload)?;
-        let payload = encode_payload(&self.node.execute_local(op).await)?;
+        let result = match self.node.incarnations.check_metadata(request.metadata()) {
+            Ok(()) => {
+                let op: LeaderOp = decode_payload(&request.into_inner().payload)?;
+                self.node.execute_local(op).await
+            }
+            Err(reason) => Err(LeaderError::Replaced(reason)),
+        };
+        let payload = encode_payload(&result)?;
         Ok(Response::new(RaftMessage {
             payload,
             ..Default::default()

@@ -42,6 +42,8 @@ pub struct Heartbeat {
     pub addr: String,
     pub tags: Vec<String>,
     pub capacity: Option<u32>,
+    /// The incarnation of the node's data dir.
+    pub incarnation: u64,
     /// The node's applied index when it sent this.
     pub applied: u64,
     /// The slots the node runs or is still stopping, as (server, slot).
@@ -95,6 +97,10 @@ impl NodeHandle {
             )));
         }
         let id = heartbeat.id;
+        // A node that came back on a wiped data dir must not take part under its old id.
+        self.incarnations
+            .check(id, heartbeat.incarnation)
+            .map_err(LeaderError::Replaced)?;
         // Read before the liveness lock is taken (locks in one order: view, liveness).
         let status = self.view.read().registry.nodes.get(&id).map(|n| n.status);
         let now = Instant::now();
@@ -370,6 +376,7 @@ fn liveness_commands(handle: &NodeHandle, leading_since: Instant) -> Vec<Command
             node.addr != heard.heartbeat.addr
                 || node.tags != heard.heartbeat.tags
                 || node.capacity != heard.heartbeat.capacity
+                || node.incarnation != heard.heartbeat.incarnation
         });
         if changed {
             commands.push(Command::RegisterNode {
@@ -377,6 +384,7 @@ fn liveness_commands(handle: &NodeHandle, leading_since: Instant) -> Vec<Command
                 addr: heard.heartbeat.addr.clone(),
                 tags: heard.heartbeat.tags.clone(),
                 capacity: heard.heartbeat.capacity,
+                incarnation: heard.heartbeat.incarnation,
             });
         }
     }

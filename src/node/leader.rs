@@ -75,6 +75,9 @@ pub enum LeaderError {
     Rejected(String),
     #[error("{0}")]
     Failed(String),
+    /// The caller's data dir was replaced: it must be removed and added again.
+    #[error("{0}")]
+    Replaced(String),
 }
 
 impl NodeHandle {
@@ -131,7 +134,9 @@ impl NodeHandle {
             };
             match attempt {
                 Ok(result) => return Ok(result),
-                Err(LeaderError::Rejected(reason)) => return Err(NodeError::Rejected(reason)),
+                Err(LeaderError::Rejected(reason) | LeaderError::Replaced(reason)) => {
+                    return Err(NodeError::Rejected(reason))
+                }
                 Err(LeaderError::Failed(reason)) => return Err(NodeError::Raft(reason)),
                 Err(LeaderError::NotLeader { leader }) => {
                     if leader.is_some() {
@@ -176,10 +181,12 @@ impl NodeHandle {
             .map_err(|e| LeaderError::Failed(e.to_string()))?;
         let payload = encode(op).map_err(|e| LeaderError::Failed(e.to_string()))?;
         let mut client = RaftInternalClient::new(channel);
-        let call = client.execute(RaftMessage {
+        let mut request = tonic::Request::new(RaftMessage {
             payload,
             ..Default::default()
         });
+        self.incarnations.stamp(request.metadata_mut());
+        let call = client.execute(request);
         match tokio::time::timeout_at(deadline, call).await {
             Ok(Ok(response)) => {
                 decode::<Result<LeaderOpResult, LeaderError>>(&response.into_inner().payload)

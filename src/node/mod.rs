@@ -23,6 +23,7 @@ pub use leader::{LeaderError, LeaderOp, LeaderOpResult, Member};
 pub use proposer::Proposer;
 
 use crate::env::{Disk, Environment, Network, NetworkError};
+use crate::raft::incarnation::{self, Incarnations};
 use crate::raft::{LogStore, NetworkFactory, NodeId, Raft, RegistryView, StateMachineStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +64,8 @@ pub struct NodeHandle {
     disk: Arc<dyn Disk>,
     /// On the leader: when each node was last heard from.
     liveness: std::sync::Mutex<controller::Liveness>,
+    /// This node's data-dir incarnation, and the check of other nodes' ones.
+    pub incarnations: Arc<Incarnations>,
 }
 
 impl NodeHandle {
@@ -124,13 +127,22 @@ pub async fn run(
         state_machine = state_machine.observed_by(id, probe.clone());
     }
     let view = state_machine.view();
+    let own_incarnation = incarnation::load_or_create(env.disk.as_ref(), env.seed)
+        .await
+        .map_err(|e| {
+            NodeError::Storage(format!(
+                "data dir {} is corrupt: {e}",
+                config.data_dir.display()
+            ))
+        })?;
+    let incarnations = Incarnations::new(id, own_incarnation, view.clone());
     let raft_config = Arc::new(
         config
             .raft_config()
             .validate()
             .map_err(|e| NodeError::Raft(e.to_string()))?,
     );
-    let network = NetworkFactory::new(id, env.network.clone());
+    let network = NetworkFactory::new(id, env.network.clone(), incarnations.clone());
     // Everything openraft draws at random derives from the environment's seed.
     let raft = crate::env::runtime::with_seed(
         env.seed,
@@ -156,6 +168,7 @@ pub async fn run(
         shutdown: stop_rx,
         disk: env.disk.clone(),
         liveness: Default::default(),
+        incarnations: incarnations.clone(),
     });
 
     let server = tokio::spawn(crate::api::serve(handle.clone(), incoming));
@@ -182,6 +195,12 @@ pub async fn run(
                     stop(&handle, server, [controller, agent]).await;
                     return Err(error);
                 }
+            }
+            reason = incarnations.replaced() => {
+                tracing::error!(%reason, "this node was refused by the cluster");
+                let _ = stop_tx.send(true);
+                stop(&handle, server, [controller, agent]).await;
+                return Err(NodeError::Rejected(reason));
             }
             _ = &mut shutdown => break,
         }

@@ -21,6 +21,7 @@ use tonic::transport::Channel;
 use tonic::Streaming;
 
 use super::codec::{decode, encode};
+use super::incarnation::Incarnations;
 use super::{Node, NodeId, TypeConfig};
 use crate::env::Network;
 use crate::proto::internal::raft_internal_client::RaftInternalClient;
@@ -31,11 +32,20 @@ use crate::proto::internal::{RaftKind, RaftMessage};
 pub struct NetworkFactory {
     id: NodeId,
     network: Arc<dyn Network>,
+    incarnations: Arc<Incarnations>,
 }
 
 impl NetworkFactory {
-    pub fn new(id: NodeId, network: Arc<dyn Network>) -> NetworkFactory {
-        NetworkFactory { id, network }
+    pub fn new(
+        id: NodeId,
+        network: Arc<dyn Network>,
+        incarnations: Arc<Incarnations>,
+    ) -> NetworkFactory {
+        NetworkFactory {
+            id,
+            network,
+            incarnations,
+        }
     }
 }
 
@@ -48,6 +58,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             addr: node.addr.clone(),
             network: self.network.clone(),
+            incarnations: self.incarnations.clone(),
             client: None,
             stream: None,
             next_request_id: 0,
@@ -71,6 +82,7 @@ pub struct PeerClient {
     target: NodeId,
     addr: String,
     network: Arc<dyn Network>,
+    incarnations: Arc<Incarnations>,
     client: Option<RaftInternalClient<Channel>>,
     stream: Option<PeerStream>,
     next_request_id: u64,
@@ -121,13 +133,21 @@ impl PeerClient {
         let (requests, outbound) = mpsc::channel(1);
         // Cannot fail: the channel has room for one and the receiver is right here.
         let _ = requests.try_send(message);
-        let answers = client
-            .raft(ReceiverStream::new(outbound))
-            .await
-            .map_err(|status| {
-                Self::unreachable(format!("{}: {}", status.code(), status.message()))
-            })?
-            .into_inner();
+        let mut request = tonic::Request::new(ReceiverStream::new(outbound));
+        self.incarnations.stamp(request.metadata_mut());
+        let incarnations = &self.incarnations;
+        let response = client.raft(request).await.map_err(|status| {
+            // Refused for speaking from a replaced data dir: the node stops.
+            incarnations.refused(status.message());
+            Self::unreachable(format!("{}: {}", status.code(), status.message()))
+        })?;
+        // A peer that answers from a replaced data dir gets no vote counted and no
+        // entries: it is treated as unreachable.
+        if let Err(reason) = self.incarnations.check_metadata(response.metadata()) {
+            tracing::warn!(peer = self.target, %reason, "refusing a replaced peer");
+            return Err(Self::unreachable(reason));
+        }
+        let answers = response.into_inner();
         Ok(self.stream.insert(PeerStream { requests, answers }))
     }
 

@@ -33,6 +33,8 @@ pub enum Command {
         addr: String,
         tags: Vec<String>,
         capacity: Option<u32>,
+        /// Its data dir's incarnation. A node known with another one is refused.
+        incarnation: u64,
     },
     /// The leader's liveness check: up or down.
     SetNodeStatus {

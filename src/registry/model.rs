@@ -168,6 +168,8 @@ pub struct NodeRecord {
     pub admin: AdminState,
     /// Most replicas the node runs; `None` is no limit.
     pub capacity: Option<u32>,
+    /// The incarnation of the data dir the node speaks for (0: not known yet).
+    pub incarnation: u64,
 }
 
 impl NodeRecord {

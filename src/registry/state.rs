@@ -91,7 +91,8 @@ impl Registry {
                 addr,
                 tags,
                 capacity,
-            } => self.register_node(*id, addr, tags, *capacity),
+                incarnation,
+            } => self.register_node(*id, addr, tags, *capacity, *incarnation),
             Command::SetNodeStatus { id, status } => match self.nodes.get_mut(id) {
                 None => Err(RegistryError::NodeNotFound { id: *id }),
                 Some(node) => {
@@ -215,8 +216,17 @@ impl Registry {
         addr: &str,
         tags: &[String],
         capacity: Option<u32>,
+        incarnation: u64,
     ) -> Result<Option<Change>, RegistryError> {
         let invalid = |reason: String| Err(RegistryError::InvalidNode { reason });
+        if let Some(known) = self.nodes.get(&id) {
+            if known.incarnation != 0 && known.incarnation != incarnation {
+                return invalid(format!(
+                    "node {id} is known from another data dir (incarnation {:016x})",
+                    known.incarnation
+                ));
+            }
+        }
         if id == 0 {
             return invalid("node id must be at least 1".into());
         }
@@ -245,6 +255,7 @@ impl Registry {
                 status,
                 admin,
                 capacity,
+                incarnation,
             },
         );
         self.revision += 1;

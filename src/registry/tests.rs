@@ -44,6 +44,7 @@ fn node(id: NodeId) -> NodeRecord {
         status: NodeStatus::Up,
         admin: AdminState::Active,
         capacity: None,
+        incarnation: 0,
     }
 }
 
@@ -438,6 +439,7 @@ fn nodes_register_and_report_health_only_for_their_current_assignment() {
         addr: format!("127.0.0.1:{}", 7000 + id),
         tags: tags.iter().map(|t| t.to_string()).collect(),
         capacity: Some(4),
+        incarnation: 10 + id,
     };
     registry.apply(&register(1, &["gpu"]));
     registry.apply(&register(2, &[]));
@@ -466,6 +468,20 @@ fn nodes_register_and_report_health_only_for_their_current_assignment() {
         status: NodeStatus::Up,
     });
     assert_eq!(registry.nodes[&1].tags, vec!["gpu", "ssd"]);
+    // The same id from another data dir is refused and changes nothing.
+    let before = registry.clone();
+    let (outcome, _) = registry.apply(&Command::RegisterNode {
+        id: 1,
+        addr: "127.0.0.1:7001".into(),
+        tags: vec![],
+        capacity: None,
+        incarnation: 99,
+    });
+    assert!(matches!(
+        outcome,
+        Outcome::Rejected(RegistryError::InvalidNode { .. })
+    ));
+    assert_eq!(registry, before);
     assert_eq!(registry.nodes[&1].capacity, Some(4));
     registry.apply(&put(echo("a")));
     let at = LogPosition { term: 2, index: 10 };
@@ -528,6 +544,7 @@ fn nodes_register_and_report_health_only_for_their_current_assignment() {
                 addr: String::new(),
                 tags: vec![],
                 capacity: None,
+                incarnation: 1,
             },
             RegistryError::InvalidNode {
                 reason: "address must be 1..=255 bytes".into(),

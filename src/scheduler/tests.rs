@@ -225,6 +225,7 @@ fn the_registry_view_carries_node_capacity() {
             addr: format!("127.0.0.1:{}", 7700 + id),
             tags: vec![],
             capacity,
+            incarnation: id,
         });
     }
     for name in ["a", "b", "c"] {
