@@ -39,6 +39,12 @@ pub enum Fault {
     /// An operator drains `node` (`node drain`), and returns it to service when the
     /// fault ends: its replicas move away while it runs.
     Drain { node: u64 },
+    /// Every fsync of `node`'s disk takes `latency` (a stalled or contended disk).
+    SlowDisk {
+        node: u64,
+        leader: bool,
+        latency: Duration,
+    },
 }
 
 impl fmt::Display for Fault {
@@ -53,6 +59,15 @@ impl fmt::Display for Fault {
                 write!(f, "slow link between nodes {a} and {b} (up to {latency:?})")
             }
             Fault::Drain { node } => write!(f, "drain node {node}"),
+            Fault::SlowDisk {
+                node,
+                leader: is,
+                latency,
+            } => write!(
+                f,
+                "slow disk on node {node}{} (fsync {latency:?})",
+                leader(is)
+            ),
             Fault::Crash { nodes, leader: is } if nodes.len() == 1 => {
                 write!(f, "crash node {}{}", nodes[0], leader(is))
             }
@@ -74,6 +89,8 @@ pub struct Nemesis {
     operator_calls: u64,
     /// Drained nodes, with the flag that tells their operator to undrain them.
     drains: BTreeMap<u64, Rc<Cell<bool>>>,
+    /// Disks made slow by an active fault.
+    slow_disks: BTreeMap<u64, std::sync::Arc<mcpfleet::env::MemoryDisk>>,
 }
 
 impl Nemesis {
@@ -86,6 +103,7 @@ impl Nemesis {
             next_action: start,
             operator_calls: 0,
             drains: BTreeMap::new(),
+            slow_disks: BTreeMap::new(),
         }
     }
 
@@ -172,8 +190,20 @@ impl Nemesis {
             let others: Vec<u64> = self.nodes.iter().copied().filter(|n| *n != a).collect();
             (a, *others.choose(rng).expect("at least two nodes"))
         };
-        let fault = match self.rng.gen_range(0u32..110) {
-            100.. => {
+        let fault = match self.rng.gen_range(0u32..120) {
+            110.. => {
+                let (node, leader) = target(&mut self.rng, &self.nodes)?;
+                if self.slow_disks.contains_key(&node) {
+                    return None;
+                }
+                let latency = Duration::from_millis(self.rng.gen_range(50..=500));
+                Fault::SlowDisk {
+                    node,
+                    leader,
+                    latency,
+                }
+            }
+            100..=109 => {
                 let node = any(&mut self.rng);
                 if self.drains.contains_key(&node) {
                     return None;
@@ -239,6 +269,11 @@ impl Nemesis {
                 }
             }
             Fault::Drain { node } => self.drain(sim, *node),
+            Fault::SlowDisk { node, latency, .. } => {
+                let disk = cluster.disks[node].clone();
+                disk.set_sync_delay(*latency);
+                self.slow_disks.insert(*node, disk);
+            }
             _ => {}
         }
     }
@@ -253,6 +288,11 @@ impl Nemesis {
             Fault::Drain { node } => {
                 if let Some(done) = self.drains.remove(node) {
                     done.set(true);
+                }
+            }
+            Fault::SlowDisk { node, .. } => {
+                if let Some(disk) = self.slow_disks.remove(node) {
+                    disk.set_sync_delay(Duration::ZERO);
                 }
             }
             _ => {}
@@ -344,7 +384,7 @@ impl Nemesis {
                     host_name(*b).as_str(),
                     *latency,
                 ),
-                Fault::Crash { .. } | Fault::Drain { .. } => {}
+                Fault::Crash { .. } | Fault::Drain { .. } | Fault::SlowDisk { .. } => {}
             }
         }
     }

@@ -232,6 +232,8 @@ impl std::fmt::Debug for SledDisk {
 #[derive(Debug, Default)]
 pub struct MemoryDisk {
     inner: Mutex<MemoryContents>,
+    /// How long each sync takes, in ms (a slow disk; the simulator sets it).
+    sync_delay_ms: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -256,6 +258,14 @@ enum Undo {
 impl MemoryDisk {
     pub fn new() -> MemoryDisk {
         MemoryDisk::default()
+    }
+
+    /// Makes every sync from now on take `delay` (zero: a fast disk again).
+    pub fn set_sync_delay(&self, delay: std::time::Duration) {
+        self.sync_delay_ms.store(
+            delay.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Loses every change not yet made durable, newest first: what a crash of the
@@ -312,6 +322,13 @@ impl Disk for MemoryDisk {
     }
 
     async fn sync(&self) -> Result<(), DiskError> {
+        let delay = self
+            .sync_delay_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if delay > 0 {
+            // Durable only once the slow flush is done: a crash meanwhile loses it.
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        }
         self.contents().unsynced.clear();
         Ok(())
     }

@@ -75,6 +75,13 @@ pub struct Liveness {
     marking_down: BTreeSet<NodeId>,
 }
 
+impl Liveness {
+    /// Forgets what node `id` said (it left the cluster).
+    pub(super) fn forget(&mut self, id: NodeId) {
+        self.heard.remove(&id);
+    }
+}
+
 impl NodeHandle {
     /// Handles a heartbeat on the leader: records it, and grants a lease if this node
     /// led with a quorum's confirmation moments ago.
@@ -130,7 +137,7 @@ impl NodeHandle {
     }
 
     /// Commits `command` through this node's proposer only if it leads.
-    async fn propose_here(&self, command: Command) -> Result<Outcome, LeaderError> {
+    pub(super) async fn propose_here(&self, command: Command) -> Result<Outcome, LeaderError> {
         let proposal = Proposal {
             id: RequestId {
                 node: self.id(),
@@ -370,7 +377,15 @@ fn liveness_commands(handle: &NodeHandle, leading_since: Instant) -> Vec<Command
         tracing::info!(node = id, "removing a node that left the cluster");
         commands.push(Command::RemoveNode { id: *id });
     }
-    for (id, heard) in &liveness.heard {
+    // What a node that left said counts for nothing, should it join again.
+    liveness.heard.retain(|id, _| members.contains(id));
+    // Only what a node said lately registers it: a removed node's last heartbeat, from
+    // an older data dir, must not bring its old record back.
+    let recent = liveness
+        .heard
+        .iter()
+        .filter(|(_, heard)| now.duration_since(heard.at) <= timeout);
+    for (id, heard) in recent {
         let known = nodes.get(id);
         let changed = known.is_none_or(|node| {
             node.addr != heard.heartbeat.addr

@@ -316,6 +316,19 @@ impl NodeHandle {
             .change_membership(change, false)
             .await
             .map_err(|e| self.write_error(e))?;
+        // It leaves the node table before the answer, so that the same id can join
+        // again at once from a new data dir (the control loop would remove it too); and
+        // what it said in its last heartbeats is forgotten, so they cannot bring its old
+        // record back.
+        if let Ok(mut liveness) = self.liveness.lock() {
+            liveness.forget(id);
+        }
+        if let Err(error) = self
+            .propose_here(crate::registry::Command::RemoveNode { id })
+            .await
+        {
+            tracing::warn!(%error, node = id, "could not remove the node from the node table");
+        }
         Ok(LeaderOpResult::Members(self.members()))
     }
 
