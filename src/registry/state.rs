@@ -93,22 +93,10 @@ impl Registry {
                 capacity,
                 incarnation,
             } => self.register_node(*id, addr, tags, *capacity, *incarnation),
-            Command::SetNodeStatus { id, status } => match self.nodes.get_mut(id) {
-                None => Err(RegistryError::NodeNotFound { id: *id }),
-                Some(node) => {
-                    node.status = *status;
-                    self.revision += 1;
-                    Ok(None)
-                }
-            },
-            Command::SetNodeAdmin { id, admin } => match self.nodes.get_mut(id) {
-                None => Err(RegistryError::NodeNotFound { id: *id }),
-                Some(node) => {
-                    node.admin = *admin;
-                    self.revision += 1;
-                    Ok(None)
-                }
-            },
+            Command::SetNodeStatus { id, status } => {
+                self.update_node(*id, |node| node.status = *status)
+            }
+            Command::SetNodeAdmin { id, admin } => self.update_node(*id, |node| node.admin = *admin),
             Command::ReportHealth {
                 server,
                 slot,
@@ -139,6 +127,21 @@ impl Registry {
             ),
             Err(error) => (Outcome::Rejected(error), None),
         }
+    }
+
+    /// Changes one field of node `id`'s record.
+    fn update_node(
+        &mut self,
+        id: NodeId,
+        change: impl FnOnce(&mut NodeRecord),
+    ) -> Result<Option<Change>, RegistryError> {
+        let node = self
+            .nodes
+            .get_mut(&id)
+            .ok_or(RegistryError::NodeNotFound { id })?;
+        change(node);
+        self.revision += 1;
+        Ok(None)
     }
 
     fn apply_plan(
