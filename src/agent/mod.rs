@@ -7,9 +7,10 @@
 //!   `FENCE_GRACE_MS`), so the node the leader hands them to next never overlaps with
 //!   this one. The hard bound is not this loop but the fence: every lease renews the
 //!   deadline each replica's supervisor holds (lease end + `FENCE_GRACE_MS`), and the
-//!   supervisor kills the replica at that deadline even if this node is paused. A new replica starts only once this node has applied everything the
-//!   leader had applied when it last renewed the lease, and never for an assignment older
-//!   than one this node has already seen for the slot.
+//!   supervisor kills the replica at that deadline even if this node is paused. A new
+//!   replica starts only once this node has applied everything the leader had applied
+//!   when it last renewed the lease, and never for an assignment older than one this
+//!   node has already seen for the slot.
 //! - Stops replicas whose assignment went away or changed (new epoch). A spec change
 //!   restarts nothing unless the transport changed: settings reach the running replica
 //!   live, and a change of `replicas` only adds or removes slots. A transport change

@@ -96,7 +96,9 @@ impl Registry {
             Command::SetNodeStatus { id, status } => {
                 self.update_node(*id, |node| node.status = *status)
             }
-            Command::SetNodeAdmin { id, admin } => self.update_node(*id, |node| node.admin = *admin),
+            Command::SetNodeAdmin { id, admin } => {
+                self.update_node(*id, |node| node.admin = *admin)
+            }
             Command::ReportHealth {
                 server,
                 slot,
