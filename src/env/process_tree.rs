@@ -24,8 +24,14 @@ const CGROUP_EMPTY_WAIT_MS: u64 = 1_000;
 /// Rounds of "find descendants, SIGKILL them" before the subreaper gives up.
 const KILL_ROUNDS: usize = 20;
 
-/// The cgroup v2 directory this process belongs to, if cgroup v2 is mounted and usable.
+/// The cgroup v2 directory this process belongs to, if cgroup v2 is mounted and usable;
+/// read from /proc once per process.
 fn own_cgroup_dir() -> Option<PathBuf> {
+    static DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    DIR.get_or_init(find_own_cgroup_dir).clone()
+}
+
+fn find_own_cgroup_dir() -> Option<PathBuf> {
     if std::env::var_os(NO_CGROUP_ENV).is_some_and(|v| v == "1") {
         return None;
     }
@@ -148,34 +154,39 @@ fn descendants() -> Vec<u32> {
     found
 }
 
-/// Signals one process through a pidfd, so a recycled pid is never hit.
-fn signal_through_pidfd(pid: u32, signal: libc::c_int) {
-    // SAFETY: raw syscalls with integer arguments; the fd is closed below.
-    unsafe {
-        let fd = libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) as libc::c_int;
-        if fd < 0 {
-            return;
+/// Signals each of `pids` through a pidfd, so that a recycled pid is never hit: every
+/// pidfd is opened first, and only then is it checked (with one walk of /proc) which of
+/// those processes are still descendants of this one.
+fn signal_through_pidfds(pids: &[u32], signal: libc::c_int) {
+    // SAFETY: raw syscalls with integer arguments; every fd opened is closed below.
+    let opened: Vec<(u32, libc::c_int)> = pids
+        .iter()
+        .filter_map(|pid| {
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, *pid as libc::pid_t, 0) };
+            (fd >= 0).then_some((*pid, fd as libc::c_int))
+        })
+        .collect();
+    let ours = descendants();
+    for (pid, fd) in opened {
+        // SAFETY: as above.
+        unsafe {
+            if ours.contains(&pid) {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd,
+                    signal,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                );
+            }
+            libc::close(fd);
         }
-        // Opened the process, not a pid: it is still one of ours only if it is still a
-        // descendant (checked after opening, so the fd cannot name a newcomer).
-        if descendants().contains(&pid) {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                fd,
-                signal,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            );
-        }
-        libc::close(fd);
     }
 }
 
 /// Sends `signal` to every descendant of this process.
 pub fn signal_descendants(signal: libc::c_int) {
-    for pid in descendants() {
-        signal_through_pidfd(pid, signal);
-    }
+    signal_through_pidfds(&descendants(), signal);
 }
 
 /// SIGKILLs every descendant of this process, again until none is left alive (a
@@ -189,9 +200,7 @@ pub fn kill_descendants() {
         if alive.is_empty() {
             return;
         }
-        for pid in alive {
-            signal_through_pidfd(pid, libc::SIGKILL);
-        }
+        signal_through_pidfds(&alive, libc::SIGKILL);
         std::thread::sleep(Duration::from_millis(5));
     }
 }
