@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &[
             "proto/mcpfleet/v1/registry.proto",
             "proto/mcpfleet/internal/v1/raft.proto",
+            "proto/mcpfleet/dataplane/v1/calls.proto",
         ],
         &["proto"],
     )?;

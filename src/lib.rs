@@ -8,10 +8,12 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod env;
+pub mod gateway;
 pub mod mcp;
 pub mod node;
 pub mod raft;
 pub mod registry;
+pub mod router;
 pub mod scheduler;
 
 /// Generated gRPC code.
@@ -23,5 +25,9 @@ pub mod proto {
     /// The node-to-node API, `mcpfleet.internal.v1`.
     pub mod internal {
         tonic::include_proto!("mcpfleet.internal.v1");
+    }
+    /// Tool calls between nodes, `mcpfleet.dataplane.v1`.
+    pub mod dataplane {
+        tonic::include_proto!("mcpfleet.dataplane.v1");
     }
 }

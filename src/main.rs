@@ -47,6 +47,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         TopCommand::Node { client, command } => {
             cli::run_client(client, cli::ClientCommand::Node(command)).await?
         }
+        TopCommand::Tools { client, server } => {
+            cli::run_client(client, cli::ClientCommand::Tools { server }).await?
+        }
+        TopCommand::Call {
+            client,
+            server,
+            tool,
+            arguments,
+            timeout_ms,
+        } => {
+            cli::run_client(
+                client,
+                cli::ClientCommand::Call {
+                    server,
+                    tool,
+                    arguments,
+                    timeout_ms,
+                },
+            )
+            .await?
+        }
         TopCommand::Supervise { fence_fd, command } => {
             let (program, args) = command.split_first().expect("clap requires a command");
             let code = mcpfleet::env::launcher::supervise(program, args, fence_fd).await;

@@ -23,6 +23,7 @@
 //! through health reports (`reporter`).
 
 mod breaker;
+pub mod directory;
 mod replica;
 mod reporter;
 mod restart;
@@ -36,6 +37,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub use breaker::Breaker;
+pub use directory::{Directory, ReplicaCallError, ReplicaHandle};
 pub use replica::{ReplicaKey, INITIALIZE_TIMEOUT_MS};
 pub use restart::{Decision, Restarts};
 
@@ -76,7 +78,11 @@ struct Wanted {
 }
 
 /// Runs the agent until the node shuts down.
-pub async fn run(handle: Arc<NodeHandle>, launcher: Option<Arc<dyn McpLauncher>>) {
+pub async fn run(
+    handle: Arc<NodeHandle>,
+    launcher: Option<Arc<dyn McpLauncher>>,
+    directory: Arc<Directory>,
+) {
     let (lease_tx, lease) = watch::channel(Lease::default());
     let (fence_tx, fence) = watch::channel(None);
     let (running_tx, running) = watch::channel(BTreeSet::new());
@@ -88,6 +94,7 @@ pub async fn run(handle: Arc<NodeHandle>, launcher: Option<Arc<dyn McpLauncher>>
         launcher,
         fence,
         reports,
+        directory,
         running: BTreeMap::new(),
         stopping: Vec::new(),
         highest_epoch: BTreeMap::new(),
@@ -131,6 +138,8 @@ struct Agent {
     /// supervisors.
     fence: Fence,
     reports: Arc<Reports>,
+    /// Where connected replicas are published for tool calls.
+    directory: Arc<Directory>,
     running: BTreeMap<(String, u32), Running>,
     /// Replicas told to stop and not yet stopped; their slot does not start again here
     /// until they have.
@@ -268,6 +277,7 @@ impl Agent {
                 launcher.clone(),
                 self.fence.clone(),
                 self.reports.clone(),
+                self.directory.clone(),
                 stop_signal,
             ));
             self.running.insert(

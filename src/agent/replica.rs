@@ -2,18 +2,21 @@
 //! restart with backoff after a failure, stop when told. It publishes its health on
 //! every transition (state, breaker, restart count or last error), not on every probe.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::breaker::Breaker;
+use super::directory::{Directory, ReplicaHandle};
 use super::reporter::Reports;
 use super::restart::Restarts;
 use crate::env::launcher::{Fence, McpLauncher, ReplicaId};
 use crate::mcp::{Connection, McpError};
-use crate::registry::{NodeId, ReplicaHealth, ReplicaState, ServerSpec};
+use crate::registry::{
+    BreakerState, NodeId, ReplicaHealth, ReplicaState, ServerSpec, MAX_CATALOG_BYTES,
+};
 
 /// Longest wait for a server to start and answer initialize.
 pub const INITIALIZE_TIMEOUT_MS: u64 = 10_000;
@@ -51,7 +54,8 @@ struct Replica {
     settings: Settings,
     reports: Arc<Reports>,
     health: ReplicaHealth,
-    breaker: Breaker,
+    /// Shared with the replica's handle in the directory: tool calls feed it too.
+    breaker: Arc<Mutex<Breaker>>,
     restarts: Restarts,
 }
 
@@ -62,7 +66,7 @@ impl Replica {
             return false;
         }
         let spec = self.settings.borrow_and_update().clone();
-        self.breaker.reconfigure(spec.circuit_breaker);
+        self.with_breaker(|b| b.reconfigure(spec.circuit_breaker));
         self.restarts.reconfigure(spec.restart);
         // The transport stays the one this replica was started with.
         self.spec = ServerSpec {
@@ -78,8 +82,21 @@ impl Replica {
     }
 
     fn publish(&mut self) {
-        self.health.breaker = self.breaker.state(Instant::now());
+        self.health.breaker = self.breaker_state();
         self.reports.publish(&self.key, self.health.clone());
+    }
+
+    fn with_breaker<T: Default>(&self, f: impl FnOnce(&mut Breaker) -> T) -> T {
+        self.breaker
+            .lock()
+            .map(|mut b| f(&mut b))
+            .unwrap_or_default()
+    }
+
+    fn breaker_state(&self) -> BreakerState {
+        self.breaker
+            .lock()
+            .map_or(BreakerState::Closed, |mut b| b.state(Instant::now()))
     }
 }
 
@@ -91,6 +108,7 @@ pub async fn run(
     launcher: Arc<dyn McpLauncher>,
     fence: Fence,
     reports: Arc<Reports>,
+    directory: Arc<Directory>,
     mut stop: StopSignal,
 ) {
     let spec = settings.borrow_and_update().clone();
@@ -104,7 +122,7 @@ pub async fn run(
             last_error: None,
             probe_latency_ms: None,
         },
-        breaker: Breaker::new(spec.circuit_breaker),
+        breaker: Arc::new(Mutex::new(Breaker::new(spec.circuit_breaker))),
         restarts: Restarts::new(spec.restart),
         key,
         spec,
@@ -139,7 +157,8 @@ pub async fn run(
             Ok(mut connection) => {
                 tracing::info!(server = %replica.key.server, slot = replica.key.slot,
                     info = %connection.server_info, "replica started");
-                let ended = probe(&mut replica, &mut connection, &mut stop).await;
+                let ended = serve(&mut replica, &mut connection, &directory, &mut stop).await;
+                directory.withdraw(&replica.key.server, replica.key.slot, replica.key.epoch);
                 let grace = match ended {
                     Ended::Stopped(grace) => grace,
                     Ended::Failed(_) => Duration::from_millis(crate::node::timing::FENCE_GRACE_MS),
@@ -153,7 +172,7 @@ pub async fn run(
             Ended::Stopped(_) => return,
             Ended::Failed(error) => error,
         };
-        replica.breaker.record_failure(Instant::now());
+        replica.with_breaker(|b| b.record_failure(Instant::now()));
         replica.refresh();
         let decision = replica.restarts.failed(Instant::now());
         tracing::warn!(server = %replica.key.server, slot = replica.key.slot, %error,
@@ -174,13 +193,58 @@ pub async fn run(
     }
 }
 
+/// Reports what a started replica offers, opens it to tool calls, and probes it until
+/// it fails or is stopped.
+async fn serve(
+    replica: &mut Replica,
+    connection: &mut Connection,
+    directory: &Directory,
+    stop: &mut StopSignal,
+) -> Ended {
+    if let Err(error) = report_catalog(replica, connection).await {
+        return Ended::Failed(error);
+    }
+    directory.publish(Arc::new(ReplicaHandle::new(
+        replica.key.server.clone(),
+        replica.key.slot,
+        replica.key.epoch,
+        connection.peer(),
+        replica.breaker.clone(),
+    )));
+    probe(replica, connection, stop).await
+}
+
+/// Lists what the replica offers and hands it to the reporter; an over-size catalog is
+/// the replica's error.
+async fn report_catalog(replica: &mut Replica, connection: &mut Connection) -> Result<(), String> {
+    let timeout =
+        Duration::from_millis(replica.spec.health_check.timeout_ms.max(CATALOG_TIMEOUT_MS));
+    let catalog = connection
+        .catalog(replica.key.transport_revision, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    if catalog.size() > MAX_CATALOG_BYTES {
+        return Err(format!(
+            "the server offers a catalog of {} bytes, over the {MAX_CATALOG_BYTES}-byte cap",
+            catalog.size()
+        ));
+    }
+    replica.reports.publish_catalog(&replica.key, catalog);
+    Ok(())
+}
+
+/// Shortest wait for the server's lists.
+const CATALOG_TIMEOUT_MS: u64 = 5_000;
+
 /// Probes a started replica until it fails or is stopped.
 async fn probe(replica: &mut Replica, connection: &mut Connection, stop: &mut StopSignal) -> Ended {
     let mut check = replica.spec.health_check;
     let mut interval = tokio::time::interval(Duration::from_millis(check.interval_ms));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut successes, mut failures) = (0u32, 0u32);
+    let lists_changed = connection.lists_changed();
     loop {
+        let mut relist = false;
         tokio::select! {
             _ = interval.tick() => {}
             changed = replica.settings.changed(), if replica.settings.has_changed().is_ok() => {
@@ -196,12 +260,19 @@ async fn probe(replica: &mut Replica, connection: &mut Connection, stop: &mut St
             grace = stop.wait_for(Option::is_some) => {
                 return Ended::Stopped(grace.ok().and_then(|g| *g).unwrap_or_default());
             }
+            _ = lists_changed.notified() => relist = true,
+        }
+        if relist {
+            if let Err(error) = report_catalog(replica, connection).await {
+                return Ended::Failed(error);
+            }
+            continue;
         }
         let timeout = Duration::from_millis(check.timeout_ms);
         let restart_after = check
             .unhealthy_threshold
             .saturating_mul(RESTART_AFTER_UNHEALTHY_ROUNDS);
-        let before = (replica.health.state, replica.breaker.state(Instant::now()));
+        let before = replica.health.state;
         // A stop never waits for the ping in flight.
         let pinged = tokio::select! {
             pinged = connection.ping(timeout) => pinged,
@@ -214,7 +285,7 @@ async fn probe(replica: &mut Replica, connection: &mut Connection, stop: &mut St
             Ok(latency) => {
                 successes = successes.saturating_add(1);
                 failures = 0;
-                replica.breaker.record_success();
+                replica.with_breaker(|b| b.record_success());
                 replica.health.probe_latency_ms = Some(latency.as_millis() as u64);
                 if replica.health.state != ReplicaState::Healthy
                     && successes >= check.healthy_threshold
@@ -225,7 +296,7 @@ async fn probe(replica: &mut Replica, connection: &mut Connection, stop: &mut St
             Err(error) => {
                 failures = failures.saturating_add(1);
                 successes = 0;
-                replica.breaker.record_failure(Instant::now());
+                replica.with_breaker(|b| b.record_failure(Instant::now()));
                 replica.health.last_error = Some(error.to_string());
                 if failures >= restart_after {
                     return Ended::Failed(format!(
@@ -239,7 +310,8 @@ async fn probe(replica: &mut Replica, connection: &mut Connection, stop: &mut St
                 }
             }
         }
-        if (replica.health.state, replica.breaker.state(Instant::now())) != before {
+        // Tool calls move the breaker too: any change since the last report goes out.
+        if replica.health.state != before || replica.breaker_state() != replica.health.breaker {
             replica.publish();
         }
     }

@@ -9,6 +9,8 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{fleet_nodes_to_proto, record_to_proto, replicas_to_proto, spec_from_proto};
 use super::status_from_node_error;
+use crate::gateway::endpoint::FleetServer;
+use crate::gateway::{CallError, MAX_CALL_TIMEOUT_MS};
 use crate::node::{LeaderOp, Member, NodeHandle};
 use crate::proto::v1 as pb;
 use crate::proto::v1::registry_server::Registry;
@@ -18,11 +20,12 @@ use crate::registry::{AdminState, Change, Command, Outcome, RegistryError};
 
 pub struct ClientApi {
     node: Arc<NodeHandle>,
+    gateway: FleetServer,
 }
 
 impl ClientApi {
-    pub fn new(node: Arc<NodeHandle>) -> ClientApi {
-        ClientApi { node }
+    pub fn new(node: Arc<NodeHandle>, gateway: FleetServer) -> ClientApi {
+        ClientApi { node, gateway }
     }
 
     /// Commits a command; a rejection becomes the status that fits it.
@@ -95,6 +98,36 @@ fn status_from_registry_error(error: &RegistryError) -> Status {
             Status::invalid_argument(message)
         }
         RegistryError::StaleReport { .. } => Status::failed_precondition(message),
+        RegistryError::CatalogTooLarge { .. } | RegistryError::InvalidSession { .. } => {
+            Status::invalid_argument(message)
+        }
+        RegistryError::SessionNotFound { .. } => Status::not_found(message),
+    }
+}
+
+/// The one place a failed tool call becomes a gRPC status.
+fn status_from_call_error(error: CallError) -> Status {
+    use crate::agent::ReplicaCallError as R;
+    let message = error.to_string();
+    match error {
+        CallError::UnknownServer(_) | CallError::UnknownTool(_) => Status::not_found(message),
+        CallError::Invalid(_) | CallError::Replica(R::Invalid(_)) => {
+            Status::invalid_argument(message)
+        }
+        CallError::NoReplica(_) => Status::unavailable(message),
+        CallError::Replica(error) => match error {
+            R::Overloaded { .. } => Status::resource_exhausted(message),
+            R::Timeout { .. } => Status::deadline_exceeded(message),
+            // The server's own JSON-RPC error (an unknown tool, invalid arguments).
+            R::Mcp { code, .. } if code == rmcp::model::ErrorCode::INVALID_PARAMS.0 => {
+                Status::invalid_argument(message)
+            }
+            R::Mcp { code, .. } if code == rmcp::model::ErrorCode::METHOD_NOT_FOUND.0 => {
+                Status::not_found(message)
+            }
+            R::Mcp { .. } => Status::unknown(message),
+            _ => Status::unavailable(message),
+        },
     }
 }
 
@@ -401,5 +434,75 @@ impl Registry for ClientApi {
         Ok(Response::new(pb::RemoveNodeResponse {
             members: members_to_proto(members),
         }))
+    }
+
+    async fn list_tools(
+        &self,
+        request: Request<pb::ListToolsRequest>,
+    ) -> Result<Response<pb::ListToolsResponse>, Status> {
+        let wanted = request.into_inner().server;
+        if !wanted.is_empty() {
+            let state = self.node.view.read();
+            server_record(&state.registry, &wanted)?;
+        }
+        let aggregate = self.gateway.tools();
+        let tools = aggregate
+            .tools
+            .iter()
+            .filter(|t| wanted.is_empty() || t.server == wanted)
+            .map(|t| pb::Tool {
+                name: t.listed.name.to_string(),
+                server: t.server.clone(),
+                tool: t.tool.clone(),
+                description: t
+                    .listed
+                    .description
+                    .as_deref()
+                    .unwrap_or_default()
+                    .to_string(),
+                tool_json: serde_json::to_string(&t.listed).unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListToolsResponse { tools }))
+    }
+
+    async fn call_tool(
+        &self,
+        request: Request<pb::CallToolRequest>,
+    ) -> Result<Response<pb::CallToolResponse>, Status> {
+        let request = request.into_inner();
+        let arguments = match request.arguments_json.trim() {
+            "" => None,
+            text => match serde_json::from_str::<serde_json::Value>(text) {
+                Ok(serde_json::Value::Object(map)) => Some(map),
+                Ok(_) => return Err(Status::invalid_argument("arguments must be a JSON object")),
+                Err(e) => return Err(Status::invalid_argument(format!("arguments: {e}"))),
+            },
+        };
+        if request.timeout_ms > MAX_CALL_TIMEOUT_MS {
+            return Err(Status::invalid_argument(format!(
+                "timeout_ms must be at most {MAX_CALL_TIMEOUT_MS}"
+            )));
+        }
+        let mut params = rmcp::model::CallToolRequestParams::new(request.tool);
+        params.arguments = arguments;
+        let timeout =
+            (request.timeout_ms > 0).then(|| std::time::Duration::from_millis(request.timeout_ms));
+        let response = self
+            .gateway
+            .call(&request.server, params, timeout)
+            .await
+            .map_err(status_from_call_error)?;
+        let result = match response {
+            rmcp::model::CallToolResponse::Complete(result) => result,
+            _ => {
+                return Err(Status::failed_precondition(
+                    "the tool asks the client for input, which this API cannot give: use /mcp",
+                ))
+            }
+        };
+        let result_json =
+            serde_json::to_string(&result).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::CallToolResponse { result_json }))
     }
 }

@@ -4,6 +4,7 @@
 
 mod client;
 pub mod convert;
+mod dataplane;
 mod internal;
 
 use std::sync::Arc;
@@ -11,11 +12,16 @@ use std::sync::Arc;
 use tonic::transport::Server;
 
 pub use client::ClientApi;
+pub use dataplane::DataPlaneApi;
 pub use internal::InternalApi;
 
+use crate::agent::Directory;
 use crate::env::Incoming;
+use crate::gateway::endpoint::FleetServer;
+use crate::gateway::MAX_CALL_BYTES;
 use crate::node::config::MAX_REQUEST_BYTES;
 use crate::node::{NodeError, NodeHandle};
+use crate::proto::dataplane::tool_calls_server::ToolCallsServer;
 use crate::proto::internal::raft_internal_server::RaftInternalServer;
 use crate::proto::v1::registry_server::RegistryServer;
 use crate::raft::network::MAX_RAFT_MESSAGE_BYTES;
@@ -23,10 +29,19 @@ use crate::raft::network::MAX_RAFT_MESSAGE_BYTES;
 /// Most concurrent streams on one connection.
 const MAX_CONCURRENT_STREAMS: u32 = 1_024;
 
-/// Serves both APIs on `incoming` until the node shuts down.
-pub async fn serve(handle: Arc<NodeHandle>, incoming: Incoming) -> Result<(), NodeError> {
-    let client = RegistryServer::new(ClientApi::new(handle.clone()))
+/// Serves the client, internal and data-plane APIs on `incoming` until the node shuts
+/// down.
+pub async fn serve(
+    handle: Arc<NodeHandle>,
+    incoming: Incoming,
+    gateway: FleetServer,
+    directory: Arc<Directory>,
+) -> Result<(), NodeError> {
+    let client = RegistryServer::new(ClientApi::new(handle.clone(), gateway))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let dataplane = ToolCallsServer::new(DataPlaneApi::new(directory))
+        .max_decoding_message_size(MAX_CALL_BYTES)
+        .max_encoding_message_size(MAX_CALL_BYTES);
     let internal = RaftInternalServer::new(InternalApi::new(handle.clone()))
         .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
@@ -35,6 +50,7 @@ pub async fn serve(handle: Arc<NodeHandle>, incoming: Incoming) -> Result<(), No
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .add_service(client)
         .add_service(internal)
+        .add_service(dataplane)
         .serve_with_incoming_shutdown(incoming, handle.shutdown_signal())
         .await
         .map_err(|e| NodeError::Raft(format!("API server: {e}")))

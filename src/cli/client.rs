@@ -54,12 +54,19 @@ impl From<tonic::Status> for CliError {
 
 /// Connects to `endpoint` (HOST:PORT).
 pub async fn connect(endpoint: &str) -> Result<RegistryClient<Channel>, CliError> {
+    connect_with_timeout(endpoint, Duration::from_millis(CLIENT_TIMEOUT_MS)).await
+}
+
+async fn connect_with_timeout(
+    endpoint: &str,
+    timeout: Duration,
+) -> Result<RegistryClient<Channel>, CliError> {
     let channel = crate::env::network::endpoint(endpoint)
         .map_err(|e| CliError::Endpoint {
             endpoint: endpoint.to_string(),
             reason: e.to_string(),
         })?
-        .timeout(Duration::from_millis(CLIENT_TIMEOUT_MS))
+        .timeout(timeout)
         .connect()
         .await
         .map_err(|e| CliError::Unreachable {
@@ -86,14 +93,46 @@ fn source_chain(error: &dyn std::error::Error) -> String {
 pub enum ClientCommand {
     Server(ServerCommand),
     Cluster(ClusterCommand),
-    Status { stale: bool },
+    Status {
+        stale: bool,
+    },
     Node(NodeCommand),
+    Tools {
+        server: Option<String>,
+    },
+    Call {
+        server: String,
+        tool: String,
+        arguments: Option<String>,
+        timeout_ms: u64,
+    },
 }
 
 pub async fn run_client(args: ClientArgs, command: ClientCommand) -> Result<(), CliError> {
-    let mut client = connect(&args.endpoint).await?;
     let json = args.output == OutputFormat::Json;
+    if let ClientCommand::Call {
+        server,
+        tool,
+        arguments,
+        timeout_ms,
+    } = command
+    {
+        // A call may take longer than other requests: the node's default, or as asked.
+        let limit = match timeout_ms {
+            0 => crate::gateway::DEFAULT_CALL_TIMEOUT_MS,
+            ms => ms,
+        };
+        let mut client = connect_with_timeout(
+            &args.endpoint,
+            Duration::from_millis(limit + CLIENT_TIMEOUT_MS),
+        )
+        .await?;
+        return call_tool(&mut client, server, tool, arguments, timeout_ms, json).await;
+    }
+    let mut client = connect(&args.endpoint).await?;
     match command {
+        ClientCommand::Call { .. } => unreachable!("handled above"),
+        ClientCommand::Tools { server } => list_tools(&mut client, server, json).await,
         ClientCommand::Server(command) => server_command(&mut client, command, json).await,
         ClientCommand::Cluster(command) => cluster_command(&mut client, command, json).await,
         ClientCommand::Status { stale } => fleet_status(&mut client, stale, json).await,
@@ -122,6 +161,88 @@ pub async fn run_client(args: ClientArgs, command: ClientCommand) -> Result<(), 
             Ok(())
         }
     }
+}
+
+async fn list_tools(
+    client: &mut RegistryClient<Channel>,
+    server: Option<String>,
+    json: bool,
+) -> Result<(), CliError> {
+    let tools = client
+        .list_tools(pb::ListToolsRequest {
+            server: server.unwrap_or_default(),
+        })
+        .await?
+        .into_inner()
+        .tools;
+    if json {
+        let tools: Vec<serde_json::Value> = tools
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "name": t.name,
+                    "server": t.server,
+                    "tool": t.tool,
+                    "definition": serde_json::from_str::<serde_json::Value>(&t.tool_json)
+                        .unwrap_or(serde_json::Value::Null),
+                })
+            })
+            .collect();
+        return print_json(&tools).map_err(CliError::Failed);
+    }
+    let rows: Vec<Vec<String>> = tools
+        .iter()
+        .map(|t| {
+            let mut description = t.description.lines().next().unwrap_or_default().to_string();
+            crate::registry::truncate_utf8(&mut description, 60);
+            vec![t.name.clone(), t.server.clone(), description]
+        })
+        .collect();
+    print_table(&["NAME", "SERVER", "DESCRIPTION"], &rows);
+    Ok(())
+}
+
+async fn call_tool(
+    client: &mut RegistryClient<Channel>,
+    server: String,
+    tool: String,
+    arguments: Option<String>,
+    timeout_ms: u64,
+    json: bool,
+) -> Result<(), CliError> {
+    let response = client
+        .call_tool(pb::CallToolRequest {
+            server,
+            tool,
+            arguments_json: arguments.unwrap_or_default(),
+            timeout_ms,
+        })
+        .await?
+        .into_inner();
+    let result: rmcp::model::CallToolResult = serde_json::from_str(&response.result_json)
+        .map_err(|e| CliError::Failed(format!("unreadable result: {e}")))?;
+    let text: Vec<&str> = result
+        .content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.as_str()))
+        .collect();
+    let failed = result.is_error == Some(true);
+    if json {
+        let value: serde_json::Value = serde_json::from_str(&response.result_json)
+            .map_err(|e| CliError::Failed(e.to_string()))?;
+        print_json(&value).map_err(CliError::Failed)?;
+    } else if !failed {
+        for line in &text {
+            println!("{line}");
+        }
+    }
+    if failed {
+        let first = text.first().and_then(|t| t.lines().next()).unwrap_or("");
+        return Err(CliError::Failed(format!(
+            "the tool reported an error: {first}"
+        )));
+    }
+    Ok(())
 }
 
 fn spec_from_args(args: AddServerArgs) -> Result<pb::PutServerRequest, CliError> {

@@ -58,6 +58,27 @@ pub enum TopCommand {
         command: NodeCommand,
     },
     /// Load generators.
+    /// List the fleet's tools (every server's, or one server's).
+    Tools {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Only this server's tools.
+        server: Option<String>,
+    },
+    /// Call one tool of one server through the fleet and print its text content.
+    Call {
+        #[command(flatten)]
+        client: ClientArgs,
+        server: String,
+        /// The server's own name for the tool.
+        tool: String,
+        /// The arguments, a JSON object.
+        #[arg(long = "args")]
+        arguments: Option<String>,
+        /// How long the call may take (0: the node's default).
+        #[arg(long, default_value_t = 0)]
+        timeout_ms: u64,
+    },
     Bench {
         #[command(subcommand)]
         command: BenchCommand,

@@ -10,7 +10,10 @@ use clap::Args;
 use super::client::CliError;
 use crate::env::launcher::ProcessLauncher;
 use crate::env::{Disk, Environment, SledDisk};
-use crate::node::config::{parse_initial_cluster, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
+use crate::gateway::endpoint::HttpConfig;
+use crate::node::config::{
+    parse_initial_cluster, DEFAULT_DATA_DIR, DEFAULT_HTTP_LISTEN, DEFAULT_LISTEN,
+};
 use crate::node::Config;
 
 /// The metadata key that records which node a data dir belongs to.
@@ -63,6 +66,24 @@ pub struct ServeArgs {
     /// Build a snapshot (and purge the log) after this many entries.
     #[arg(long, default_value_t = Config::default().snapshot_after_logs)]
     pub snapshot_after_logs: u64,
+    /// Where to serve the MCP endpoint (streamable HTTP at /mcp), HOST:PORT; "off" to
+    /// serve none.
+    #[arg(long, default_value = DEFAULT_HTTP_LISTEN)]
+    pub http: String,
+    /// A Host header the MCP endpoint accepts (repeat for more; default: loopback
+    /// names only). Set it when clients reach the node by another name.
+    #[arg(long = "mcp-allowed-host")]
+    pub mcp_allowed_hosts: Vec<String>,
+    /// A browser Origin the MCP endpoint accepts, scheme://host:port (repeat for more;
+    /// default: Origin not checked).
+    #[arg(long = "mcp-allowed-origin")]
+    pub mcp_allowed_origins: Vec<String>,
+    /// Between server and tool in the fleet's tool names.
+    #[arg(long, default_value = crate::gateway::names::DEFAULT_SEPARATOR)]
+    pub tool_separator: String,
+    /// How long a tool call may take.
+    #[arg(long, default_value_t = crate::gateway::DEFAULT_CALL_TIMEOUT_MS)]
+    pub call_timeout_ms: u64,
 }
 
 impl ServeArgs {
@@ -105,6 +126,13 @@ impl ServeArgs {
             node_timeout_ms: self.node_timeout_ms,
             lease_ms: self.lease_ms,
             node_heartbeat_interval_ms: self.node_heartbeat_interval_ms,
+            http: (self.http != "off").then(|| HttpConfig {
+                listen: self.http.clone(),
+                allowed_hosts: self.mcp_allowed_hosts.clone(),
+                allowed_origins: self.mcp_allowed_origins.clone(),
+                separator: self.tool_separator.clone(),
+                call_timeout_ms: self.call_timeout_ms,
+            }),
             ..Config::default()
         };
         config.validate().map_err(usage)?;

@@ -1,17 +1,43 @@
 //! Talking MCP to one replica through rmcp: launch or connect (through the launcher
-//! seam), the initialize handshake, and ping. It owns the replica's connection and
-//! process; it knows nothing of the registry's assignments or of health policy.
+//! seam), the initialize handshake, ping, and listing what the server offers. It owns
+//! the replica's connection and process and hands out its shared client (`peer`); it
+//! knows nothing of the registry's assignments or of health policy.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rmcp::model::ClientRequest;
-use rmcp::service::RunningService;
+use rmcp::service::{NotificationContext, Peer, RunningService};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::{RoleClient, ServiceExt};
+use rmcp::{ClientHandler, RoleClient, ServiceExt};
+use tokio::sync::Notify;
 
 use crate::env::launcher::{Fence, Launched, McpIo, McpLauncher, ReplicaId, ServerProcess};
-use crate::registry::Transport;
+use crate::registry::{Catalog, Transport};
+
+/// Most requests in flight on one HTTP upstream connection (rmcp's default is 16);
+/// the replica's bulkhead bounds calls below it.
+pub const MAX_HTTP_REQUESTS_IN_FLIGHT: usize = 128;
+
+/// The client side of a replica's connection: it only listens for the server's
+/// list-changed notifications, so that the catalog is reported again.
+#[derive(Clone, Default)]
+pub struct Listener {
+    lists_changed: Arc<Notify>,
+}
+
+impl ClientHandler for Listener {
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.lists_changed.notify_one();
+    }
+    async fn on_prompt_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.lists_changed.notify_one();
+    }
+    async fn on_resource_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.lists_changed.notify_one();
+    }
+}
 
 /// How long a failed handshake waits for the process's exit, which explains it better.
 const EXIT_WAIT_MS: u64 = 500;
@@ -26,6 +52,8 @@ pub enum McpError {
     InitializeTimeout(u64),
     #[error("invalid header {0:?}")]
     Header(String),
+    #[error("listing what the server offers failed: {0}")]
+    Catalog(String),
     #[error("ping failed: {0}")]
     Ping(String),
     #[error("no answer to ping within {0} ms")]
@@ -37,7 +65,8 @@ pub enum McpError {
 
 /// A connected, initialized MCP server.
 pub struct Connection {
-    client: RunningService<RoleClient, ()>,
+    client: RunningService<RoleClient, Listener>,
+    listener: Listener,
     process: Option<Box<dyn ServerProcess>>,
     /// The server's name and version from its initialize answer.
     pub server_info: String,
@@ -57,14 +86,17 @@ impl Connection {
             .launch(replica, transport, fence)
             .await
             .map_err(|e| McpError::Launch(e.to_string()))?;
+        let listener = Listener::default();
         let handshake = async {
             match io {
-                McpIo::Streams { reader, writer } => ()
+                McpIo::Streams { reader, writer } => listener
+                    .clone()
                     .serve((reader, writer))
                     .await
                     .map_err(|e| McpError::Initialize(e.to_string())),
                 McpIo::Http { url, headers } => {
-                    let mut config = StreamableHttpClientTransportConfig::with_uri(url.clone());
+                    let mut config = StreamableHttpClientTransportConfig::with_uri(url.clone())
+                        .max_concurrent_requests(MAX_HTTP_REQUESTS_IN_FLIGHT);
                     for (name, value) in headers {
                         let bad = || McpError::Header(name.clone());
                         let header_name =
@@ -80,7 +112,9 @@ impl Connection {
                             .map_err(|e| McpError::Initialize(e.to_string()))?,
                         config,
                     );
-                    ().serve(transport)
+                    listener
+                        .clone()
+                        .serve(transport)
                         .await
                         .map_err(|e| McpError::Initialize(format!("{url}: {}", root_cause(&e))))
                 }
@@ -124,9 +158,71 @@ impl Connection {
             .unwrap_or_default();
         Ok(Connection {
             client,
+            listener,
             process,
             server_info,
         })
+    }
+
+    /// The shared client: every tool call to this replica goes through a clone.
+    pub fn peer(&self) -> Peer<RoleClient> {
+        self.client.peer().clone()
+    }
+
+    /// Notified when the server says one of its lists changed.
+    pub fn lists_changed(&self) -> Arc<Notify> {
+        self.listener.lists_changed.clone()
+    }
+
+    /// Lists what the server offers (the lists its capabilities announce), within
+    /// `timeout`.
+    pub fn catalog(
+        &self,
+        transport_revision: u64,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = Result<Catalog, McpError>> + Send + 'static {
+        let peer = self.peer();
+        let server_info = self.server_info.clone();
+        async move {
+            let capabilities = peer
+                .peer_info()
+                .map(|info| info.capabilities.clone())
+                .unwrap_or_default();
+            let failed = |e: rmcp::service::ServiceError| McpError::Catalog(e.to_string());
+            let json = |value: serde_json::Result<String>| {
+                value.map_err(|e| McpError::Catalog(e.to_string()))
+            };
+            let list = async {
+                let tools = match capabilities.tools {
+                    Some(_) => json(serde_json::to_string(
+                        &peer.list_all_tools().await.map_err(failed)?,
+                    ))?,
+                    None => "[]".to_string(),
+                };
+                let prompts = match capabilities.prompts {
+                    Some(_) => json(serde_json::to_string(
+                        &peer.list_all_prompts().await.map_err(failed)?,
+                    ))?,
+                    None => "[]".to_string(),
+                };
+                let resources = match capabilities.resources {
+                    Some(_) => json(serde_json::to_string(
+                        &peer.list_all_resources().await.map_err(failed)?,
+                    ))?,
+                    None => "[]".to_string(),
+                };
+                Ok(Catalog {
+                    transport_revision,
+                    server_info,
+                    tools,
+                    prompts,
+                    resources,
+                })
+            };
+            tokio::time::timeout(timeout, list).await.map_err(|_| {
+                McpError::Catalog(format!("no answer within {} ms", timeout.as_millis()))
+            })?
+        }
     }
 
     /// One MCP ping; returns its round trip. A process that exits meanwhile ends it

@@ -7,6 +7,8 @@ use crate::raft::NodeId;
 
 /// The address `mcpfleet serve` uses when given no flags.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
+/// Where `serve` offers the MCP endpoint unless told otherwise.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7800";
 /// The data dir `mcpfleet serve` uses when given no flags.
 pub const DEFAULT_DATA_DIR: &str = "./mcpfleet-data";
 /// Largest client request accepted, in bytes.
@@ -49,6 +51,8 @@ pub struct Config {
     /// How long one answered heartbeat lets the agent run its replicas. Shorter than
     /// `node_timeout_ms` by enough that the old owner has stopped before a new one starts.
     pub lease_ms: u64,
+    /// The MCP endpoint (`/mcp` over streamable HTTP); `None`: not served.
+    pub http: Option<crate::gateway::endpoint::HttpConfig>,
 }
 
 use super::timing::{fencing_holds, FENCE_MARGIN_MS};
@@ -77,6 +81,8 @@ pub enum ConfigError {
     Tags,
     #[error("capacity must be at least 1 (leave it out for no limit)")]
     Capacity,
+    #[error("MCP endpoint: {0}")]
+    Http(String),
 }
 
 impl Default for Config {
@@ -101,6 +107,7 @@ impl Default for Config {
             node_heartbeat_interval_ms: 250,
             node_timeout_ms: 1_500,
             lease_ms: 800,
+            http: None,
         }
     }
 }
@@ -190,6 +197,23 @@ impl Config {
         }
         if self.max_voters == 0 || self.max_voters > 7 {
             return Err(ConfigError::MaxVoters(self.max_voters));
+        }
+        if let Some(http) = &self.http {
+            validate_address(&http.listen)?;
+            if !crate::gateway::names::valid_separator(&http.separator) {
+                return Err(ConfigError::Http(format!(
+                    "tool separator {:?} must be 1..=8 of [A-Za-z0-9_-]",
+                    http.separator
+                )));
+            }
+            if http.call_timeout_ms == 0
+                || http.call_timeout_ms > crate::gateway::MAX_CALL_TIMEOUT_MS
+            {
+                return Err(ConfigError::Http(format!(
+                    "call timeout must be 1..={} ms",
+                    crate::gateway::MAX_CALL_TIMEOUT_MS
+                )));
+            }
         }
         Ok(())
     }

@@ -68,6 +68,12 @@ pub struct NodeHandle {
     pub incarnations: Arc<Incarnations>,
 }
 
+impl crate::gateway::Dialer for NodeHandle {
+    fn channel(&self, addr: &str) -> Result<Channel, NetworkError> {
+        self.peer_channel(addr)
+    }
+}
+
 impl NodeHandle {
     pub fn id(&self) -> NodeId {
         self.config.id
@@ -171,14 +177,72 @@ pub async fn run(
         incarnations: incarnations.clone(),
     });
 
-    let server = tokio::spawn(crate::api::serve(handle.clone(), incoming));
+    let directory = Arc::new(crate::agent::Directory::default());
+    let http = config.http.clone();
+    let separator = http
+        .as_ref()
+        .map_or(crate::gateway::names::DEFAULT_SEPARATOR.to_string(), |h| {
+            h.separator.clone()
+        });
+    let call_timeout = Duration::from_millis(
+        http.as_ref()
+            .map_or(crate::gateway::DEFAULT_CALL_TIMEOUT_MS, |h| {
+                h.call_timeout_ms
+            }),
+    );
+    let gateway = crate::gateway::endpoint::FleetServer::new(
+        Arc::new(crate::gateway::Calls::new(
+            id,
+            handle.view.clone(),
+            directory.clone(),
+            handle.clone(),
+        )),
+        Arc::new(crate::gateway::catalog::Catalogs::new(&separator)),
+        call_timeout,
+    );
+    let mcp_endpoint = match &http {
+        Some(http) => {
+            let listener = tokio::net::TcpListener::bind(&http.listen)
+                .await
+                .map_err(|source| NetworkError::Bind {
+                    addr: format!("{} (the MCP endpoint)", http.listen),
+                    source,
+                })?;
+            tracing::info!(listen = %http.listen, "serving MCP at /mcp");
+            let sessions = Arc::new(crate::gateway::sessions::RegistrySessions::new(
+                handle.clone(),
+            ));
+            let http = http.clone();
+            let gateway = gateway.clone();
+            let shutdown = handle.shutdown_signal();
+            Some(tokio::spawn(async move {
+                if let Err(error) =
+                    crate::gateway::endpoint::serve(listener, &http, gateway, sessions, shutdown)
+                        .await
+                {
+                    tracing::error!(%error, "the MCP endpoint failed");
+                }
+            }))
+        }
+        None => None,
+    };
+    let server = tokio::spawn(crate::api::serve(
+        handle.clone(),
+        incoming,
+        gateway,
+        directory.clone(),
+    ));
     tokio::spawn(elections::spread_rounds(
         raft.clone(),
         env.seed,
         config.election_timeout_max_ms.saturating_mul(2),
     ));
     let controller = tokio::spawn(controller::run(handle.clone()));
-    let agent = tokio::spawn(crate::agent::run(handle.clone(), env.launcher.clone()));
+    let agent = tokio::spawn(crate::agent::run(
+        handle.clone(),
+        env.launcher.clone(),
+        directory,
+    ));
     tracing::info!(id, listen = %config.listen, "node started");
 
     let startup = start_membership(handle.clone());
@@ -208,6 +272,12 @@ pub async fn run(
     tracing::info!(id, "shutting down");
     let _ = stop_tx.send(true);
     stop(&handle, server, [controller, agent]).await;
+    if let Some(endpoint) = mcp_endpoint {
+        let limit = Duration::from_millis(config.shutdown_timeout_ms);
+        if tokio::time::timeout(limit, endpoint).await.is_err() {
+            tracing::warn!("the MCP endpoint did not stop in time");
+        }
+    }
     Ok(())
 }
 

@@ -5,7 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{AdminState, NodeId, NodeRecord, NodeStatus, ReplicaHealth, ServerSpec};
+use super::model::{
+    AdminState, Catalog, NodeId, NodeRecord, NodeStatus, ReplicaHealth, ServerSpec,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -56,6 +58,25 @@ pub enum Command {
         epoch: u64,
         health: ReplicaHealth,
     },
+    /// The node running slot `slot` of `server` under the assignment made at `epoch`
+    /// reports what the server offers. Rejected unless that assignment is current and
+    /// the catalog within `MAX_CATALOG_BYTES`.
+    ReportCatalog {
+        server: String,
+        slot: u32,
+        epoch: u64,
+        node_id: NodeId,
+        catalog: Catalog,
+    },
+    /// A node opened a legacy MCP session: record it so that every node can serve it.
+    PutSession {
+        id: String,
+        initialize: String,
+    },
+    /// A legacy MCP session ended.
+    DeleteSession {
+        id: String,
+    },
     /// Carry out a placement plan that the leader of `term` made. Rejected, whole,
     /// unless the entry carrying it was written in `term`: a plan made by a leader that
     /// has since been deposed never takes effect.
@@ -92,6 +113,9 @@ impl Command {
             Command::SetNodeStatus { .. } => "set-node-status",
             Command::SetNodeAdmin { .. } => "set-node-admin",
             Command::ReportHealth { .. } => "report-health",
+            Command::ReportCatalog { .. } => "report-catalog",
+            Command::PutSession { .. } => "put-session",
+            Command::DeleteSession { .. } => "delete-session",
         }
     }
 }
@@ -137,4 +161,14 @@ pub enum RegistryError {
     },
     #[error("invalid node record: {reason}")]
     InvalidNode { reason: String },
+    #[error("catalog of {server:?} is {size} bytes, over the {limit}-byte cap")]
+    CatalogTooLarge {
+        server: String,
+        size: usize,
+        limit: usize,
+    },
+    #[error("invalid session: {reason}")]
+    InvalidSession { reason: String },
+    #[error("session {id:?} not found")]
+    SessionNotFound { id: String },
 }

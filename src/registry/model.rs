@@ -17,6 +17,13 @@ pub const MAX_SPEC_BYTES: usize = 64 * 1024;
 pub const MAX_LIST_ITEMS: usize = 256;
 /// Most servers the registry holds.
 pub const MAX_SERVERS: usize = 10_000;
+/// Largest catalog (tools, prompts and resources together, as JSON) one server may
+/// offer, in bytes.
+pub const MAX_CATALOG_BYTES: usize = 256 * 1024;
+/// Most legacy MCP sessions the registry keeps; past it the oldest goes.
+pub const MAX_SESSIONS: usize = 10_000;
+/// Largest recorded session (the client's initialize parameters), in bytes.
+pub const MAX_SESSION_BYTES: usize = 16 * 1024;
 
 pub type NodeId = u64;
 
@@ -218,4 +225,36 @@ pub struct ReplicaHealth {
     pub restarts: u32,
     pub last_error: Option<String>,
     pub probe_latency_ms: Option<u64>,
+}
+
+/// What a server offers, as one of its replicas reported it after connecting (and
+/// again after a list-changed notification). Each list is the JSON array the server
+/// sent (its MCP objects untouched), so every node answers list requests from its own
+/// applied state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Catalog {
+    /// The server's `transport_revision` the reporting replica ran.
+    pub transport_revision: u64,
+    /// The server's name and version from its initialize answer.
+    pub server_info: String,
+    pub tools: String,
+    pub prompts: String,
+    pub resources: String,
+}
+
+impl Catalog {
+    /// Bytes the catalog's lists take together.
+    pub fn size(&self) -> usize {
+        self.server_info.len() + self.tools.len() + self.prompts.len() + self.resources.len()
+    }
+}
+
+/// A legacy (2025-11-25 and older) MCP session that a client opened through some node:
+/// any node can carry it on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// The client's initialize parameters, as JSON.
+    pub initialize: String,
+    /// The revision that recorded it (older sessions go first when the table is full).
+    pub revision: u64,
 }

@@ -35,6 +35,10 @@ pub struct Registry {
     pub assignments: BTreeMap<(String, u32), Assignment>,
     /// Keyed by (server, slot).
     pub health: BTreeMap<(String, u32), ReplicaHealth>,
+    /// What each server offers, keyed by server name.
+    pub catalogs: BTreeMap<String, Catalog>,
+    /// Legacy MCP sessions, keyed by session id.
+    pub sessions: BTreeMap<String, SessionRecord>,
 }
 
 /// A change to the server table, as watchers see it.
@@ -105,6 +109,22 @@ impl Registry {
                 epoch,
                 health,
             } => self.report_health(server, *slot, *epoch, health),
+            Command::ReportCatalog {
+                server,
+                slot,
+                epoch,
+                node_id,
+                catalog,
+            } => self.report_catalog(server, *slot, *epoch, *node_id, catalog),
+            Command::PutSession { id, initialize } => self.put_session(id, initialize),
+            Command::DeleteSession { id } => {
+                if self.sessions.remove(id).is_none() {
+                    Err(RegistryError::SessionNotFound { id: id.clone() })
+                } else {
+                    self.revision += 1;
+                    Ok(None)
+                }
+            }
             Command::ApplyPlan { term, placements } => {
                 self.apply_plan(*term, placements, position).map(|()| None)
             }
@@ -295,6 +315,73 @@ impl Registry {
         Ok(None)
     }
 
+    fn report_catalog(
+        &mut self,
+        server: &str,
+        slot: u32,
+        epoch: u64,
+        node_id: NodeId,
+        catalog: &Catalog,
+    ) -> Result<Option<Change>, RegistryError> {
+        let current = self
+            .assignments
+            .get(&(server.to_string(), slot))
+            .is_some_and(|a| a.epoch == epoch && a.node_id == node_id);
+        if !current {
+            return Err(RegistryError::StaleReport {
+                server: server.to_string(),
+                slot,
+                epoch,
+            });
+        }
+        if catalog.size() > MAX_CATALOG_BYTES {
+            return Err(RegistryError::CatalogTooLarge {
+                server: server.to_string(),
+                size: catalog.size(),
+                limit: MAX_CATALOG_BYTES,
+            });
+        }
+        self.catalogs.insert(server.to_string(), catalog.clone());
+        self.revision += 1;
+        Ok(None)
+    }
+
+    fn put_session(&mut self, id: &str, initialize: &str) -> Result<Option<Change>, RegistryError> {
+        let invalid = |reason: String| Err(RegistryError::InvalidSession { reason });
+        if id.is_empty() || id.len() > MAX_NAME_LEN * 2 || !id.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return invalid(format!(
+                "id must be 1..={} visible ASCII characters",
+                MAX_NAME_LEN * 2
+            ));
+        }
+        if initialize.len() > MAX_SESSION_BYTES {
+            return invalid(format!(
+                "initialize parameters are {} bytes, over the {MAX_SESSION_BYTES}-byte cap",
+                initialize.len()
+            ));
+        }
+        if !self.sessions.contains_key(id) && self.sessions.len() >= MAX_SESSIONS {
+            let oldest = self
+                .sessions
+                .iter()
+                .min_by_key(|(id, record)| (record.revision, (*id).clone()))
+                .map(|(id, _)| id.clone());
+            if let Some(oldest) = oldest {
+                self.sessions.remove(&oldest);
+            }
+        }
+        self.revision += 1;
+        self.sessions.insert(
+            id.to_string(),
+            SessionRecord {
+                initialize: initialize.to_string(),
+                revision: self.revision,
+            },
+        );
+        Ok(None)
+    }
+
     fn put_server(
         &mut self,
         spec: &ServerSpec,
@@ -361,6 +448,7 @@ impl Registry {
         }
         self.revision += 1;
         self.servers.remove(name);
+        self.catalogs.remove(name);
         self.assignments.retain(|(server, _), _| server != name);
         self.health.retain(|(server, _), _| server != name);
         Ok(Some(Change::Delete {
@@ -388,6 +476,16 @@ impl Registry {
             if let Err(error) = validate_spec(&record.spec) {
                 return Err(format!("server {name:?} holds an invalid spec: {error}"));
             }
+        }
+        if let Some(name) = self
+            .catalogs
+            .keys()
+            .find(|n| !self.servers.contains_key(*n))
+        {
+            return Err(format!("catalog of unknown server {name:?}"));
+        }
+        if self.sessions.len() > MAX_SESSIONS {
+            return Err(format!("{} sessions, over the cap", self.sessions.len()));
         }
         let mut nodes_per_server: BTreeMap<&str, Vec<NodeId>> = BTreeMap::new();
         for ((server, slot), assignment) in &self.assignments {

@@ -1,0 +1,234 @@
+//! The replica directory: for every slot this node runs and has connected, the handle
+//! that tool calls use. The replica's task publishes its handle once the server has
+//! answered initialize and withdraws it before it stops the server; the data-plane
+//! service and the gateway only read it.
+//!
+//! A handle holds the one shared MCP client of the replica (rmcp's `Peer`, cloned per
+//! call, all calls multiplexed over one connection), its bulkhead (a bounded number of
+//! calls in flight, with a bounded wait for a permit), and its circuit breaker, which
+//! real call outcomes feed as well as the health probes.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use rmcp::model::{CallToolRequestParams, CallToolResponse};
+use rmcp::service::{Peer, ServiceError};
+use rmcp::RoleClient;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use super::breaker::Breaker;
+
+/// Most calls one replica has in flight; more wait for `BULKHEAD_WAIT_MS`, then fail
+/// as overloaded.
+pub const MAX_CALLS_IN_FLIGHT: usize = 64;
+/// Longest a call waits for a free place in a full bulkhead.
+pub const BULKHEAD_WAIT_MS: u64 = 50;
+
+/// Why a call through this node's replica failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReplicaCallError {
+    /// Nothing was sent to the server: the slot does not run here (or under another
+    /// assignment). Safe to try another replica.
+    #[error("replica {server}/{slot} at epoch {epoch} does not run on this node")]
+    NotHere {
+        server: String,
+        slot: u32,
+        epoch: u64,
+    },
+    /// Nothing was sent: no connection to the node that runs the replica could be made.
+    #[error("node {node} is unreachable: {reason}")]
+    Unreachable { node: u64, reason: String },
+    /// Nothing was sent: the call itself is malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// Nothing was sent: the replica's breaker is open.
+    #[error("replica {server}/{slot}: circuit breaker open")]
+    BreakerOpen { server: String, slot: u32 },
+    /// Nothing was sent: every place in the replica's bulkhead stayed taken.
+    #[error("replica {server}/{slot} is overloaded ({limit} calls in flight)")]
+    Overloaded {
+        server: String,
+        slot: u32,
+        limit: usize,
+    },
+    /// The call was sent and no answer came in time; it may have run.
+    #[error("no answer from {server}/{slot} within {timeout_ms} ms")]
+    Timeout {
+        server: String,
+        slot: u32,
+        timeout_ms: u64,
+    },
+    /// The call was sent and the connection failed or the answer was garbage; it may
+    /// have run.
+    #[error("replica {server}/{slot}: {reason}")]
+    Failed {
+        server: String,
+        slot: u32,
+        reason: String,
+    },
+    /// The server answered with a JSON-RPC error (an unknown tool, bad arguments).
+    #[error("{message}")]
+    Mcp { code: i32, message: String },
+}
+
+impl ReplicaCallError {
+    /// Whether the call provably never reached the MCP server.
+    pub fn never_sent(&self) -> bool {
+        matches!(
+            self,
+            ReplicaCallError::NotHere { .. }
+                | ReplicaCallError::Unreachable { .. }
+                | ReplicaCallError::BreakerOpen { .. }
+                | ReplicaCallError::Overloaded { .. }
+        )
+    }
+}
+
+/// One connected replica, as tool calls see it.
+pub struct ReplicaHandle {
+    pub server: String,
+    pub slot: u32,
+    pub epoch: u64,
+    peer: Peer<RoleClient>,
+    bulkhead: Semaphore,
+    breaker: Arc<Mutex<Breaker>>,
+}
+
+impl ReplicaHandle {
+    pub fn new(
+        server: String,
+        slot: u32,
+        epoch: u64,
+        peer: Peer<RoleClient>,
+        breaker: Arc<Mutex<Breaker>>,
+    ) -> ReplicaHandle {
+        ReplicaHandle {
+            server,
+            slot,
+            epoch,
+            peer,
+            bulkhead: Semaphore::new(MAX_CALLS_IN_FLIGHT),
+            breaker,
+        }
+    }
+
+    /// Calls in flight right now.
+    pub fn in_flight(&self) -> usize {
+        MAX_CALLS_IN_FLIGHT - self.bulkhead.available_permits()
+    }
+
+    /// Whether the breaker lets calls through (without taking a half-open trial).
+    pub fn breaker_open(&self) -> bool {
+        self.breaker
+            .lock()
+            .is_ok_and(|mut b| b.state(Instant::now()) == crate::registry::BreakerState::Open)
+    }
+
+    /// One `tools/call` through the shared client, within `timeout`. Dropping the
+    /// future (the caller gave up) sends `notifications/cancelled` upstream.
+    pub async fn call(
+        &self,
+        params: CallToolRequestParams,
+        timeout: Duration,
+    ) -> Result<CallToolResponse, ReplicaCallError> {
+        let (server, slot) = (self.server.clone(), self.slot);
+        let permit = match tokio::time::timeout(
+            Duration::from_millis(BULKHEAD_WAIT_MS),
+            self.bulkhead.acquire(),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                return Err(ReplicaCallError::Overloaded {
+                    server,
+                    slot,
+                    limit: MAX_CALLS_IN_FLIGHT,
+                })
+            }
+        };
+        let allowed = self
+            .breaker
+            .lock()
+            .is_ok_and(|mut b| b.allow(Instant::now()));
+        if !allowed {
+            return Err(ReplicaCallError::BreakerOpen { server, slot });
+        }
+        let outcome = tokio::time::timeout(timeout, self.peer.call_tool_once(params)).await;
+        drop(permit);
+        let result = match outcome {
+            Err(_) => Err(ReplicaCallError::Timeout {
+                server,
+                slot,
+                timeout_ms: timeout.as_millis() as u64,
+            }),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(ServiceError::McpError(error))) => Err(ReplicaCallError::Mcp {
+                code: error.code.0,
+                message: error.message.to_string(),
+            }),
+            Ok(Err(error)) => Err(ReplicaCallError::Failed {
+                server,
+                slot,
+                reason: error.to_string(),
+            }),
+        };
+        // Transport failures and timeouts count against the replica; an answer (even
+        // a JSON-RPC error or a tool's own error result) shows it works.
+        if let Ok(mut breaker) = self.breaker.lock() {
+            match &result {
+                Err(ReplicaCallError::Timeout { .. } | ReplicaCallError::Failed { .. }) => {
+                    breaker.record_failure(Instant::now())
+                }
+                _ => breaker.record_success(),
+            }
+        }
+        result
+    }
+}
+
+/// Every connected replica of this node, by (server, slot).
+#[derive(Default)]
+pub struct Directory {
+    replicas: DashMap<(String, u32), Arc<ReplicaHandle>>,
+}
+
+impl Directory {
+    pub fn publish(&self, handle: Arc<ReplicaHandle>) {
+        self.replicas
+            .insert((handle.server.clone(), handle.slot), handle);
+    }
+
+    /// Withdraws the handle of `server`/`slot` if it is the one for `epoch`.
+    pub fn withdraw(&self, server: &str, slot: u32, epoch: u64) {
+        self.replicas
+            .remove_if(&(server.to_string(), slot), |_, h| h.epoch == epoch);
+    }
+
+    /// The handle of `server`/`slot` under the assignment made at `epoch`: the fencing
+    /// token a call carries must match what this node runs.
+    pub fn get(
+        &self,
+        server: &str,
+        slot: u32,
+        epoch: u64,
+    ) -> Result<Arc<ReplicaHandle>, ReplicaCallError> {
+        match self.replicas.get(&(server.to_string(), slot)) {
+            Some(handle) if handle.epoch == epoch => Ok(handle.clone()),
+            _ => Err(ReplicaCallError::NotHere {
+                server: server.to_string(),
+                slot,
+                epoch,
+            }),
+        }
+    }
+
+    /// Calls in flight on `server`/`slot`, if it runs here.
+    pub fn in_flight(&self, server: &str, slot: u32) -> Option<usize> {
+        self.replicas
+            .get(&(server.to_string(), slot))
+            .map(|h| h.in_flight())
+    }
+}

@@ -1,0 +1,184 @@
+//! The MCP endpoint every node serves: streamable HTTP at `/mcp` (rmcp's
+//! `StreamableHttpService`), both protocol eras from one endpoint. A 2026-07-28 client
+//! needs no session (rmcp serves it statelessly); a legacy session lives in the
+//! registry (`sessions`), so any node carries it on.
+//!
+//! It offers the fleet's tools under the fleet's names (`catalog`, `names`) and routes
+//! each call through `Calls`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, ErrorCode, Implementation, InitializeResult,
+    ListToolsResult, PaginatedRequestParams, ResultType, ServerCapabilities,
+};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData, RoleServer, ServerHandler};
+
+use super::catalog::{self, Catalogs};
+use super::sessions::RegistrySessions;
+use super::{CallError, Calls};
+use crate::agent::ReplicaCallError;
+
+/// Largest request body the endpoint reads.
+pub const MAX_REQUEST_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// How a node serves `/mcp`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// "host:port" to listen on.
+    pub listen: String,
+    /// `Host` header values accepted (hostnames or host:port); empty: loopback only.
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins accepted ("scheme://host:port", `:*` for any port). Empty: the
+    /// `Origin` header is not checked (rmcp's default).
+    pub allowed_origins: Vec<String>,
+    /// Between server and tool in the fleet's tool names.
+    pub separator: String,
+    /// How long a tool call may take.
+    pub call_timeout_ms: u64,
+}
+
+/// The MCP server the endpoint runs for each session (or each stateless request).
+#[derive(Clone)]
+pub struct FleetServer {
+    calls: Arc<Calls>,
+    catalogs: Arc<Catalogs>,
+    call_timeout: Duration,
+}
+
+impl FleetServer {
+    pub fn new(calls: Arc<Calls>, catalogs: Arc<Catalogs>, call_timeout: Duration) -> FleetServer {
+        FleetServer {
+            calls,
+            catalogs,
+            call_timeout,
+        }
+    }
+
+    /// The fleet's tools now.
+    pub fn tools(&self) -> Arc<catalog::Aggregate> {
+        self.catalogs.current(self.calls.view())
+    }
+
+    /// Calls `params.name` (the server's own name) of `server`, within `timeout` or
+    /// the node's default.
+    pub async fn call(
+        &self,
+        server: &str,
+        params: CallToolRequestParams,
+        timeout: Option<Duration>,
+    ) -> Result<CallToolResponse, CallError> {
+        self.calls
+            .call(server, params, timeout.unwrap_or(self.call_timeout))
+            .await
+    }
+}
+
+/// The MCP error a failed call gives the client.
+pub fn mcp_error(error: CallError) -> ErrorData {
+    match error {
+        CallError::UnknownTool(_) | CallError::UnknownServer(_) | CallError::Invalid(_) => {
+            ErrorData::invalid_params(error.to_string(), None)
+        }
+        CallError::Replica(ReplicaCallError::Mcp { code, message }) => {
+            ErrorData::new(ErrorCode(code), message, None)
+        }
+        CallError::Replica(ReplicaCallError::Invalid(message)) => {
+            ErrorData::invalid_params(message, None)
+        }
+        other => ErrorData::internal_error(other.to_string(), None),
+    }
+}
+
+impl ServerHandler for FleetServer {
+    fn get_info(&self) -> InitializeResult {
+        InitializeResult::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build(),
+        )
+        .with_server_info(Implementation::new("mcpfleet", env!("CARGO_PKG_VERSION")))
+        .with_instructions(
+            "The tools of every MCP server in this mcpfleet cluster, named server__tool.",
+        )
+    }
+
+    async fn list_tools(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let aggregate = self.catalogs.current(self.calls.view());
+        let cursor = request.as_ref().and_then(|r| r.cursor.as_deref());
+        let (tools, next) = catalog::page(&aggregate.tools, cursor)
+            .map_err(|reason| ErrorData::invalid_params(reason, None))?;
+        let mut result = ListToolsResult::with_all_items(tools);
+        result.next_cursor = next;
+        Ok(result)
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let aggregate = self.catalogs.current(self.calls.view());
+        let Some(exposed) = aggregate.find(&request.name) else {
+            return Err(mcp_error(CallError::UnknownTool(request.name.to_string())));
+        };
+        let mut params = request;
+        params.name = exposed.tool.clone().into();
+        let call = self.call(&exposed.server, params, None);
+        tokio::select! {
+            outcome = call => match outcome {
+                // An upstream on an older protocol leaves the result type out; the
+                // 2026-07-28 protocol requires it (rmcp drops it again for older clients).
+                Ok(CallToolResponse::Complete(mut result)) => {
+                    result.result_type.get_or_insert(ResultType::COMPLETE);
+                    Ok(CallToolResponse::Complete(result))
+                }
+                other => other.map_err(mcp_error),
+            },
+            // The client cancelled: dropping the call cancels it upstream.
+            _ = context.ct.cancelled() => Err(ErrorData::internal_error("cancelled", None)),
+        }
+    }
+}
+
+/// Serves `/mcp` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: &HttpConfig,
+    server: FleetServer,
+    sessions: Arc<RegistrySessions>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let mut http = StreamableHttpServerConfig::default()
+        .with_cancellation_token(cancel.clone())
+        .with_max_request_body_bytes(MAX_REQUEST_BODY_BYTES);
+    if !config.allowed_hosts.is_empty() {
+        http = http.with_allowed_hosts(config.allowed_hosts.clone());
+    }
+    if !config.allowed_origins.is_empty() {
+        http = http.with_allowed_origins(config.allowed_origins.clone());
+    }
+    http.session_store = Some(sessions);
+    let service = StreamableHttpService::new(
+        move || Ok(server.clone()),
+        Arc::new(LocalSessionManager::default()),
+        http,
+    );
+    let router = axum::Router::new().nest_service("/mcp", service);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            cancel.cancel();
+        })
+        .await
+}

@@ -1,0 +1,359 @@
+//! The tool-call path: a call that reaches any node (its `/mcp` endpoint or the gRPC
+//! API) goes to a replica the router picks, on this node through the replica
+//! directory or on another node through the data-plane RPC, carrying (server, slot,
+//! epoch) as the fencing token.
+//!
+//! A call moves on to the next replica only when it provably never reached the MCP
+//! server: the callee did not run the slot at that epoch, the breaker was open, the
+//! bulkhead stayed full, or no connection to the callee could be made. Anything that
+//! may have reached the server (a timeout, a connection lost after sending) is the
+//! caller's error: a tool can have side effects, and no call runs twice.
+//!
+//! It depends only on the registry's applied state (read), the replica directory and a
+//! dialer for other nodes.
+
+pub mod catalog;
+pub mod endpoint;
+pub mod names;
+pub mod sessions;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use rmcp::model::{CallToolRequestParams, CallToolResponse};
+use tokio::time::Instant;
+
+use crate::agent::{Directory, ReplicaCallError};
+use crate::env::NetworkError;
+use crate::proto::dataplane as pb;
+use crate::raft::{NodeId, RegistryView};
+
+/// How long a call may take when the caller says nothing.
+pub const DEFAULT_CALL_TIMEOUT_MS: u64 = 60_000;
+/// The longest call timeout accepted.
+pub const MAX_CALL_TIMEOUT_MS: u64 = 600_000;
+/// Largest data-plane message (a call's arguments or its result).
+pub const MAX_CALL_BYTES: usize = 16 * 1024 * 1024;
+
+/// Channels to other nodes.
+pub trait Dialer: Send + Sync {
+    fn channel(&self, addr: &str) -> Result<tonic::transport::Channel, NetworkError>;
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    #[error("unknown server {0:?}")]
+    UnknownServer(String),
+    #[error("unknown tool {0:?}")]
+    UnknownTool(String),
+    #[error("server {0:?} has no healthy replica")]
+    NoReplica(String),
+    #[error("invalid call: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Replica(#[from] ReplicaCallError),
+}
+
+/// Routes tool calls.
+pub struct Calls {
+    me: NodeId,
+    view: Arc<RegistryView>,
+    directory: Arc<Directory>,
+    dialer: Arc<dyn Dialer>,
+    /// Calls this node has in flight on other nodes' replicas, by (node, server, slot).
+    remote_in_flight: DashMap<(NodeId, String, u32), Arc<AtomicUsize>>,
+}
+
+/// Counts a remote call in flight while it lives.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Calls {
+    pub fn new(
+        me: NodeId,
+        view: Arc<RegistryView>,
+        directory: Arc<Directory>,
+        dialer: Arc<dyn Dialer>,
+    ) -> Calls {
+        Calls {
+            me,
+            view,
+            directory,
+            dialer,
+            remote_in_flight: DashMap::new(),
+        }
+    }
+
+    pub fn view(&self) -> &Arc<RegistryView> {
+        &self.view
+    }
+
+    fn in_flight(&self, node: NodeId, server: &str, slot: u32) -> usize {
+        if node == self.me {
+            return self.directory.in_flight(server, slot).unwrap_or(0);
+        }
+        self.remote_in_flight
+            .get(&(node, server.to_string(), slot))
+            .map_or(0, |n| n.load(Ordering::Relaxed))
+    }
+
+    /// Calls tool `params.name` of `server` (its own name for it) within `timeout`.
+    pub async fn call(
+        &self,
+        server: &str,
+        params: CallToolRequestParams,
+        timeout: Duration,
+    ) -> Result<CallToolResponse, CallError> {
+        let deadline = Instant::now() + timeout;
+        let candidates = {
+            let state = self.view.read();
+            if !state.registry.servers.contains_key(server) {
+                return Err(CallError::UnknownServer(server.to_string()));
+            }
+            crate::router::candidates(&state.registry, server, self.me, |node, slot| {
+                self.in_flight(node, server, slot)
+            })
+        };
+        let mut last = None;
+        for candidate in candidates {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let outcome = if candidate.node == self.me {
+                match self.directory.get(server, candidate.slot, candidate.epoch) {
+                    Ok(replica) => replica.call(params.clone(), left).await,
+                    Err(error) => Err(error),
+                }
+            } else {
+                self.call_remote(&candidate, server, &params, left).await
+            };
+            match outcome {
+                Ok(response) => return Ok(response),
+                Err(error) if error.never_sent() => {
+                    tracing::debug!(server, slot = candidate.slot, node = candidate.node,
+                        %error, "call not sent; trying the next replica");
+                    last = Some(error);
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(match last {
+            Some(error) => error.into(),
+            None => CallError::NoReplica(server.to_string()),
+        })
+    }
+
+    async fn call_remote(
+        &self,
+        candidate: &crate::router::Candidate,
+        server: &str,
+        params: &CallToolRequestParams,
+        timeout: Duration,
+    ) -> Result<CallToolResponse, ReplicaCallError> {
+        let (slot, node) = (candidate.slot, candidate.node);
+        let unreachable = |reason: String| ReplicaCallError::Unreachable { node, reason };
+        let channel = self
+            .dialer
+            .channel(&candidate.addr)
+            .map_err(|e| unreachable(e.to_string()))?;
+        let params_json = serde_json::to_string(params).map_err(|e| ReplicaCallError::Failed {
+            server: server.to_string(),
+            slot,
+            reason: e.to_string(),
+        })?;
+        let mut request = tonic::Request::new(pb::CallToolRequest {
+            server: server.to_string(),
+            slot,
+            epoch: candidate.epoch,
+            params_json,
+            timeout_ms: timeout.as_millis() as u64,
+        });
+        // The callee answers a timeout itself; this one covers a callee that cannot.
+        let limit = timeout + Duration::from_millis(REMOTE_TIMEOUT_MARGIN_MS);
+        request.set_timeout(limit);
+        let counter = self
+            .remote_in_flight
+            .entry((node, server.to_string(), slot))
+            .or_default()
+            .clone();
+        counter.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = InFlight(counter);
+        let mut client = pb::tool_calls_client::ToolCallsClient::new(channel)
+            .max_decoding_message_size(MAX_CALL_BYTES)
+            .max_encoding_message_size(MAX_CALL_BYTES);
+        let reply = match tokio::time::timeout(limit, client.call_tool(request)).await {
+            Err(_) => {
+                return Err(ReplicaCallError::Timeout {
+                    server: server.to_string(),
+                    slot,
+                    timeout_ms: limit.as_millis() as u64,
+                })
+            }
+            Ok(Err(status)) if never_connected(&status) => {
+                return Err(unreachable(status.message().to_string()))
+            }
+            Ok(Err(status)) => {
+                return Err(ReplicaCallError::Failed {
+                    server: server.to_string(),
+                    slot,
+                    reason: format!("node {node}: {}", status.message()),
+                })
+            }
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        from_reply(reply, server, candidate, timeout)
+    }
+}
+
+/// Extra time a remote call gets over its timeout before the caller gives up on the
+/// callee.
+const REMOTE_TIMEOUT_MARGIN_MS: u64 = 1_000;
+
+/// Whether a failed RPC provably never left this node: the connection to the callee
+/// could not be made.
+fn never_connected(status: &tonic::Status) -> bool {
+    use std::error::Error;
+    if status.code() != tonic::Code::Unavailable {
+        return false;
+    }
+    let mut cause: Option<&(dyn Error + 'static)> = status.source();
+    while let Some(error) = cause {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable
+            ) {
+                return true;
+            }
+        }
+        if error.to_string().contains("tcp connect error") {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
+/// The data-plane reply for a call's outcome.
+pub fn to_reply(outcome: Result<CallToolResponse, ReplicaCallError>) -> pb::CallToolReply {
+    use pb::call_error::Kind;
+    use pb::call_tool_reply::Outcome;
+    let error = |kind: Kind, message: String, mcp_code: i32| {
+        Outcome::Error(pb::CallError {
+            kind: kind as i32,
+            message,
+            mcp_code,
+        })
+    };
+    let outcome = match outcome {
+        Ok(CallToolResponse::Complete(result)) => match serde_json::to_string(&result) {
+            Ok(json) => Outcome::ResultJson(json),
+            Err(e) => error(Kind::Failed, e.to_string(), 0),
+        },
+        Ok(CallToolResponse::InputRequired(result)) => match serde_json::to_string(&result) {
+            Ok(json) => Outcome::InputRequiredJson(json),
+            Err(e) => error(Kind::Failed, e.to_string(), 0),
+        },
+        Ok(_) => error(
+            Kind::Failed,
+            "the server answered with a task, which the fleet does not pass on yet".into(),
+            0,
+        ),
+        Err(failure) => {
+            let kind = match &failure {
+                ReplicaCallError::NotHere { .. } | ReplicaCallError::Unreachable { .. } => {
+                    Kind::NotHere
+                }
+                ReplicaCallError::BreakerOpen { .. } => Kind::BreakerOpen,
+                ReplicaCallError::Overloaded { .. } => Kind::Overloaded,
+                ReplicaCallError::Timeout { .. } => Kind::Timeout,
+                ReplicaCallError::Failed { .. } => Kind::Failed,
+                ReplicaCallError::Mcp { .. } => Kind::Mcp,
+                ReplicaCallError::Invalid(_) => Kind::Invalid,
+            };
+            let code = match &failure {
+                ReplicaCallError::Mcp { code, .. } => *code,
+                _ => 0,
+            };
+            let message = match &failure {
+                ReplicaCallError::Mcp { message, .. } | ReplicaCallError::Invalid(message) => {
+                    message.clone()
+                }
+                other => other.to_string(),
+            };
+            error(kind, message, code)
+        }
+    };
+    pb::CallToolReply {
+        outcome: Some(outcome),
+    }
+}
+
+/// A call's outcome from its data-plane reply.
+fn from_reply(
+    reply: pb::CallToolReply,
+    server: &str,
+    candidate: &crate::router::Candidate,
+    timeout: Duration,
+) -> Result<CallToolResponse, ReplicaCallError> {
+    let slot = candidate.slot;
+    use pb::call_error::Kind;
+    use pb::call_tool_reply::Outcome;
+    let garbage = |reason: String| ReplicaCallError::Failed {
+        server: server.to_string(),
+        slot,
+        reason,
+    };
+    match reply.outcome {
+        Some(Outcome::ResultJson(json)) => serde_json::from_str(&json)
+            .map(CallToolResponse::Complete)
+            .map_err(|e| garbage(e.to_string())),
+        Some(Outcome::InputRequiredJson(json)) => serde_json::from_str(&json)
+            .map(CallToolResponse::InputRequired)
+            .map_err(|e| garbage(e.to_string())),
+        Some(Outcome::Error(error)) => {
+            let (server, message) = (server.to_string(), error.message);
+            Err(
+                match Kind::try_from(error.kind).unwrap_or(Kind::Unspecified) {
+                    Kind::NotHere => ReplicaCallError::NotHere {
+                        server,
+                        slot,
+                        epoch: candidate.epoch,
+                    },
+                    Kind::BreakerOpen => ReplicaCallError::BreakerOpen { server, slot },
+                    Kind::Overloaded => ReplicaCallError::Overloaded {
+                        server,
+                        slot,
+                        limit: crate::agent::directory::MAX_CALLS_IN_FLIGHT,
+                    },
+                    Kind::Timeout => ReplicaCallError::Timeout {
+                        server,
+                        slot,
+                        timeout_ms: timeout.as_millis() as u64,
+                    },
+                    Kind::Mcp => ReplicaCallError::Mcp {
+                        code: error.mcp_code,
+                        message,
+                    },
+                    Kind::Invalid => ReplicaCallError::Invalid(message),
+                    Kind::Failed | Kind::Unspecified => ReplicaCallError::Failed {
+                        server,
+                        slot,
+                        reason: message,
+                    },
+                },
+            )
+        }
+        None => Err(garbage("an empty reply".into())),
+    }
+}
