@@ -169,6 +169,7 @@ fn bad_serve_flags_and_data_dirs_are_refused() -> Result<()> {
     let serve = |args: &[&str]| -> Output {
         Command::new(binary())
             .arg("serve")
+            .args(["--http", "off"])
             .args(args)
             .env("RUST_LOG", "off")
             .output()

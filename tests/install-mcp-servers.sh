@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the real MCP servers the tests run, if they are missing:
 #  - @modelcontextprotocol/server-everything from the npm registry (needs node and npm);
-#  - mcp-server-time from PyPI, in a virtualenv (needs python3 with venv).
+#  - mcp-server-time from PyPI, in a virtualenv (needs python3 with venv);
+#  - the official MCP SDK clients: Python `mcp` 2.3 (same venv), TypeScript
+#    `@modelcontextprotocol/sdk` 1.x (same npm tree).
 # Into target/mcp-servers/ (override with MCP_SERVERS_DIR). Safe to run concurrently:
 # one install at a time, under a lock.
 set -euo pipefail
@@ -22,6 +24,16 @@ if [ ! -x "$time_server" ]; then
     rm -rf "$dir/py"
     python3 -m venv "$dir/py"
     "$dir/py/bin/pip" install --quiet --disable-pip-version-check mcp-server-time >&2
+fi
+# The official SDK clients the gateway tests drive (the servers above bring them along;
+# make sure of the versions).
+if ! "$dir/py/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(not m.version("mcp").startswith("2.3."))' 2>/dev/null; then
+    echo "installing the Python MCP SDK (mcp 2.3) into $dir/py" >&2
+    "$dir/py/bin/pip" install --quiet --disable-pip-version-check 'mcp>=2.3,<2.4' >&2
+fi
+if [ ! -f "$dir/npm/node_modules/@modelcontextprotocol/sdk/package.json" ]; then
+    echo "installing the TypeScript MCP SDK 1.x into $dir/npm" >&2
+    npm install --silent --no-audit --no-fund --prefix "$dir/npm" '@modelcontextprotocol/sdk@1' >&2
 fi
 "$everything" --version >/dev/null 2>&1 || test -x "$everything"
 test -x "$time_server"

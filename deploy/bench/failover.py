@@ -73,7 +73,8 @@ def main():
         log = open(os.path.join(workdir, f"node{i}.log"), "a")
         procs[i] = subprocess.Popen(
             [binary, "serve", "--id", str(i), "--listen", addrs[i],
-             "--data", os.path.join(workdir, f"data{i}"), "--initial-cluster", initial],
+             "--data", os.path.join(workdir, f"data{i}"), "--initial-cluster", initial,
+             "--http", "off"],
             stdout=subprocess.DEVNULL, stderr=log,
         )
 

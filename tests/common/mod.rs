@@ -48,6 +48,8 @@ pub fn cli_json(endpoint: &str, args: &[&str]) -> Result<serde_json::Value> {
 pub struct NodeProcess {
     pub id: u64,
     pub addr: String,
+    /// Where it serves /mcp ("host:port").
+    pub http: String,
     pub data: PathBuf,
     pub args: Vec<String>,
     /// Extra environment for the process.
@@ -78,10 +80,20 @@ impl NodeProcess {
             "--data".into(),
             data.display().to_string(),
         ];
+        // Every node serves /mcp on a port of its own.
+        let http = match extra.iter().position(|a| a == "--http") {
+            Some(i) => extra[i + 1].clone(),
+            None => {
+                let http = format!("127.0.0.1:{}", free_port());
+                args.extend(["--http".to_string(), http.clone()]);
+                http
+            }
+        };
         args.extend(extra.iter().cloned());
         let mut node = NodeProcess {
             id,
             addr: addr.to_string(),
+            http,
             data: data.to_path_buf(),
             args,
             env: env
@@ -200,6 +212,11 @@ impl Cluster {
     pub fn addr(&self, id: u64) -> String {
         self.nodes[id as usize - 1].addr.clone()
     }
+
+    /// The URL of node `id`'s MCP endpoint.
+    pub fn mcp_url(&self, id: u64) -> String {
+        format!("http://{}/mcp", self.nodes[id as usize - 1].http)
+    }
 }
 
 /// Waits until the node at `endpoint` reports a leader; returns its id.
@@ -251,6 +268,10 @@ pub struct McpServers {
     pub everything: String,
     /// `mcp-server-time` from PyPI.
     pub time: String,
+    /// The Python of the venv that holds the official Python SDK (PyPI `mcp`).
+    pub python: String,
+    /// The npm tree that holds the official TypeScript SDK.
+    pub node_modules: String,
 }
 
 /// Finds the reference MCP servers, installing them first if they are missing.
@@ -265,6 +286,8 @@ pub fn mcp_servers() -> Result<McpServers> {
             .display()
             .to_string(),
         time: dir.join("py/bin/mcp-server-time").display().to_string(),
+        python: dir.join("py/bin/python").display().to_string(),
+        node_modules: dir.join("npm/node_modules").display().to_string(),
     };
     if !Path::new(&servers.everything).exists() || !Path::new(&servers.time).exists() {
         let status = Command::new(root.join("tests/install-mcp-servers.sh"))
