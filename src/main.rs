@@ -33,7 +33,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         TopCommand::Serve(args) => {
             init_logging();
-            cli::serve::run_serve(args, termination_signal()).await?;
+            cli::serve::run_serve(*args, termination_signal()).await?;
         }
         TopCommand::Server { client, command } => {
             cli::run_client(client, cli::ClientCommand::Server(command)).await?

@@ -274,10 +274,12 @@ impl Agent {
                 me,
                 replica,
                 settings_signal,
-                launcher.clone(),
-                self.fence.clone(),
-                self.reports.clone(),
-                self.directory.clone(),
+                replica::ReplicaEnv {
+                    launcher: launcher.clone(),
+                    fence: self.fence.clone(),
+                    reports: self.reports.clone(),
+                    directory: self.directory.clone(),
+                },
                 stop_signal,
             ));
             self.running.insert(

@@ -100,17 +100,30 @@ impl Replica {
     }
 }
 
+/// What a replica's task works with: how to start its server, the node's fence, and
+/// where it reports and publishes itself.
+#[derive(Clone)]
+pub struct ReplicaEnv {
+    pub launcher: Arc<dyn McpLauncher>,
+    pub fence: Fence,
+    pub reports: Arc<Reports>,
+    pub directory: Arc<Directory>,
+}
+
 /// Runs replica `key` of `spec` until `stop` says so; then stops its server.
 pub async fn run(
     node_id: NodeId,
     key: ReplicaKey,
     mut settings: Settings,
-    launcher: Arc<dyn McpLauncher>,
-    fence: Fence,
-    reports: Arc<Reports>,
-    directory: Arc<Directory>,
+    env: ReplicaEnv,
     mut stop: StopSignal,
 ) {
+    let ReplicaEnv {
+        launcher,
+        fence,
+        reports,
+        directory,
+    } = env;
     let spec = settings.borrow_and_update().clone();
     let mut replica = Replica {
         health: ReplicaHealth {

@@ -27,7 +27,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum TopCommand {
     /// Run a node (with no flags: a single-node cluster on 127.0.0.1:7700, data in ./mcpfleet-data).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Manage MCP servers in the registry.
     Server {
         #[command(flatten)]

@@ -41,11 +41,13 @@ impl Aggregate {
     }
 }
 
+/// Per server: the catalog text last parsed, and its tools.
+type Parsed = BTreeMap<String, (String, Arc<Vec<Tool>>)>;
+
 pub struct Catalogs {
     separator: String,
     current: Mutex<Arc<Aggregate>>,
-    /// Per server: the catalog text last parsed and its tools.
-    parsed: Mutex<BTreeMap<String, (String, Arc<Vec<Tool>>)>>,
+    parsed: Mutex<Parsed>,
 }
 
 impl Catalogs {

@@ -60,7 +60,7 @@ mod tests {
             (
                 "a-very-long-server-name-for-testing",
                 "and-an-equally-long-tool-name-here",
-                "a-very-long-server-name-for-testing__and-an-equally-lon-4d8bbd1c",
+                "a-very-long-server-name-for-testing__and-an-equally-lon-b995a067",
             ),
         ];
         for (server, tool, expected) in cases {

@@ -54,7 +54,7 @@ pub fn candidates(
             })
         })
         .collect();
-    found.sort_by(|a, b| (a.0, a.1, a.2.slot).cmp(&(b.0, b.1, b.2.slot)));
+    found.sort_by_key(|(remote, load, c)| (*remote, *load, c.slot));
     found.into_iter().map(|(_, _, c)| c).collect()
 }
 

@@ -74,7 +74,14 @@ use ReplicaState::{Healthy, Starting, Unhealthy};
 fn picks_healthy_replicas_local_first_then_least_loaded() {
     // (what, slots, down nodes, calls in flight per node, expected (node, slot) order)
     type Slots = &'static [(NodeId, ReplicaState, BreakerState)];
-    let cases: &[(&str, Slots, &[NodeId], [usize; 3], &[(NodeId, u32)])] = &[
+    type Case = (
+        &'static str,
+        Slots,
+        &'static [NodeId],
+        [usize; 3],
+        &'static [(NodeId, u32)],
+    );
+    let cases: &[Case] = &[
         (
             "local first, though busier",
             &[(2, Healthy, Closed), (1, Healthy, Closed)],
