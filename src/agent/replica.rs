@@ -214,8 +214,8 @@ async fn serve(
     directory: &Directory,
     stop: &mut StopSignal,
 ) -> Ended {
-    if let Err(error) = report_catalog(replica, connection).await {
-        return Ended::Failed(error);
+    if let Err(ended) = report_catalog_unless_stopped(replica, connection, stop).await {
+        return ended;
     }
     directory.publish(Arc::new(ReplicaHandle::new(
         replica.key.server.clone(),
@@ -244,6 +244,20 @@ async fn report_catalog(replica: &mut Replica, connection: &mut Connection) -> R
     }
     replica.reports.publish_catalog(&replica.key, catalog);
     Ok(())
+}
+
+/// `report_catalog`, but a stop never waits for the lists in flight.
+async fn report_catalog_unless_stopped(
+    replica: &mut Replica,
+    connection: &mut Connection,
+    stop: &mut StopSignal,
+) -> Result<(), Ended> {
+    tokio::select! {
+        reported = report_catalog(replica, connection) => reported.map_err(Ended::Failed),
+        grace = stop.wait_for(Option::is_some) => {
+            Err(Ended::Stopped(grace.ok().and_then(|g| *g).unwrap_or_default()))
+        }
+    }
 }
 
 /// Shortest wait for the server's lists.
@@ -276,8 +290,8 @@ async fn probe(replica: &mut Replica, connection: &mut Connection, stop: &mut St
             _ = lists_changed.notified() => relist = true,
         }
         if relist {
-            if let Err(error) = report_catalog(replica, connection).await {
-                return Ended::Failed(error);
+            if let Err(ended) = report_catalog_unless_stopped(replica, connection, stop).await {
+                return ended;
             }
             continue;
         }

@@ -632,3 +632,102 @@ fn only_a_transport_change_moves_the_transport_revision() {
     })));
     assert_eq!(registry.servers["a"].transport_revision, 3);
 }
+
+#[test]
+fn catalogs_come_only_from_a_current_assignment_within_the_cap_and_go_with_their_server() {
+    let mut registry = Registry::default();
+    registry.apply(&Command::PutNode { node: node(1) });
+    registry.apply(&Command::PutNode { node: node(2) });
+    registry.apply(&put(echo("a")));
+    registry.apply_at(
+        &Command::ApplyPlan {
+            term: 2,
+            placements: vec![place("a", 0, Some(2))],
+        },
+        LogPosition { term: 2, index: 10 },
+    );
+    let catalog = Catalog {
+        transport_revision: 3,
+        server_info: "a 1.0".into(),
+        tools: r#"[{"name":"t","inputSchema":{"type":"object"}}]"#.into(),
+        prompts: "[]".into(),
+        resources: "[]".into(),
+    };
+    let report = |node_id, epoch, catalog: &Catalog| Command::ReportCatalog {
+        server: "a".into(),
+        slot: 0,
+        epoch,
+        node_id,
+        catalog: catalog.clone(),
+    };
+    let before = registry.clone();
+    let oversize = Catalog {
+        tools: "x".repeat(MAX_CATALOG_BYTES + 1),
+        ..catalog.clone()
+    };
+    for (what, command) in [
+        ("another node", report(1, 10, &catalog)),
+        ("an older epoch", report(2, 9, &catalog)),
+        ("over the cap", report(2, 10, &oversize)),
+    ] {
+        let (outcome, _) = registry.apply(&command);
+        assert!(
+            matches!(outcome, Outcome::Rejected(_)),
+            "{what}: {outcome:?}"
+        );
+        assert_eq!(registry, before, "{what} changed nothing");
+    }
+    let (outcome, _) = registry.apply(&report(2, 10, &catalog));
+    assert!(matches!(outcome, Outcome::Applied { .. }));
+    assert_eq!(registry.catalogs.get("a"), Some(&catalog));
+    registry.apply(&delete("a"));
+    assert!(registry.catalogs.is_empty());
+    assert_eq!(registry.check_invariants(), Ok(()));
+}
+
+#[test]
+fn sessions_are_recorded_capped_and_deleted() {
+    let mut registry = Registry::default();
+    let put_session = |id: &str| Command::PutSession {
+        id: id.into(),
+        initialize: r#"{"initialize_params":{}}"#.into(),
+    };
+    let before = registry.clone();
+    for (what, command) in [
+        ("an empty id", put_session("")),
+        ("a space in the id", put_session("a b")),
+        (
+            "oversize parameters",
+            Command::PutSession {
+                id: "s".into(),
+                initialize: "x".repeat(MAX_SESSION_BYTES + 1),
+            },
+        ),
+        (
+            "deleting an unknown one",
+            Command::DeleteSession { id: "s".into() },
+        ),
+    ] {
+        let (outcome, _) = registry.apply(&command);
+        assert!(
+            matches!(outcome, Outcome::Rejected(_)),
+            "{what}: {outcome:?}"
+        );
+        assert_eq!(registry, before, "{what} changed nothing");
+    }
+    for i in 0..MAX_SESSIONS {
+        registry.apply(&put_session(&format!("s{i}")));
+    }
+    assert_eq!(registry.sessions.len(), MAX_SESSIONS);
+    // A full table drops its oldest session for a new one.
+    registry.apply(&put_session("newest"));
+    assert_eq!(registry.sessions.len(), MAX_SESSIONS);
+    assert!(!registry.sessions.contains_key("s0"));
+    assert!(registry.sessions.contains_key("s1") && registry.sessions.contains_key("newest"));
+    let (outcome, _) = registry.apply(&Command::DeleteSession {
+        id: "newest".into(),
+    });
+    assert!(matches!(outcome, Outcome::Applied { .. }));
+    assert!(!registry.sessions.contains_key("newest"));
+    assert_eq!(registry.check_invariants(), Ok(()));
+}
