@@ -254,10 +254,14 @@ async fn report_catalog_unless_stopped(
 ) -> Result<(), Ended> {
     tokio::select! {
         reported = report_catalog(replica, connection) => reported.map_err(Ended::Failed),
-        grace = stop.wait_for(Option::is_some) => {
-            Err(Ended::Stopped(grace.ok().and_then(|g| *g).unwrap_or_default()))
-        }
+        ended = stopped(stop) => Err(ended),
     }
+}
+
+/// Resolves once the replica is told to stop, with the grace it was given.
+async fn stopped(stop: &mut StopSignal) -> Ended {
+    let grace = stop.wait_for(Option::is_some).await;
+    Ended::Stopped(grace.ok().and_then(|g| *g).unwrap_or_default())
 }
 
 /// Shortest wait for the server's lists.
@@ -284,9 +288,7 @@ async fn probe(replica: &mut Replica, connection: &mut Connection, stop: &mut St
                 continue;
             }
             exit = connection.exited() => return Ended::Failed(exit),
-            grace = stop.wait_for(Option::is_some) => {
-                return Ended::Stopped(grace.ok().and_then(|g| *g).unwrap_or_default());
-            }
+            ended = stopped(stop) => return ended,
             _ = lists_changed.notified() => relist = true,
         }
         if relist {
@@ -303,9 +305,7 @@ async fn probe(replica: &mut Replica, connection: &mut Connection, stop: &mut St
         // A stop never waits for the ping in flight.
         let pinged = tokio::select! {
             pinged = connection.ping(timeout) => pinged,
-            grace = stop.wait_for(Option::is_some) => {
-                return Ended::Stopped(grace.ok().and_then(|g| *g).unwrap_or_default());
-            }
+            ended = stopped(stop) => return ended,
         };
         match pinged {
             Err(McpError::Exited(exit)) => return Ended::Failed(exit),
