@@ -1,7 +1,7 @@
 //! Tool calls through the fleet, on real processes: three nodes on loopback, the npm
 //! reference server, the CLI and the official MCP SDK clients (Python `mcp` 2.3 in its
-//! default and legacy modes, TypeScript `@modelcontextprotocol/sdk` 1.x) pointed at the
-//! nodes' `/mcp`.
+//! default and legacy modes, TypeScript `@modelcontextprotocol/sdk` 1.x and
+//! `@modelcontextprotocol/client` 2.x in auto mode) pointed at the nodes' `/mcp`.
 
 mod common;
 
@@ -131,6 +131,147 @@ fn a_call_through_any_node_reaches_the_server_and_errors_are_clear() -> Result<(
     Ok(())
 }
 
+/// One failed call: exit 1 with one line on stderr that says `expected`.
+fn fails_saying(endpoint: &str, args: &[&str], expected: &str) -> Result<()> {
+    let output = cli(endpoint, args);
+    let error = stderr_of(&output);
+    ensure!(!output.status.success(), "{args:?} succeeded");
+    ensure!(
+        error.lines().count() == 1 && error.contains(expected),
+        "{args:?}: {error:?} does not say {expected:?}"
+    );
+    Ok(())
+}
+
+fn echoes(endpoint: &str, server: &str, message: &str) -> Result<()> {
+    let args = format!(r#"{{"message":"{message}"}}"#);
+    let output = cli(endpoint, &["call", server, "echo", "--args", &args]);
+    ensure!(
+        output.status.success(),
+        "{server} echo: {}",
+        stderr_of(&output)
+    );
+    ensure!(stdout_of(&output) == format!("Echo: {message}"));
+    Ok(())
+}
+
+#[test]
+fn bad_upstreams_give_clear_errors_and_break_no_other_call() -> Result<()> {
+    let (cluster, _) = cluster_with_everything("1")?;
+    let endpoint = cluster.addr(1);
+    let marker = process_marker("gateway-bad");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/servers/misbehaving.py");
+    // One call at a time; a breaker that stays closed through the failures below, so
+    // that each case shows its own error.
+    add_server(
+        &endpoint,
+        "bad",
+        &[
+            "--command",
+            "python3",
+            "--arg",
+            script,
+            "--max-concurrent-calls",
+            "1",
+            "--breaker-failure-threshold",
+            "1000",
+            "--env",
+            &marker,
+        ],
+    )?;
+    add_server(
+        &endpoint,
+        "broken",
+        &[
+            "--command",
+            "/bin/sh",
+            "--arg",
+            "-c",
+            "--arg",
+            "echo broken on purpose >&2; exit 3",
+            "--restart-initial-backoff-ms",
+            "50",
+            "--restart-max-backoff-ms",
+            "100",
+            "--crash-loop-restarts",
+            "2",
+            "--env",
+            &marker,
+        ],
+    )?;
+    eventually(Duration::from_secs(30), || {
+        ensure!(healthy_slots(&endpoint, "bad")?.len() == 1);
+        let broken = replicas(&endpoint, "broken")?;
+        ensure!(
+            broken.iter().any(|r| r["state"] == "crash-loop"),
+            "{broken:?}"
+        );
+        Ok(())
+    })?;
+    eventually(Duration::from_secs(20), || {
+        echoes(&cluster.addr(3), "bad", "up")
+    })?;
+
+    let cases: &[(&[&str], &str)] = &[
+        // A server in crash-loop: the call says so at once.
+        (&["call", "broken", "anything"], "crash-loop"),
+        // The call's own timeout.
+        (
+            &[
+                "call",
+                "bad",
+                "slow",
+                "--args",
+                r#"{"seconds":3}"#,
+                "--timeout-ms",
+                "300",
+            ],
+            "within 300 ms",
+        ),
+        // Garbage and an over-size message: the transport drops them, and the call
+        // ends at its timeout.
+        (
+            &["call", "bad", "garbage", "--timeout-ms", "500"],
+            "within 500 ms",
+        ),
+        (
+            &["call", "bad", "oversize", "--timeout-ms", "2000"],
+            "within 2000 ms",
+        ),
+        // A well-formed answer that is not a tool result.
+        (&["call", "bad", "malformed"], "Unexpected response type"),
+    ];
+    for (args, expected) in cases {
+        for via in 1..=3 {
+            fails_saying(&cluster.addr(via), args, expected)?;
+            echoes(&cluster.addr(via), "everything", "still")?;
+        }
+    }
+
+    // A full bulkhead: while one slow call holds the only place, the next call fails
+    // as overloaded at once; afterwards calls go through again.
+    let slow = std::process::Command::new(binary())
+        .args(["call", "bad", "slow", "--args", r#"{"seconds":3}"#])
+        .args(["--endpoint", &cluster.addr(2)])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    eventually(Duration::from_secs(3), || {
+        fails_saying(
+            &cluster.addr(3),
+            &["call", "bad", "echo", "--args", r#"{"message":"x"}"#],
+            "overloaded (1 calls in flight)",
+        )
+    })?;
+    echoes(&cluster.addr(1), "everything", "meanwhile")?;
+    let slow_output = slow.wait_with_output()?;
+    ensure!(slow_output.status.success(), "the slow call failed");
+    assert_eq!(stdout_of(&slow_output), "slow done");
+    for via in 1..=3 {
+        echoes(&cluster.addr(via), "bad", "after")?;
+    }
+    Ok(())
+}
+
 /// The Python SDK client of tests/clients/python_client.py, driven line by line.
 struct PythonClient {
     child: Child,
@@ -225,34 +366,53 @@ fn sdk_clients_list_and_call_through_any_node_in_both_protocol_eras() -> Result<
     assert!(via.len() >= 2, "the session's calls reached {via:?}");
 
     // TypeScript SDK 1.x (legacy, Mcp-Session-Id), round-robin over the nodes.
-    let servers = mcp_servers()?;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/ts_client.cjs");
-    let output = Command::new("node")
-        .arg(script)
-        .arg("4")
-        .args(&all)
-        .env("NODE_PATH", &servers.node_modules)
-        .output()
-        .context("run the TypeScript SDK client")?;
-    ensure!(
-        output.status.success(),
-        "TypeScript client: {}",
-        stderr_of(&output)
-    );
-    let answer: serde_json::Value = serde_json::from_str(&stdout_of(&output))?;
+    let answer = ts_client("ts_client.cjs", &all)?;
     assert!(
         answer["session"].as_str().is_some_and(|s| !s.is_empty()),
         "{answer}"
     );
-    assert!(tool_names(&answer).contains(&"everything__echo".to_string()));
-    let echoed: Vec<&str> = answer["echo"]
-        .as_array()
-        .context("echo")?
-        .iter()
-        .filter_map(|e| e.as_str())
-        .collect();
-    assert_eq!(echoed, ["Echo: ts0", "Echo: ts1", "Echo: ts2", "Echo: ts3"]);
+    assert_eq!(
+        echoed(&answer),
+        ["Echo: ts0", "Echo: ts1", "Echo: ts2", "Echo: ts3"]
+    );
+
+    // TypeScript SDK 2.x in auto mode: it discovers 2026-07-28 and needs no session.
+    let answer = ts_client("ts2_client.cjs", &all)?;
+    assert_eq!(answer["protocol"], "2026-07-28", "{answer}");
+    assert!(answer["session"].is_null(), "{answer}");
+    assert_eq!(
+        echoed(&answer),
+        ["Echo: v2-0", "Echo: v2-1", "Echo: v2-2", "Echo: v2-3"]
+    );
     Ok(())
+}
+
+/// Runs one of the TypeScript SDK clients of tests/clients against `urls` (four echo
+/// calls) and returns its JSON line, after checking that it listed the echo tool.
+fn ts_client(script: &str, urls: &[String]) -> Result<serde_json::Value> {
+    let servers = mcp_servers()?;
+    let path = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new("node")
+        .arg(path)
+        .arg("4")
+        .args(urls)
+        .env("NODE_PATH", &servers.node_modules)
+        .output()
+        .with_context(|| format!("run {script}"))?;
+    ensure!(output.status.success(), "{script}: {}", stderr_of(&output));
+    let answer: serde_json::Value = serde_json::from_str(&stdout_of(&output))?;
+    ensure!(
+        tool_names(&answer).contains(&"everything__echo".to_string()),
+        "{script}: {answer}"
+    );
+    Ok(answer)
+}
+
+fn echoed(answer: &serde_json::Value) -> Vec<&str> {
+    answer["echo"]
+        .as_array()
+        .map(|all| all.iter().filter_map(|e| e.as_str()).collect())
+        .unwrap_or_default()
 }
 
 #[test]

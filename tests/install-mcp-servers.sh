@@ -3,7 +3,8 @@
 #  - @modelcontextprotocol/server-everything from the npm registry (needs node and npm);
 #  - mcp-server-time from PyPI, in a virtualenv (needs python3 with venv);
 #  - the official MCP SDK clients: Python `mcp` 2.3 (same venv), TypeScript
-#    `@modelcontextprotocol/sdk` 1.x (same npm tree).
+#    `@modelcontextprotocol/sdk` 1.x and `@modelcontextprotocol/client` 2.x (same npm
+#    tree).
 # Into target/mcp-servers/ (override with MCP_SERVERS_DIR). Safe to run concurrently:
 # one install at a time, under a lock.
 set -euo pipefail
@@ -34,6 +35,10 @@ fi
 if [ ! -f "$dir/npm/node_modules/@modelcontextprotocol/sdk/package.json" ]; then
     echo "installing the TypeScript MCP SDK 1.x into $dir/npm" >&2
     npm install --silent --no-audit --no-fund --prefix "$dir/npm" '@modelcontextprotocol/sdk@1' >&2
+fi
+if [ ! -f "$dir/npm/node_modules/@modelcontextprotocol/client/package.json" ]; then
+    echo "installing the TypeScript MCP SDK 2.x into $dir/npm" >&2
+    npm install --silent --no-audit --no-fund --prefix "$dir/npm" '@modelcontextprotocol/client@2' >&2
 fi
 "$everything" --version >/dev/null 2>&1 || test -x "$everything"
 test -x "$time_server"

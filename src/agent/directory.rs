@@ -20,9 +20,6 @@ use tokio::time::Instant;
 
 use super::breaker::Breaker;
 
-/// Most calls one replica has in flight; more wait for `BULKHEAD_WAIT_MS`, then fail
-/// as overloaded.
-pub const MAX_CALLS_IN_FLIGHT: usize = 64;
 /// Longest a call waits for a free place in a full bulkhead.
 pub const BULKHEAD_WAIT_MS: u64 = 50;
 
@@ -93,6 +90,8 @@ pub struct ReplicaHandle {
     pub epoch: u64,
     peer: Peer<RoleClient>,
     bulkhead: Semaphore,
+    /// The bulkhead's size (the spec's `max_concurrent_calls`).
+    limit: usize,
     breaker: Arc<Mutex<Breaker>>,
 }
 
@@ -103,20 +102,23 @@ impl ReplicaHandle {
         epoch: u64,
         peer: Peer<RoleClient>,
         breaker: Arc<Mutex<Breaker>>,
+        limit: u32,
     ) -> ReplicaHandle {
+        let limit = limit.max(1) as usize;
         ReplicaHandle {
             server,
             slot,
             epoch,
             peer,
-            bulkhead: Semaphore::new(MAX_CALLS_IN_FLIGHT),
+            bulkhead: Semaphore::new(limit),
+            limit,
             breaker,
         }
     }
 
     /// Calls in flight right now.
     pub fn in_flight(&self) -> usize {
-        MAX_CALLS_IN_FLIGHT - self.bulkhead.available_permits()
+        self.limit - self.bulkhead.available_permits()
     }
 
     /// Whether the breaker lets calls through (without taking a half-open trial).
@@ -145,7 +147,7 @@ impl ReplicaHandle {
                 return Err(ReplicaCallError::Overloaded {
                     server,
                     slot,
-                    limit: MAX_CALLS_IN_FLIGHT,
+                    limit: self.limit,
                 })
             }
         };

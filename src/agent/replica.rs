@@ -217,14 +217,21 @@ async fn serve(
     if let Err(ended) = report_catalog_unless_stopped(replica, connection, stop).await {
         return ended;
     }
+    publish_handle(replica, connection, directory);
+    probe(replica, connection, directory, stop).await
+}
+
+/// Opens the replica to tool calls (again, with a new bulkhead size: calls in flight
+/// on the old handle finish under the old one).
+fn publish_handle(replica: &Replica, connection: &Connection, directory: &Directory) {
     directory.publish(Arc::new(ReplicaHandle::new(
         replica.key.server.clone(),
         replica.key.slot,
         replica.key.epoch,
         connection.peer(),
         replica.breaker.clone(),
+        replica.spec.max_concurrent_calls,
     )));
-    probe(replica, connection, stop).await
 }
 
 /// Lists what the replica offers and hands it to the reporter; an over-size catalog is
@@ -268,7 +275,12 @@ async fn stopped(stop: &mut StopSignal) -> Ended {
 const CATALOG_TIMEOUT_MS: u64 = 5_000;
 
 /// Probes a started replica until it fails or is stopped.
-async fn probe(replica: &mut Replica, connection: &mut Connection, stop: &mut StopSignal) -> Ended {
+async fn probe(
+    replica: &mut Replica,
+    connection: &mut Connection,
+    directory: &Directory,
+    stop: &mut StopSignal,
+) -> Ended {
     let mut check = replica.spec.health_check;
     let mut interval = tokio::time::interval(Duration::from_millis(check.interval_ms));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -280,7 +292,11 @@ async fn probe(replica: &mut Replica, connection: &mut Connection, stop: &mut St
             _ = interval.tick() => {}
             changed = replica.settings.changed(), if replica.settings.has_changed().is_ok() => {
                 // New settings apply at once, without a restart.
-                if changed.is_ok() && replica.refresh() && replica.spec.health_check != check {
+                let limit = replica.spec.max_concurrent_calls;
+                if changed.is_ok() && replica.refresh() && replica.spec.max_concurrent_calls != limit {
+                    publish_handle(replica, connection, directory);
+                }
+                if replica.spec.health_check != check {
                     check = replica.spec.health_check;
                     interval = tokio::time::interval(Duration::from_millis(check.interval_ms));
                     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

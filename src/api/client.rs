@@ -114,7 +114,7 @@ fn status_from_call_error(error: CallError) -> Status {
         CallError::Invalid(_) | CallError::Replica(R::Invalid(_)) => {
             Status::invalid_argument(message)
         }
-        CallError::NoReplica(_) => Status::unavailable(message),
+        CallError::NoReplica { .. } => Status::unavailable(message),
         CallError::Replica(error) => match error {
             R::Overloaded { .. } => Status::resource_exhausted(message),
             R::Timeout { .. } => Status::deadline_exceeded(message),

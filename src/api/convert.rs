@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use crate::proto::v1 as pb;
 use crate::registry::{
     CircuitBreaker, HealthCheck, RestartPolicy, ServerRecord, ServerSpec, Transport,
+    DEFAULT_MAX_CONCURRENT_CALLS,
 };
 
 /// A proto spec as the registry holds it, with defaults for unset settings.
@@ -57,6 +58,9 @@ pub fn spec_from_proto(spec: pb::ServerSpec) -> Result<ServerSpec, String> {
             crash_loop_restarts: r.crash_loop_restarts,
             crash_loop_window_ms: r.crash_loop_window_ms,
         }),
+        max_concurrent_calls: spec
+            .max_concurrent_calls
+            .unwrap_or(DEFAULT_MAX_CONCURRENT_CALLS),
     })
 }
 
@@ -103,6 +107,7 @@ pub fn spec_to_proto(spec: &ServerSpec) -> pb::ServerSpec {
             crash_loop_restarts: r.crash_loop_restarts,
             crash_loop_window_ms: r.crash_loop_window_ms,
         }),
+        max_concurrent_calls: Some(spec.max_concurrent_calls),
     }
 }
 

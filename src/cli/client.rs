@@ -281,6 +281,7 @@ fn spec_from_args(args: AddServerArgs) -> Result<pb::PutServerRequest, CliError>
             health_check,
             circuit_breaker,
             restart,
+            max_concurrent_calls: args.max_concurrent_calls,
         }),
         expected_revision: args.expected_revision,
     })

@@ -219,6 +219,10 @@ pub struct AddServerArgs {
     /// Trial calls a half-open breaker lets through (default 1).
     #[arg(long)]
     pub breaker_half_open_calls: Option<u32>,
+    /// Tool calls one replica runs at once; more wait up to 50 ms, then fail as
+    /// overloaded (default 64, at most 1024).
+    #[arg(long)]
+    pub max_concurrent_calls: Option<u32>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -48,8 +48,8 @@ pub enum CallError {
     UnknownServer(String),
     #[error("unknown tool {0:?}")]
     UnknownTool(String),
-    #[error("server {0:?} has no healthy replica")]
-    NoReplica(String),
+    #[error("server {server:?} has no healthy replica: {why}")]
+    NoReplica { server: String, why: String },
     #[error("invalid call: {0}")]
     Invalid(String),
     #[error(transparent)]
@@ -142,12 +142,24 @@ impl Calls {
                         %error, "call not sent; trying the next replica");
                     last = Some(error);
                 }
+                // The caller hears of the timeout it gave, not of what was left.
+                Err(ReplicaCallError::Timeout { server, slot, .. }) => {
+                    return Err(ReplicaCallError::Timeout {
+                        server,
+                        slot,
+                        timeout_ms: timeout.as_millis() as u64,
+                    }
+                    .into())
+                }
                 Err(error) => return Err(error.into()),
             }
         }
         Err(match last {
             Some(error) => error.into(),
-            None => CallError::NoReplica(server.to_string()),
+            None => CallError::NoReplica {
+                server: server.to_string(),
+                why: crate::router::why_unavailable(&self.view.read().registry, server),
+            },
         })
     }
 
@@ -248,25 +260,27 @@ fn never_connected(status: &tonic::Status) -> bool {
 pub fn to_reply(outcome: Result<CallToolResponse, ReplicaCallError>) -> pb::CallToolReply {
     use pb::call_error::Kind;
     use pb::call_tool_reply::Outcome;
-    let error = |kind: Kind, message: String, mcp_code: i32| {
+    let error = |kind: Kind, message: String, mcp_code: i32, limit: u32| {
         Outcome::Error(pb::CallError {
             kind: kind as i32,
             message,
             mcp_code,
+            limit,
         })
     };
     let outcome = match outcome {
         Ok(CallToolResponse::Complete(result)) => match serde_json::to_string(&result) {
             Ok(json) => Outcome::ResultJson(json),
-            Err(e) => error(Kind::Failed, e.to_string(), 0),
+            Err(e) => error(Kind::Failed, e.to_string(), 0, 0),
         },
         Ok(CallToolResponse::InputRequired(result)) => match serde_json::to_string(&result) {
             Ok(json) => Outcome::InputRequiredJson(json),
-            Err(e) => error(Kind::Failed, e.to_string(), 0),
+            Err(e) => error(Kind::Failed, e.to_string(), 0, 0),
         },
         Ok(_) => error(
             Kind::Failed,
             "the server answered with a task, which the fleet does not pass on yet".into(),
+            0,
             0,
         ),
         Err(failure) => {
@@ -291,7 +305,11 @@ pub fn to_reply(outcome: Result<CallToolResponse, ReplicaCallError>) -> pb::Call
                 }
                 other => other.to_string(),
             };
-            error(kind, message, code)
+            let limit = match &failure {
+                ReplicaCallError::Overloaded { limit, .. } => *limit as u32,
+                _ => 0,
+            };
+            error(kind, message, code, limit)
         }
     };
     pb::CallToolReply {
@@ -334,7 +352,7 @@ fn from_reply(
                     Kind::Overloaded => ReplicaCallError::Overloaded {
                         server,
                         slot,
-                        limit: crate::agent::directory::MAX_CALLS_IN_FLIGHT,
+                        limit: error.limit as usize,
                     },
                     Kind::Timeout => ReplicaCallError::Timeout {
                         server,

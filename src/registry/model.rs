@@ -112,7 +112,15 @@ pub struct ServerSpec {
     pub health_check: HealthCheck,
     pub circuit_breaker: CircuitBreaker,
     pub restart: RestartPolicy,
+    /// Most tool calls one replica has in flight (its bulkhead); more wait briefly,
+    /// then fail as overloaded.
+    pub max_concurrent_calls: u32,
 }
+
+/// Default bulkhead of a replica: calls in flight at once.
+pub const DEFAULT_MAX_CONCURRENT_CALLS: u32 = 64;
+/// Largest bulkhead a spec may set.
+pub const MAX_CONCURRENT_CALLS: u32 = 1024;
 
 impl ServerSpec {
     /// A stdio server with one replica and default settings.
@@ -130,6 +138,7 @@ impl ServerSpec {
             health_check: HealthCheck::default(),
             circuit_breaker: CircuitBreaker::default(),
             restart: RestartPolicy::default(),
+            max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
         }
     }
 }

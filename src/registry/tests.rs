@@ -148,6 +148,22 @@ fn command_table() {
             servers: vec![],
         },
         Case {
+            what: "a bulkhead of zero",
+            setup: vec![],
+            command: put(with(echo("a"), |s| s.max_concurrent_calls = 0)),
+            expect: Err(|e| matches!(e, RegistryError::InvalidSpec { .. })),
+            servers: vec![],
+        },
+        Case {
+            what: "a bulkhead over the limit",
+            setup: vec![],
+            command: put(with(echo("a"), |s| {
+                s.max_concurrent_calls = MAX_CONCURRENT_CALLS + 1
+            })),
+            expect: Err(|e| matches!(e, RegistryError::InvalidSpec { .. })),
+            servers: vec![],
+        },
+        Case {
             what: "oversize spec",
             setup: vec![],
             command: put(with(echo("a"), |s| {

@@ -144,6 +144,12 @@ pub fn validate_spec(spec: &ServerSpec) -> Result<(), RegistryError> {
             "circuit_breaker.open_ms must be 100..=3600000".into(),
         ));
     }
+    if spec.max_concurrent_calls == 0 || spec.max_concurrent_calls > MAX_CONCURRENT_CALLS {
+        return Err(invalid(format!(
+            "max_concurrent_calls must be between 1 and {MAX_CONCURRENT_CALLS}, got {}",
+            spec.max_concurrent_calls
+        )));
+    }
     let restart = &spec.restart;
     if restart.initial_backoff_ms < 10
         || restart.max_backoff_ms < restart.initial_backoff_ms

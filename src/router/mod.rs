@@ -58,5 +58,55 @@ pub fn candidates(
     found.into_iter().map(|(_, _, c)| c).collect()
 }
 
+/// Why no replica of `server` may take a call, one clause per slot, for the caller's
+/// error (a server in crash-loop says so, with its last error).
+pub fn why_unavailable(registry: &Registry, server: &str) -> String {
+    let clauses: Vec<String> = registry
+        .assignments
+        .range((server.to_string(), 0)..=(server.to_string(), u32::MAX))
+        .map(|((_, slot), assignment)| {
+            let node = assignment.node_id;
+            let down = registry
+                .nodes
+                .get(&node)
+                .is_none_or(|n| n.status != NodeStatus::Up);
+            let Some(health) = registry
+                .health
+                .get(&(server.to_string(), *slot))
+                .filter(|h| h.node_id == node)
+            else {
+                return format!("slot {slot} on node {node}: not reported yet");
+            };
+            let mut clause = format!("slot {slot} on node {node}: {}", state_name(health.state));
+            if down {
+                clause.push_str(", node not up");
+            }
+            if health.breaker == BreakerState::Open {
+                clause.push_str(", breaker open");
+            }
+            if let Some(error) = &health.last_error {
+                clause.push_str(&format!(" (last error: {error})"));
+            }
+            clause
+        })
+        .collect();
+    if clauses.is_empty() {
+        "no replica is placed (no node can run it)".to_string()
+    } else {
+        clauses.join("; ")
+    }
+}
+
+fn state_name(state: ReplicaState) -> &'static str {
+    match state {
+        ReplicaState::Starting => "starting",
+        ReplicaState::Healthy => "healthy",
+        ReplicaState::Unhealthy => "unhealthy",
+        ReplicaState::Backoff => "restarting after a failure",
+        ReplicaState::CrashLoop => "crash-loop",
+        ReplicaState::Stopped => "stopped",
+    }
+}
+
 #[cfg(test)]
 mod tests;

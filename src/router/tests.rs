@@ -156,3 +156,25 @@ fn candidates_carry_the_assignment_epoch_and_address() {
         .node_id = 3;
     assert!(candidates(&moved, "s", 1, |_, _| 0).is_empty());
 }
+
+#[test]
+fn an_unavailable_server_says_why_slot_by_slot() {
+    let mut registry = fleet(
+        &[(2, ReplicaState::CrashLoop, Closed), (3, Healthy, Open)],
+        &[3],
+    );
+    registry
+        .health
+        .get_mut(&("s".to_string(), 0))
+        .unwrap()
+        .last_error = Some("exit status 3".into());
+    assert_eq!(
+        why_unavailable(&registry, "s"),
+        "slot 0 on node 2: crash-loop (last error: exit status 3); \
+         slot 1 on node 3: healthy, node not up, breaker open"
+    );
+    assert_eq!(
+        why_unavailable(&registry, "other"),
+        "no replica is placed (no node can run it)"
+    );
+}
