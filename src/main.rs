@@ -75,6 +75,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         TopCommand::Bench { command } => match command {
             cli::BenchCommand::Put(args) => cli::bench::run_put(args).await?,
+            cli::BenchCommand::Call(args) => cli::bench::run_call(args).await?,
         },
     }
     Ok(())

@@ -444,3 +444,54 @@ fn a_legacy_session_carries_on_when_its_first_node_is_killed() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn calls_through_the_survivors_go_on_when_a_node_with_a_replica_is_killed() -> Result<()> {
+    let (mut cluster, hosts) = cluster_with_everything("2")?;
+    let leader = wait_for_leader(&cluster.addr(1), Duration::from_secs(10))?;
+    let victim = *hosts
+        .iter()
+        .find(|id| **id != leader)
+        .context("a follower with a replica")?;
+    let survivors: Vec<u64> = (1..=3).filter(|id| *id != victim).collect();
+    // Four closed-loop clients through the two survivors' /mcp, for eight seconds.
+    let mut bench = Command::new(binary());
+    bench.args([
+        "bench",
+        "call",
+        "--clients",
+        "4",
+        "--duration",
+        "8",
+        "--json",
+    ]);
+    for id in &survivors {
+        bench.args(["--url", &cluster.mcp_url(*id)]);
+    }
+    let bench = bench
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.node(victim).kill();
+    let output = bench.wait_with_output()?;
+    ensure!(
+        output.status.success(),
+        "bench call: {}",
+        stderr_of(&output)
+    );
+    let result: serde_json::Value = serde_json::from_str(&stdout_of(&output))?;
+    let (done, failed) = (
+        result["operations"].as_u64().unwrap_or(0),
+        result["errors"].as_u64().unwrap_or(u64::MAX),
+    );
+    // Only a call in flight on the victim's replica when it died may fail (it may
+    // have run, so it is not sent again): at most one per client. Every call routed
+    // to the dead node afterwards went to the other replica.
+    ensure!(failed <= 4, "{failed} calls failed: {result}");
+    ensure!(done >= 100, "only {done} calls: {result}");
+    for id in survivors {
+        echoes(&cluster.addr(id), "everything", "after")?;
+    }
+    Ok(())
+}

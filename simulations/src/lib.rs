@@ -19,6 +19,7 @@ use mcpfleet::raft::RegistryView;
 use tokio::sync::watch;
 use tonic::transport::{Channel, Uri};
 
+pub mod calls;
 pub mod checkers;
 pub mod faults;
 pub mod mcp;

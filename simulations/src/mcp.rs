@@ -35,11 +35,59 @@ const SUPERVISOR_GRACE_MS: u64 = 2_000;
 /// Bytes buffered in each direction of a server's pipe.
 const PIPE_BYTES: usize = 64 * 1024;
 
-/// A server that answers initialize and ping (rmcp's defaults) and nothing else.
-#[derive(Clone, Copy)]
-struct SimServer;
+/// The one tool of every simulated server: it records that call `id` ran (on which
+/// node, as which replica) and answers `ran <id>`.
+pub const RECORD_TOOL: &str = "record";
 
-impl rmcp::ServerHandler for SimServer {}
+/// A server that answers initialize and ping (rmcp's defaults), lists one tool and runs
+/// it, counting every run in `Instances`.
+#[derive(Clone)]
+struct SimServer {
+    instances: Arc<Instances>,
+}
+
+impl rmcp::ServerHandler for SimServer {
+    fn get_info(&self) -> rmcp::model::InitializeResult {
+        rmcp::model::InitializeResult::new(
+            rmcp::model::ServerCapabilities::builder()
+                .enable_tools()
+                .build(),
+        )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<rmcp::model::PaginatedRequestParams>,
+        _context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::ListToolsResult, rmcp::ErrorData> {
+        let mut schema = rmcp::model::JsonObject::new();
+        schema.insert("type".into(), "object".into());
+        Ok(rmcp::model::ListToolsResult::with_all_items(vec![
+            rmcp::model::Tool::new(RECORD_TOOL, "records that a call ran", schema),
+        ]))
+    }
+
+    async fn call_tool(
+        &self,
+        request: rmcp::model::CallToolRequestParams,
+        _context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, rmcp::ErrorData> {
+        let id = request
+            .arguments
+            .as_ref()
+            .and_then(|a| a.get("id"))
+            .and_then(|id| id.as_str())
+            .filter(|_| request.name == RECORD_TOOL)
+            .ok_or_else(|| rmcp::ErrorData::invalid_params("record takes an id", None))?
+            .to_string();
+        self.instances.ran(&id);
+        Ok(rmcp::model::CallToolResponse::Complete(
+            rmcp::model::CallToolResult::success(vec![rmcp::model::ContentBlock::text(format!(
+                "ran {id}"
+            ))]),
+        ))
+    }
+}
 
 /// A server's life, run on the process host.
 pub type ServerTask = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -54,6 +102,8 @@ pub struct Instances {
     /// How many times each node has crashed: a server whose node crashed after its
     /// launch is left to its supervisor; one the live node dropped is killed at once.
     crashes: Mutex<BTreeMap<u64, u64>>,
+    /// How many times each tool call (by its id) ran, on any server.
+    runs: Mutex<BTreeMap<String, u32>>,
 }
 
 impl Instances {
@@ -87,6 +137,20 @@ impl Instances {
                 tokio::spawn(task);
             }
         }
+    }
+
+    fn ran(&self, call: &str) {
+        *self
+            .runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(call.to_string())
+            .or_default() += 1;
+    }
+
+    /// How many times each tool call ran.
+    pub fn runs(&self) -> BTreeMap<String, u32> {
+        self.runs.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, (u64, ReplicaId)>> {
@@ -288,9 +352,12 @@ impl McpLauncher for SimLauncher {
         };
         let (stop_tx, mut stop_rx) = watch::channel(None::<Duration>);
         let fence = on_the_simulation_clock(fence);
+        let handler = SimServer {
+            instances: self.instances.clone(),
+        };
         let server = async move {
             tokio::time::sleep(start).await;
-            let Ok(service) = SimServer.serve(io).await else {
+            let Ok(service) = handler.serve(io).await else {
                 return "process exited with code 1: no handshake".to_string();
             };
             match behaviour {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use mcpfleet::env::MemoryDisk;
 use mcpfleet::proto::v1 as pb;
 
+use crate::calls::{self, check_calls, CallLog, Settled};
 use crate::checkers::{check_history, AppliedStates, FinalState, LeadersPerTerm};
 use crate::faults::Nemesis;
 use crate::workload::{self, Event, EventKind, History, Ret, CLIENT_TIMEOUT};
@@ -588,6 +589,8 @@ pub mod phases {
     pub const WORKLOAD_END: Duration = Duration::from_secs(31);
     /// Clients of the workload.
     pub const CLIENTS: u32 = 4;
+    /// Clients that call tools.
+    pub const CALLERS: u32 = 2;
 }
 
 /// A hash of a node's registry, equal for equal registries.
@@ -780,6 +783,24 @@ pub fn chaos(seed: u64, nodes: u64) -> Report {
             workload::run_client(id, seed, all, WORKLOAD_END, history).await
         });
     }
+    let calls: CallLog = Rc::default();
+    let settled: Settled = Rc::default();
+    for id in 0..CALLERS {
+        let (calls, settled) = (calls.clone(), settled.clone());
+        let all: Vec<u64> = (1..=nodes).collect();
+        sim.client(format!("caller{id}"), async move {
+            calls::run_caller(
+                id,
+                seed,
+                all,
+                WORKLOAD_END,
+                WORKLOAD_END + CONVERGENCE_BOUND,
+                settled,
+                calls,
+            )
+            .await
+        });
+    }
     let mut events = Vec::new();
     let mut log = |now: Duration, line: String| {
         events.push(format!("[{:>7.3}s] {line}", now.as_secs_f64()));
@@ -822,6 +843,19 @@ pub fn chaos(seed: u64, nodes: u64) -> Report {
                     describe_nodes(&cluster)
                 ));
             }
+        } else if settled.get().is_none() {
+            if converged(&cluster, nodes) && placement_converged(&cluster, nodes).is_ok() {
+                settled.set(Some(now));
+                log(now, "settled: every replica placed and healthy".into());
+            } else if now > WORKLOAD_END + CONVERGENCE_BOUND {
+                let placement = placement_converged(&cluster, nodes)
+                    .err()
+                    .unwrap_or_else(|| "placement converged".into());
+                return Err(format!(
+                    "the cluster did not settle after the faults: {}; {placement}",
+                    describe_nodes(&cluster)
+                ));
+            }
         } else if clients_done
             && converged(&cluster, nodes)
             && placement_converged(&cluster, nodes).is_ok()
@@ -847,6 +881,20 @@ pub fn chaos(seed: u64, nodes: u64) -> Report {
     })();
     let outcome = outcome.and_then(|()| {
         let final_state = final_state(&cluster);
+        let nodes: Vec<u64> = (1..=nodes).collect();
+        let call_stats = check_calls(
+            &calls.borrow(),
+            &cluster.instances.runs(),
+            settled.get(),
+            &nodes,
+        )?;
+        log(
+            sim.elapsed(),
+            format!(
+                "tool calls: {} sent, {} done, none ran twice, every done call ran once; {} after the cluster settled, all done",
+                call_stats.calls, call_stats.done, call_stats.after_settle
+            ),
+        );
         let stats = check_history(&history.borrow(), Some(&final_state))?;
         log(
             sim.elapsed(),

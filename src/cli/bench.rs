@@ -139,50 +139,90 @@ pub async fn run_put(args: PutArgs) -> Result<(), CliError> {
         errors += result.errors;
         first_error = first_error.or(result.first_error);
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    latencies.sort_unstable();
-    let percentile = |p: f64| -> f64 {
-        if latencies.is_empty() {
-            return 0.0;
-        }
-        let rank = ((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
-        latencies[rank - 1] as f64 / 1000.0
-    };
-    let per_second = latencies.len() as f64 / elapsed;
     let unit = match args.operation {
         Operation::Put => "writes",
         Operation::Get | Operation::GetStale => "reads",
     };
-    let summary = serde_json::json!({
-        "operation": unit,
-        "clients": args.clients,
-        "seconds": elapsed,
-        "operations": latencies.len(),
-        "errors": errors,
-        "per_second": per_second,
-        "p50_ms": percentile(0.50),
-        "p99_ms": percentile(0.99),
-        "max_ms": latencies.last().map_or(0.0, |l| *l as f64 / 1000.0),
-    });
-    if args.json {
-        println!("{summary}");
-    } else {
-        println!(
-            "clients={} {unit}={} errors={} seconds={:.1} {unit}/s={:.0} p50={:.2}ms p99={:.2}ms max={:.2}ms",
-            args.clients,
-            latencies.len(),
-            errors,
-            elapsed,
-            per_second,
-            percentile(0.50),
-            percentile(0.99),
-            summary["max_ms"].as_f64().unwrap_or(0.0),
-        );
-    }
+    let summary = Summary::new(unit, args.clients, started, latencies, errors);
+    summary.print(args.json, serde_json::json!({}));
     if let Some(error) = first_error {
         eprintln!("first error: {error}");
     }
     Ok(())
+}
+
+/// What a closed-loop run measured.
+struct Summary {
+    unit: &'static str,
+    clients: u32,
+    seconds: f64,
+    /// Latencies of the operations that succeeded, sorted.
+    latencies_us: Vec<u64>,
+    errors: u64,
+}
+
+impl Summary {
+    fn new(
+        unit: &'static str,
+        clients: u32,
+        started: Instant,
+        mut latencies_us: Vec<u64>,
+        errors: u64,
+    ) -> Summary {
+        latencies_us.sort_unstable();
+        Summary {
+            unit,
+            clients,
+            seconds: started.elapsed().as_secs_f64(),
+            latencies_us,
+            errors,
+        }
+    }
+
+    fn percentile_ms(&self, p: f64) -> f64 {
+        let all = &self.latencies_us;
+        if all.is_empty() {
+            return 0.0;
+        }
+        let rank = ((p * all.len() as f64).ceil() as usize).clamp(1, all.len());
+        all[rank - 1] as f64 / 1000.0
+    }
+
+    /// Prints one line (or one JSON object, with `extra`'s fields added).
+    fn print(&self, json: bool, extra: serde_json::Value) {
+        let unit = self.unit;
+        let done = self.latencies_us.len();
+        let per_second = done as f64 / self.seconds;
+        let max_ms = self.latencies_us.last().map_or(0.0, |l| *l as f64 / 1000.0);
+        if json {
+            let mut summary = serde_json::json!({
+                "operation": unit,
+                "clients": self.clients,
+                "seconds": self.seconds,
+                "operations": done,
+                "errors": self.errors,
+                "per_second": per_second,
+                "p50_ms": self.percentile_ms(0.50),
+                "p99_ms": self.percentile_ms(0.99),
+                "max_ms": max_ms,
+            });
+            if let (Some(summary), serde_json::Value::Object(extra)) =
+                (summary.as_object_mut(), extra)
+            {
+                summary.extend(extra);
+            }
+            println!("{summary}");
+        } else {
+            println!(
+                "clients={} {unit}={done} errors={} seconds={:.1} {unit}/s={per_second:.0} p50={:.2}ms p99={:.2}ms max={max_ms:.2}ms",
+                self.clients,
+                self.errors,
+                self.seconds,
+                self.percentile_ms(0.50),
+                self.percentile_ms(0.99),
+            );
+        }
+    }
 }
 
 /// A tag no node carries: the servers a benchmark writes are never placed, so it
@@ -201,4 +241,154 @@ fn bench_spec(name: String, args: Vec<String>) -> pb::ServerSpec {
         node_tags: vec![UNPLACED_TAG.into()],
         ..Default::default()
     }
+}
+
+#[derive(Args, Debug)]
+pub struct CallArgs {
+    /// An MCP endpoint (streamable HTTP), such as a node's http://127.0.0.1:7800/mcp
+    /// or any other MCP server; repeat to spread the clients over several (client i
+    /// uses the i-th, round robin).
+    #[arg(long = "url", required = true)]
+    pub urls: Vec<String>,
+    /// The tool to call, as the endpoint names it.
+    #[arg(long, default_value = "everything__echo")]
+    pub tool: String,
+    /// The tool's arguments, a JSON object.
+    #[arg(long, default_value = r#"{"message":"hi"}"#)]
+    pub args: String,
+    /// Concurrent clients, each with its own MCP connection.
+    #[arg(long, default_value_t = 1)]
+    pub clients: u32,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// A call that takes longer than this fails (ms).
+    #[arg(long, default_value_t = 10_000)]
+    pub timeout_ms: u64,
+    /// Protocol era: `auto` (2026-07-28 where the endpoint offers it, else
+    /// initialize and a session) or `legacy` (always initialize and a session).
+    #[arg(long, value_enum, default_value_t = Era::Auto)]
+    pub protocol: Era,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Era {
+    Auto,
+    Legacy,
+}
+
+/// Most distinct error messages a call benchmark reports.
+const MAX_ERROR_KINDS: usize = 8;
+
+/// `mcpfleet bench call`: closed-loop tool calls from N MCP clients for a duration.
+/// A call fails when it gets an error or a result marked `isError`; a client whose
+/// connection breaks connects again (that counts as one failed call).
+pub async fn run_call(args: CallArgs) -> Result<(), CliError> {
+    use rmcp::service::ClientServiceExt;
+    if args.clients == 0 || args.clients > 1024 {
+        return Err(CliError::Usage("--clients must be 1..=1024".into()));
+    }
+    if args.duration == 0 || args.duration > 3_600 {
+        return Err(CliError::Usage(
+            "--duration must be 1..=3600 seconds".into(),
+        ));
+    }
+    let arguments = match serde_json::from_str::<serde_json::Value>(&args.args) {
+        Ok(serde_json::Value::Object(map)) => map,
+        Ok(_) => return Err(CliError::Usage("--args must be a JSON object".into())),
+        Err(e) => return Err(CliError::Usage(format!("--args: {e}"))),
+    };
+    let lifecycle = match args.protocol {
+        Era::Auto => rmcp::service::ClientLifecycleMode::Auto {
+            preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
+            legacy_version: None,
+        },
+        Era::Legacy => rmcp::service::ClientLifecycleMode::Initialize,
+    };
+    let connect = move |url: String, lifecycle: rmcp::service::ClientLifecycleMode| async move {
+        let transport = rmcp::transport::StreamableHttpClientTransport::from_uri(url.clone());
+        ().serve_with_lifecycle(transport, lifecycle)
+            .await
+            .map_err(|e| CliError::Failed(format!("{url}: {e}")))
+    };
+    // Every client connects before the clock starts.
+    let mut clients = Vec::new();
+    for i in 0..args.clients as usize {
+        let url = args.urls[i % args.urls.len()].clone();
+        clients.push((url.clone(), connect(url, lifecycle.clone()).await?));
+    }
+    let duration = Duration::from_secs(args.duration);
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (url, mut client) in clients {
+        let (tool, arguments, lifecycle) =
+            (args.tool.clone(), arguments.clone(), lifecycle.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors: Vec<String> = Vec::new();
+            while started.elapsed() < duration {
+                let mut params = rmcp::model::CallToolRequestParams::new(tool.clone());
+                params.arguments = Some(arguments.clone());
+                let sent = Instant::now();
+                let outcome = tokio::time::timeout(timeout, client.peer().call_tool(params)).await;
+                let error = match outcome {
+                    Ok(Ok(result)) if result.is_error != Some(true) => {
+                        latencies.push(sent.elapsed().as_micros() as u64);
+                        continue;
+                    }
+                    Ok(Ok(result)) => format!("isError: {}", serde_json::json!(result.content)),
+                    Ok(Err(rmcp::service::ServiceError::McpError(e))) => e.message.to_string(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("no answer within {} ms", timeout.as_millis()),
+                };
+                errors.push(error);
+                // The connection may be gone: start a new one (a failed connect is
+                // one more failed call, after a short pause).
+                if client.is_transport_closed() {
+                    match connect(url.clone(), lifecycle.clone()).await {
+                        Ok(fresh) => client = fresh,
+                        Err(e) => {
+                            errors.push(e.to_string());
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            }
+            let _ = client.cancel().await;
+            (latencies, errors)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut errors: Vec<String> = Vec::new();
+    for task in tasks {
+        let (mine, failed) = task.await.map_err(|e| CliError::Failed(e.to_string()))?;
+        latencies.extend(mine);
+        errors.extend(failed);
+    }
+    let summary = Summary::new(
+        "calls",
+        args.clients,
+        started,
+        latencies,
+        errors.len() as u64,
+    );
+    let mut kinds: std::collections::BTreeMap<String, u64> = Default::default();
+    for mut error in errors {
+        crate::registry::truncate_utf8(&mut error, 200);
+        *kinds.entry(error).or_default() += 1;
+    }
+    let mut kinds: Vec<(String, u64)> = kinds.into_iter().collect();
+    kinds.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    kinds.truncate(MAX_ERROR_KINDS);
+    summary.print(args.json, serde_json::json!({ "error_kinds": kinds }));
+    for (error, count) in &kinds {
+        if !args.json {
+            eprintln!("{count} x {error}");
+        }
+    }
+    Ok(())
 }

@@ -239,4 +239,7 @@ pub enum ClusterCommand {
 pub enum BenchCommand {
     /// Closed-loop registry writes: reports writes/s and latency percentiles.
     Put(bench::PutArgs),
+    /// Closed-loop MCP tool calls against any streamable-HTTP endpoint (a node's /mcp,
+    /// or an MCP server itself): calls/s, latency percentiles and failed calls.
+    Call(bench::CallArgs),
 }

@@ -37,10 +37,13 @@ pub enum Bug {
     /// A replica's supervisor ignores the deadline the node renews: a paused node's
     /// servers keep running while the leader starts their slots elsewhere.
     IgnoreFenceDeadline,
+    /// A tool call that may have reached its server (no answer in time, a connection
+    /// lost after sending) is sent again to the next replica: a call can run twice.
+    RetryAfterSend,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 9] = [
+    pub const ALL: [Bug; 10] = [
         Bug::AckBeforeCommit,
         Bug::StaleFollowerRead,
         Bug::SkipLogFsync,
@@ -50,6 +53,7 @@ impl Bug {
         Bug::AcceptStalePlan,
         Bug::DeadDrainBlocks,
         Bug::IgnoreFenceDeadline,
+        Bug::RetryAfterSend,
     ];
 
     /// The name used on the simulator's command line.
@@ -64,6 +68,7 @@ impl Bug {
             Bug::AcceptStalePlan => "accept-stale-plan",
             Bug::DeadDrainBlocks => "dead-drain-blocks",
             Bug::IgnoreFenceDeadline => "ignore-fence-deadline",
+            Bug::RetryAfterSend => "retry-after-send",
         }
     }
 

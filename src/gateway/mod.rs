@@ -40,6 +40,8 @@ pub const MAX_CALL_BYTES: usize = 16 * 1024 * 1024;
 /// Channels to other nodes.
 pub trait Dialer: Send + Sync {
     fn channel(&self, addr: &str) -> Result<tonic::transport::Channel, NetworkError>;
+    /// Drops the channel to `addr` (it looks dead): the next call opens a new one.
+    fn forget(&self, addr: &str);
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -137,7 +139,7 @@ impl Calls {
             };
             match outcome {
                 Ok(response) => return Ok(response),
-                Err(error) if error.never_sent() => {
+                Err(error) if error.never_sent() || retry_after_send(&error) => {
                     tracing::debug!(server, slot = candidate.slot, node = candidate.node,
                         %error, "call not sent; trying the next replica");
                     last = Some(error);
@@ -203,26 +205,36 @@ impl Calls {
             .max_encoding_message_size(MAX_CALL_BYTES);
         let reply = match tokio::time::timeout(limit, client.call_tool(request)).await {
             Err(_) => {
+                // The callee answers a timeout itself well before this: the connection
+                // to it is likely dead.
+                self.dialer.forget(&candidate.addr);
                 return Err(ReplicaCallError::Timeout {
                     server: server.to_string(),
                     slot,
                     timeout_ms: limit.as_millis() as u64,
-                })
+                });
             }
             Ok(Err(status)) if never_connected(&status) => {
                 return Err(unreachable(status.message().to_string()))
             }
             Ok(Err(status)) => {
+                self.dialer.forget(&candidate.addr);
                 return Err(ReplicaCallError::Failed {
                     server: server.to_string(),
                     slot,
                     reason: format!("node {node}: {}", status.message()),
-                })
+                });
             }
             Ok(Ok(reply)) => reply.into_inner(),
         };
         from_reply(reply, server, candidate, timeout)
     }
+}
+
+/// The injected bug `RetryAfterSend`: a call that may have run is sent again.
+fn retry_after_send(error: &ReplicaCallError) -> bool {
+    use crate::env::bugs::{active, Bug};
+    active(Bug::RetryAfterSend) && !matches!(error, ReplicaCallError::Mcp { .. })
 }
 
 /// Extra time a remote call gets over its timeout before the caller gives up on the

@@ -72,6 +72,10 @@ impl crate::gateway::Dialer for NodeHandle {
     fn channel(&self, addr: &str) -> Result<Channel, NetworkError> {
         self.peer_channel(addr)
     }
+
+    fn forget(&self, addr: &str) {
+        self.forget_peer_channel(addr)
+    }
 }
 
 impl NodeHandle {
