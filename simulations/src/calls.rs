@@ -52,6 +52,14 @@ pub type CallLog = Rc<RefCell<Vec<CallRecord>>>;
 /// every replica placed and healthy), once it has; the scenario sets it.
 pub type Settled = Rc<Cell<Option<Duration>>>;
 
+/// From when on every call must succeed: the grace after the cluster settled, and
+/// after the last misbehaviour of a server launched during the faults (one launched
+/// just before their end may crash or hang up to `MAX_LIFETIME_MS` later).
+pub fn live_from(settled: Duration, faults_end: Duration) -> Duration {
+    let misbehaviour_end = faults_end + Duration::from_millis(crate::mcp::MAX_LIFETIME_MS);
+    settled.max(misbehaviour_end) + SETTLE_GRACE
+}
+
 fn now() -> Duration {
     turmoil::sim_elapsed().unwrap_or_default()
 }
@@ -99,6 +107,7 @@ pub async fn run_caller(
     nodes: Vec<u64>,
     until: Duration,
     limit: Duration,
+    faults_end: Duration,
     settled: Settled,
     log: CallLog,
 ) -> Result<(), Box<dyn std::error::Error>> {
@@ -119,7 +128,9 @@ pub async fn run_caller(
     // After the grace, one call through each node in turn, then random ones again.
     let mut rounds_after_settle = 0usize;
     loop {
-        let after_grace = settled.get().is_some_and(|at| now() >= at + SETTLE_GRACE);
+        let after_grace = settled
+            .get()
+            .is_some_and(|at| now() >= live_from(at, faults_end));
         let more = now() < until || (rounds_after_settle < nodes.len() && now() < limit);
         if !more {
             break;
@@ -178,14 +189,16 @@ pub struct CallStats {
 /// The tool-call checkers:
 /// - no call ran twice;
 /// - every call the cluster answered as done ran exactly once;
-/// - once the cluster had settled after the faults (and the grace passed), every call
+/// - once the cluster had settled after the faults (and `live_from` passed), every call
 ///   through every node succeeded, and there was one through each node.
 pub fn check_calls(
     log: &[CallRecord],
     runs: &BTreeMap<String, u32>,
     settled: Option<Duration>,
+    faults_end: Duration,
     nodes: &[u64],
 ) -> Result<CallStats, String> {
+    let live = settled.map(|at| live_from(at, faults_end));
     for (id, count) in runs {
         if *count > 1 {
             let sent: Vec<String> = log
@@ -209,25 +222,26 @@ pub fn check_calls(
                 record.id, record.node, record.at
             ));
         }
-        if settled.is_some_and(|at| record.at >= at + SETTLE_GRACE) {
+        if live.is_some_and(|from| record.at >= from) {
             after_settle += 1;
             if let CallOutcome::Failed(error) = &record.outcome {
                 return Err(format!(
-                    "tool call {} through node {} at {:?}, after the cluster settled at {:?}, failed: {error}",
+                    "tool call {} through node {} at {:?}, after the cluster settled at {:?} (calls must succeed from {:?}), failed: {error}",
                     record.id,
                     record.node,
                     record.at,
-                    settled.unwrap_or_default()
+                    settled.unwrap_or_default(),
+                    live.unwrap_or_default()
                 ));
             }
             through.push(record.node);
         }
     }
-    if let Some(at) = settled {
+    if let Some(from) = live {
         for node in nodes {
             if !through.contains(node) {
                 return Err(format!(
-                    "no tool call went through node {node} after the cluster settled at {at:?}"
+                    "no tool call went through node {node} from {from:?}, after the cluster settled"
                 ));
             }
         }

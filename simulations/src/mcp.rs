@@ -32,6 +32,9 @@ use tokio::sync::watch;
 /// How long a real supervisor gives its server between SIGTERM and SIGKILL when its
 /// node is gone (never past the deadline).
 const SUPERVISOR_GRACE_MS: u64 = 2_000;
+/// Longest a misbehaving server runs before it crashes or hangs: a server launched just
+/// before the faults end may still misbehave this long after.
+pub const MAX_LIFETIME_MS: u64 = 5_000;
 /// Bytes buffered in each direction of a server's pipe.
 const PIPE_BYTES: usize = 64 * 1024;
 
@@ -302,7 +305,7 @@ impl SimLauncher {
             rng.gen_range(0..50)
         });
         let lingers = misbehaving && rng.gen_bool(0.5);
-        let lifetime = Duration::from_millis(rng.gen_range(300..5_000));
+        let lifetime = Duration::from_millis(rng.gen_range(300..MAX_LIFETIME_MS));
         let behaviour = match rng.gen_range(0..100) {
             _ if now >= self.misbehave_until => Behaviour::Healthy,
             0..15 => Behaviour::CrashAfter(lifetime),

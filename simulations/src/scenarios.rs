@@ -795,6 +795,7 @@ pub fn chaos(seed: u64, nodes: u64) -> Report {
                 all,
                 WORKLOAD_END,
                 WORKLOAD_END + CONVERGENCE_BOUND,
+                FAULTS_END,
                 settled,
                 calls,
             )
@@ -886,6 +887,7 @@ pub fn chaos(seed: u64, nodes: u64) -> Report {
             &calls.borrow(),
             &cluster.instances.runs(),
             settled.get(),
+            FAULTS_END,
             &nodes,
         )?;
         log(

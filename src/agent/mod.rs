@@ -86,7 +86,17 @@ pub async fn run(
     let (lease_tx, lease) = watch::channel(Lease::default());
     let (fence_tx, fence) = watch::channel(None);
     let (running_tx, running) = watch::channel(BTreeSet::new());
-    let heartbeats = tokio::spawn(heartbeat(handle.clone(), lease_tx, fence_tx, running));
+    // An earlier run of this node (crashed, killed) may have left servers behind that
+    // live until the deadline of its last lease: surely not past this.
+    let orphans_until = Instant::now()
+        + Duration::from_millis(handle.config.lease_ms + crate::node::timing::FENCE_MARGIN_MS);
+    let heartbeats = tokio::spawn(heartbeat(
+        handle.clone(),
+        lease_tx,
+        fence_tx,
+        running,
+        orphans_until,
+    ));
     let reports = Arc::new(Reports::default());
     let reporter = tokio::spawn(reporter::run(handle.clone(), reports.clone()));
     let mut agent = Agent {
@@ -305,12 +315,16 @@ impl Agent {
     }
 }
 
+/// How soon a heartbeat the leader did not answer is sent again.
+const HEARTBEAT_RETRY_MS: u64 = 50;
+
 /// Heartbeats the leader and publishes each renewed lease.
 async fn heartbeat(
     handle: Arc<NodeHandle>,
     lease: watch::Sender<Lease>,
     fence: watch::Sender<Option<Instant>>,
     running: watch::Receiver<BTreeSet<(String, u32)>>,
+    orphans_until: Instant,
 ) {
     let config = &handle.config;
     let interval_length = Duration::from_millis(config.node_heartbeat_interval_ms);
@@ -318,11 +332,22 @@ async fn heartbeat(
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let shutdown = handle.shutdown_signal();
     tokio::pin!(shutdown);
+    let mut metrics = handle.raft.metrics();
+    let mut leader = metrics.borrow().current_leader;
     loop {
         tokio::select! {
             _ = interval.tick() => {}
+            // A new leader hears from this node at once, not a tick later: it must
+            // renew the lease before the one the old leader granted runs out, or every
+            // replica here stops for the failover.
+            changed = metrics.wait_for(|m| m.current_leader != leader) => {
+                if changed.is_err() {
+                    return;
+                }
+            }
             _ = &mut shutdown => return,
         }
+        leader = metrics.borrow().current_leader;
         let op = LeaderOp::Heartbeat(Heartbeat {
             id: handle.id(),
             addr: config.advertise.clone(),
@@ -340,6 +365,7 @@ async fn heartbeat(
                 .last_applied
                 .map_or(0, |id| id.index),
             running: running.borrow().clone(),
+            orphans_possible: Instant::now() < orphans_until,
         });
         let sent = Instant::now();
         let answer = match handle.known_leader() {
@@ -351,8 +377,12 @@ async fn heartbeat(
             }
             None => continue,
         };
-        if let Err(LeaderError::Replaced(reason)) = &answer {
-            handle.incarnations.refused(reason);
+        match &answer {
+            Err(LeaderError::Replaced(reason)) => handle.incarnations.refused(reason),
+            // A leader that just took over may not answer yet: try again soon rather
+            // than a whole interval later.
+            Err(_) => interval.reset_after(Duration::from_millis(HEARTBEAT_RETRY_MS)),
+            Ok(_) => {}
         }
         if let Ok(LeaderOpResult::Lease(grant)) = answer {
             let valid_until = sent + Duration::from_millis(config.lease_ms);

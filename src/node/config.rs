@@ -104,7 +104,7 @@ impl Default for Config {
             shutdown_timeout_ms: 5_000,
             tags: Vec::new(),
             capacity: None,
-            node_heartbeat_interval_ms: 250,
+            node_heartbeat_interval_ms: 100,
             node_timeout_ms: 1_500,
             lease_ms: 800,
             http: None,

@@ -48,6 +48,10 @@ pub struct Heartbeat {
     pub applied: u64,
     /// The slots the node runs or is still stopping, as (server, slot).
     pub running: BTreeSet<(String, u32)>,
+    /// The node started so recently that servers an earlier run of it left behind
+    /// (it crashed, or was killed) may still live until their old fence deadline:
+    /// `running` does not cover those, so no slot is handed over on its word yet.
+    pub orphans_possible: bool,
 }
 
 /// The leader's answer to a heartbeat.
@@ -312,7 +316,8 @@ async fn propose_as_deposed(handle: &NodeHandle, deposed: &mut Option<(u64, Inst
 /// The plan's placements, made safe to hand over: a slot moves off a node that is not
 /// down in two steps. First it is released (unassigned), and the old node stops it; it
 /// is assigned again only once every node that is not down has said, in a heartbeat
-/// since this leader took over, that it has applied the release and runs no such slot.
+/// since this leader took over, that it has applied the release and runs no such slot,
+/// and that no server an earlier run of it left behind may still live.
 /// (A node that is down has let its lease run out: fencing covers it.)
 fn hand_over(
     plan: &scheduler::Plan,
@@ -350,7 +355,9 @@ fn hand_over(
             .filter(|n| n.status != NodeStatus::Down)
             .all(|n| {
                 liveness.heard.get(&n.id).is_some_and(|heard| {
-                    heard.heartbeat.applied >= since && !heard.heartbeat.running.contains(&key)
+                    heard.heartbeat.applied >= since
+                        && !heard.heartbeat.running.contains(&key)
+                        && !heard.heartbeat.orphans_possible
                 })
             });
         if clear {
