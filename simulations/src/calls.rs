@@ -20,9 +20,14 @@ use crate::mcp::RECORD_TOOL;
 
 /// The server the callers call.
 pub const TOOL_SERVER: &str = "tools";
-/// The deadline each call carries: short, so that a slow server's answer often comes
-/// too late and the call ends with an unknown outcome (it may have run).
-pub const CALL_TIMEOUT_MS: u64 = 400;
+/// The deadline each call carries during the faults: short, so that a slow server's
+/// answer often comes too late and the call ends with an unknown outcome (it may have
+/// run).
+pub const CALL_TIMEOUT_MS: u64 = 250;
+/// The deadline once every call must succeed: servers launched during the faults may
+/// stay slow (up to the health check's timeout per answer), and that is no failure of
+/// the fleet's.
+pub const SETTLED_CALL_TIMEOUT_MS: u64 = 1_000;
 /// How long the cluster has, once it has settled after the faults, before every call
 /// must succeed: health reports and breakers catch up on every node, and a connection
 /// between nodes that died in a partition is found by its keepalive (2 s + 1 s).
@@ -128,14 +133,14 @@ pub async fn run_caller(
     // After the grace, one call through each node in turn, then random ones again.
     let mut rounds_after_settle = 0usize;
     loop {
-        let after_grace = settled
-            .get()
-            .is_some_and(|at| now() >= live_from(at, faults_end));
         let more = now() < until || (rounds_after_settle < nodes.len() && now() < limit);
         if !more {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(20..200))).await;
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(10..100))).await;
+        let after_grace = settled
+            .get()
+            .is_some_and(|at| now() >= live_from(at, faults_end));
         let node = if after_grace && rounds_after_settle < nodes.len() {
             rounds_after_settle += 1;
             nodes[rounds_after_settle - 1]
@@ -149,7 +154,11 @@ pub async fn run_caller(
             tool: RECORD_TOOL.into(),
             // The id is letters, digits and dashes: no escaping needed.
             arguments_json: format!(r#"{{"id":"{call}"}}"#),
-            timeout_ms: CALL_TIMEOUT_MS,
+            timeout_ms: if after_grace {
+                SETTLED_CALL_TIMEOUT_MS
+            } else {
+                CALL_TIMEOUT_MS
+            },
         };
         let at = now();
         let api = clients.entry(node).or_insert_with(|| client(node));

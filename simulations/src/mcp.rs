@@ -31,7 +31,7 @@ use tokio::sync::watch;
 
 /// How long a real supervisor gives its server between SIGTERM and SIGKILL when its
 /// node is gone (never past the deadline).
-const SUPERVISOR_GRACE_MS: u64 = 2_000;
+const SUPERVISOR_GRACE_MS: u64 = 5_000;
 /// Longest a misbehaving server runs before it crashes or hangs: a server launched just
 /// before the faults end may still misbehave this long after.
 pub const MAX_LIFETIME_MS: u64 = 5_000;
@@ -107,6 +107,9 @@ pub struct Instances {
     crashes: Mutex<BTreeMap<u64, u64>>,
     /// How many times each tool call (by its id) ran, on any server.
     runs: Mutex<BTreeMap<String, u32>>,
+    /// Every server launched from now on behaves, but runs on after its stdin closes and
+    /// takes the whole grace to exit when stopped (its fence deadline still ends it).
+    linger: AtomicBool,
 }
 
 impl Instances {
@@ -140,6 +143,11 @@ impl Instances {
                 tokio::spawn(task);
             }
         }
+    }
+
+    /// Servers launched from now on outlive their node's crash until stopped or fenced.
+    pub fn linger_from_now_on(&self) {
+        self.linger.store(true, Ordering::Relaxed);
     }
 
     fn ran(&self, call: &str) {
@@ -305,6 +313,11 @@ impl SimLauncher {
             rng.gen_range(0..50)
         });
         let lingers = misbehaving && rng.gen_bool(0.5);
+        // Told so by the scenario: it runs on, and takes the whole grace to exit.
+        if self.instances.linger.load(Ordering::Relaxed) {
+            let exit_delay = Duration::from_millis(SUPERVISOR_GRACE_MS);
+            return (start, Behaviour::Healthy, exit_delay, true);
+        }
         let lifetime = Duration::from_millis(rng.gen_range(300..MAX_LIFETIME_MS));
         let behaviour = match rng.gen_range(0..100) {
             _ if now >= self.misbehave_until => Behaviour::Healthy,

@@ -388,6 +388,157 @@ pub fn drained_node_dies(seed: u64) -> Result<Report, String> {
     Ok(report(seed, &sim, &events, &cluster.disks, &[]))
 }
 
+/// How long the restarted-node-drained scenario watches the fencing after the drain.
+const ORPHAN_WATCH: Duration = Duration::from_secs(5);
+
+/// Three nodes; server "orphan" (one replica) runs healthy on a follower. That follower
+/// crashes, and its server lives on under its supervisor until its fence deadline; the
+/// node restarts at once and is drained. The leader must not hand the slot over on the
+/// word of the restarted node, whose first heartbeats know nothing of the server its
+/// earlier run left behind: the fencing check runs every step for `ORPHAN_WATCH`, and
+/// the slot must run, healthy, elsewhere by the end.
+pub fn restarted_node_drained(seed: u64) -> Result<Report, String> {
+    use mcpfleet::registry::ReplicaState;
+    let mut sim = lan_sim(seed);
+    let all: Vec<u64> = (1..=3).collect();
+    let cluster = add_nodes(&mut sim, seed, cluster_configs(3), Duration::ZERO);
+    // A crashed node's server runs on under its supervisor, as a real one may.
+    cluster.instances.linger_from_now_on();
+    let events = Rc::new(RefCell::new(Vec::<String>::new()));
+    let leader_found = Rc::new(RefCell::new(None::<u64>));
+    let (log, found, nodes) = (events.clone(), leader_found.clone(), all.clone());
+    sim.client("operator", async move {
+        let leader = find_leader(&nodes).await?;
+        for _ in 0..200 {
+            let registered = client(leader)
+                .fleet_status(pb::FleetStatusRequest { stale: false })
+                .await
+                .map(|s| s.into_inner().nodes.len())
+                .unwrap_or(0);
+            if registered == nodes.len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Two replicas: one of them runs on a follower.
+        let mut request = spec("orphan");
+        if let Some(spec) = request.spec.as_mut() {
+            spec.replicas = 2;
+        }
+        let revision = client(leader)
+            .put_server(request)
+            .await?
+            .into_inner()
+            .revision;
+        log.borrow_mut().push(format!(
+            "leader {leader}; 'orphan' written at revision {revision}"
+        ));
+        *found.borrow_mut() = Some(leader);
+        Ok(())
+    });
+    run_until(
+        &mut sim,
+        || leader_found.borrow().is_some(),
+        "before the write",
+    )?;
+    let leader = leader_found.borrow().expect("set by the operator");
+    // (slot, node) of each replica of "orphan" that runs healthy where it is assigned.
+    let healthy = |cluster: &SimCluster| -> Vec<(u32, u64)> {
+        cluster.probe.with_nodes(|windows| {
+            let Some(window) = windows.get(&leader) else {
+                return Vec::new();
+            };
+            let applied = window.view.read();
+            let registry = &applied.registry;
+            (0..2)
+                .filter_map(|slot| {
+                    let key = ("orphan".to_string(), slot);
+                    let assignment = registry.assignments.get(&key)?;
+                    registry
+                        .health
+                        .get(&key)
+                        .is_some_and(|h| {
+                            h.state == ReplicaState::Healthy && h.node_id == assignment.node_id
+                        })
+                        .then_some((slot, assignment.node_id))
+                })
+                .collect()
+        })
+    };
+    let deadline = sim.elapsed() + Duration::from_secs(10);
+    let (slot, host) = loop {
+        if let Some(found) = healthy(&cluster)
+            .into_iter()
+            .find(|(_, node)| *node != leader)
+        {
+            break found;
+        }
+        if sim.elapsed() > deadline {
+            return Err("no replica of 'orphan' ran healthy on a follower".into());
+        }
+        sim.step().map_err(|e| e.to_string())?;
+    };
+    cluster.crash(&mut sim, host);
+    for _ in 0..20 {
+        sim.step().map_err(|e| e.to_string())?;
+    }
+    sim.bounce(host_name(host));
+    let left: Vec<u64> = cluster
+        .instances
+        .running()
+        .into_iter()
+        .filter(|(replica, _)| replica.server == "orphan" && replica.slot == slot)
+        .map(|(_, node)| node)
+        .collect();
+    events.borrow_mut().push(format!(
+        "slot {slot} of 'orphan' on node {host}: crashed and restarted it at {:?}; the slot's servers run on nodes {left:?}",
+        sim.elapsed()
+    ));
+    let drained = Rc::new(RefCell::new(false));
+    let (log, done) = (events.clone(), drained.clone());
+    sim.client("drainer", async move {
+        for _ in 0..100 {
+            let drain = client(leader)
+                .set_node_status(pb::SetNodeStatusRequest {
+                    id: host,
+                    status: "draining".into(),
+                })
+                .await;
+            if drain.is_ok() {
+                log.borrow_mut().push(format!(
+                    "node {host} drained at {:?}",
+                    turmoil::sim_elapsed().unwrap_or_default()
+                ));
+                *done.borrow_mut() = true;
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err("the drain was never acknowledged".into())
+    });
+    let until = sim.elapsed() + ORPHAN_WATCH;
+    while sim.elapsed() < until || !*drained.borrow() {
+        cluster.instances.check_fencing()?;
+        if sim.elapsed() > until + Duration::from_secs(5) {
+            return Err("the drain was not acknowledged".into());
+        }
+        sim.step().map_err(|e| e.to_string())?;
+    }
+    match healthy(&cluster).into_iter().find(|(s, _)| *s == slot) {
+        Some((_, node)) if node != host => events.borrow_mut().push(format!(
+            "slot {slot} healthy on node {node}; fencing held throughout"
+        )),
+        other => {
+            return Err(format!(
+                "slot {slot} of 'orphan' did not move off the drained node {host} within \
+                 {ORPHAN_WATCH:?}: {other:?}"
+            ))
+        }
+    }
+    let events = events.borrow().clone();
+    Ok(report(seed, &sim, &events, &cluster.disks, &[]))
+}
+
 /// Asks every node in `nodes` for its term and leader; nodes that do not answer or know
 /// no leader are left out.
 async fn observe_leaders(nodes: &[u64]) -> Vec<(u64, u64)> {
@@ -534,11 +685,12 @@ pub fn leader_partition(seed: u64) -> Result<Report, String> {
 }
 
 /// The scenarios by name, for the command line; the first is the default.
-pub const SCENARIOS: [&str; 4] = [
+pub const SCENARIOS: [&str; 5] = [
     "chaos",
     "leader-crash",
     "leader-partition",
     "drained-node-dies",
+    "restarted-node-drained",
 ];
 
 /// The scenario that catches `bug` (chaos, unless a bug needs a fault schedule of its
@@ -546,6 +698,7 @@ pub const SCENARIOS: [&str; 4] = [
 pub fn catches(bug: mcpfleet::env::bugs::Bug) -> &'static str {
     match bug {
         mcpfleet::env::bugs::Bug::DeadDrainBlocks => "drained-node-dies",
+        mcpfleet::env::bugs::Bug::ForgetOrphans => "restarted-node-drained",
         _ => "chaos",
     }
 }
@@ -567,6 +720,7 @@ pub fn run(name: &str, seed: u64, nodes: u64) -> Report {
         "leader-crash" => fixed(leader_crash(seed)),
         "leader-partition" => fixed(leader_partition(seed)),
         "drained-node-dies" => fixed(drained_node_dies(seed)),
+        "restarted-node-drained" => fixed(restarted_node_drained(seed)),
         other => fixed(Err(format!(
             "unknown scenario {other:?}; known: {}",
             SCENARIOS.join(", ")
@@ -590,7 +744,7 @@ pub mod phases {
     /// Clients of the workload.
     pub const CLIENTS: u32 = 4;
     /// Clients that call tools.
-    pub const CALLERS: u32 = 2;
+    pub const CALLERS: u32 = 3;
 }
 
 /// A hash of a node's registry, equal for equal registries.

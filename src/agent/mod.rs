@@ -365,7 +365,8 @@ async fn heartbeat(
                 .last_applied
                 .map_or(0, |id| id.index),
             running: running.borrow().clone(),
-            orphans_possible: Instant::now() < orphans_until,
+            orphans_possible: Instant::now() < orphans_until
+                && !crate::env::bugs::active(crate::env::bugs::Bug::ForgetOrphans),
         });
         let sent = Instant::now();
         let answer = match handle.known_leader() {

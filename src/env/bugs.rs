@@ -40,10 +40,13 @@ pub enum Bug {
     /// A tool call that may have reached its server (no answer in time, a connection
     /// lost after sending) is sent again to the next replica: a call can run twice.
     RetryAfterSend,
+    /// A node that has just restarted says nothing of the servers its earlier run may
+    /// have left behind: the leader hands their slots over while they still run.
+    ForgetOrphans,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 10] = [
+    pub const ALL: [Bug; 11] = [
         Bug::AckBeforeCommit,
         Bug::StaleFollowerRead,
         Bug::SkipLogFsync,
@@ -54,6 +57,7 @@ impl Bug {
         Bug::DeadDrainBlocks,
         Bug::IgnoreFenceDeadline,
         Bug::RetryAfterSend,
+        Bug::ForgetOrphans,
     ];
 
     /// The name used on the simulator's command line.
@@ -69,6 +73,7 @@ impl Bug {
             Bug::DeadDrainBlocks => "dead-drain-blocks",
             Bug::IgnoreFenceDeadline => "ignore-fence-deadline",
             Bug::RetryAfterSend => "retry-after-send",
+            Bug::ForgetOrphans => "forget-orphans",
         }
     }
 

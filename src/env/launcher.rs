@@ -24,7 +24,7 @@ const STDERR_LINE_BYTES: usize = 300;
 /// How often the supervisor checks that the node that started it is still alive.
 const PARENT_CHECK_INTERVAL_MS: u64 = 200;
 /// How long the supervisor gives its server after SIGTERM before SIGKILL.
-const SUPERVISOR_GRACE_MS: u64 = 2_000;
+const SUPERVISOR_GRACE_MS: u64 = 5_000;
 /// Exit code of a supervisor whose command could not be started (as a shell does).
 const EXIT_CANNOT_START: i32 = 127;
 

@@ -105,8 +105,8 @@ impl Default for Config {
             tags: Vec::new(),
             capacity: None,
             node_heartbeat_interval_ms: 100,
-            node_timeout_ms: 1_500,
-            lease_ms: 800,
+            node_timeout_ms: 1_800,
+            lease_ms: 1_100,
             http: None,
         }
     }
@@ -272,15 +272,15 @@ mod tests {
             ..Config::default()
         };
         assert!(matches!(config.validate(), Err(ConfigError::Timing(_))));
-        // The whole fencing inequality: 800 + 300 + 200 + 100 = 1,400 ms must stay
+        // The whole fencing inequality: 1,100 + 300 + 200 + 100 = 1,700 ms must stay
         // below the node timeout.
         let config = Config {
-            node_timeout_ms: 1_400,
+            node_timeout_ms: 1_700,
             ..Config::default()
         };
         assert!(matches!(config.validate(), Err(ConfigError::Timing(_))));
         let config = Config {
-            node_timeout_ms: 1_401,
+            node_timeout_ms: 1_701,
             ..Config::default()
         };
         config.validate().unwrap();

@@ -43,4 +43,4 @@ pub const fn fencing_holds(lease_ms: u64, node_timeout_ms: u64) -> bool {
 }
 
 // The defaults keep it (see `Config::default`).
-const _: () = assert!(fencing_holds(800, 1_500));
+const _: () = assert!(fencing_holds(1_100, 1_800));
