@@ -103,6 +103,16 @@ pub fn tool_server() -> pb::PutServerRequest {
     }
 }
 
+/// When a caller stops, and when the faults end.
+#[derive(Clone, Copy)]
+pub struct CallerTimes {
+    /// No random call starts after this...
+    pub until: Duration,
+    /// ...nor any call at all after this.
+    pub limit: Duration,
+    pub faults_end: Duration,
+}
+
 /// One caller until `until` (and, once the cluster has settled, long enough to call
 /// through every node after the grace; never past `limit`). Caller 0 first creates the
 /// tool server.
@@ -110,12 +120,15 @@ pub async fn run_caller(
     id: u32,
     seed: u64,
     nodes: Vec<u64>,
-    until: Duration,
-    limit: Duration,
-    faults_end: Duration,
+    times: CallerTimes,
     settled: Settled,
     log: CallLog,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    let CallerTimes {
+        until,
+        limit,
+        faults_end,
+    } = times;
     let mut rng =
         SmallRng::seed_from_u64(seed ^ (u64::from(id) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let mut clients: BTreeMap<u64, RegistryClient<Channel>> = BTreeMap::new();

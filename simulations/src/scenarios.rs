@@ -947,9 +947,11 @@ pub fn chaos(seed: u64, nodes: u64) -> Report {
                 id,
                 seed,
                 all,
-                WORKLOAD_END,
-                WORKLOAD_END + CONVERGENCE_BOUND,
-                FAULTS_END,
+                calls::CallerTimes {
+                    until: WORKLOAD_END,
+                    limit: WORKLOAD_END + CONVERGENCE_BOUND,
+                    faults_end: FAULTS_END,
+                },
                 settled,
                 calls,
             )
