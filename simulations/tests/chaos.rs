@@ -66,7 +66,9 @@ fn bug_names_are_listed_and_unknown_ones_are_usage_errors() {
             "no-leader-grace",
             "accept-stale-plan",
             "dead-drain-blocks",
-            "ignore-fence-deadline"
+            "ignore-fence-deadline",
+            "retry-after-send",
+            "forget-orphans"
         ]
     );
     let output = Command::new(env!("CARGO_BIN_EXE_mcpfleet-sim"))

@@ -161,7 +161,11 @@ pub async fn serve(
     let cancel = tokio_util::sync::CancellationToken::new();
     let mut http = StreamableHttpServerConfig::default()
         .with_cancellation_token(cancel.clone())
-        .with_max_request_body_bytes(MAX_REQUEST_BODY_BYTES);
+        .with_max_request_body_bytes(MAX_REQUEST_BODY_BYTES)
+        // A 2026-07-28 request whose answer is the whole reply gets it as JSON, not as
+        // a one-event SSE stream (anything sent before the answer, a progress
+        // notification, still makes it a stream). Legacy sessions stream as before.
+        .with_json_response(true);
     if !config.allowed_hosts.is_empty() {
         http = http.with_allowed_hosts(config.allowed_hosts.clone());
     }
