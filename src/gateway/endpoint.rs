@@ -179,6 +179,10 @@ pub async fn serve(
         http,
     );
     let router = axum::Router::new().nest_service("/mcp", service);
+    // Answers leave at once, not after the client acknowledges the previous segment.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             shutdown.await;
