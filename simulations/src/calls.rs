@@ -162,43 +162,55 @@ pub async fn run_caller(
         };
         let call = format!("k{id}-{number}");
         number += 1;
-        let request = pb::CallToolRequest {
-            server: TOOL_SERVER.into(),
-            tool: RECORD_TOOL.into(),
-            // The id is letters, digits and dashes: no escaping needed.
-            arguments_json: format!(r#"{{"id":"{call}"}}"#),
-            timeout_ms: if after_grace {
-                SETTLED_CALL_TIMEOUT_MS
-            } else {
-                CALL_TIMEOUT_MS
-            },
+        let timeout_ms = if after_grace {
+            SETTLED_CALL_TIMEOUT_MS
+        } else {
+            CALL_TIMEOUT_MS
         };
-        let at = now();
         let api = clients.entry(node).or_insert_with(|| client(node));
-        let outcome =
-            tokio::time::timeout(crate::workload::CLIENT_TIMEOUT, api.call_tool(request)).await;
-        let outcome = match outcome {
-            Ok(Ok(response)) => {
-                let result = response.into_inner().result_json;
-                if result.contains(&format!("ran {call}")) {
-                    CallOutcome::Done
-                } else {
-                    CallOutcome::Failed(format!("unexpected result {result}"))
-                }
-            }
-            Ok(Err(status)) => {
-                CallOutcome::Failed(format!("{:?}: {}", status.code(), status.message()))
-            }
-            Err(_) => CallOutcome::Failed("client timeout".into()),
-        };
-        log.borrow_mut().push(CallRecord {
-            at,
-            node,
-            id: call,
-            outcome,
-        });
+        let record = call_once(api, node, call, timeout_ms).await;
+        log.borrow_mut().push(record);
     }
     Ok(())
+}
+
+/// One call of the record tool with id `call` through `node`, and what came of it.
+pub async fn call_once(
+    api: &mut RegistryClient<Channel>,
+    node: u64,
+    call: String,
+    timeout_ms: u64,
+) -> CallRecord {
+    let request = pb::CallToolRequest {
+        server: TOOL_SERVER.into(),
+        tool: RECORD_TOOL.into(),
+        // The id is letters, digits and dashes: no escaping needed.
+        arguments_json: format!(r#"{{"id":"{call}"}}"#),
+        timeout_ms,
+    };
+    let at = now();
+    let outcome =
+        tokio::time::timeout(crate::workload::CLIENT_TIMEOUT, api.call_tool(request)).await;
+    let outcome = match outcome {
+        Ok(Ok(response)) => {
+            let result = response.into_inner().result_json;
+            if result.contains(&format!("ran {call}")) {
+                CallOutcome::Done
+            } else {
+                CallOutcome::Failed(format!("unexpected result {result}"))
+            }
+        }
+        Ok(Err(status)) => {
+            CallOutcome::Failed(format!("{:?}: {}", status.code(), status.message()))
+        }
+        Err(_) => CallOutcome::Failed("client timeout".into()),
+    };
+    CallRecord {
+        at,
+        node,
+        id: call,
+        outcome,
+    }
 }
 
 /// What the calls came to.

@@ -47,6 +47,8 @@ pub const RECORD_TOOL: &str = "record";
 #[derive(Clone)]
 struct SimServer {
     instances: Arc<Instances>,
+    /// Which replica this server is: (server, slot).
+    replica: (String, u32),
 }
 
 impl rmcp::ServerHandler for SimServer {
@@ -83,6 +85,10 @@ impl rmcp::ServerHandler for SimServer {
             .filter(|_| request.name == RECORD_TOOL)
             .ok_or_else(|| rmcp::ErrorData::invalid_params("record takes an id", None))?
             .to_string();
+        if self.instances.calls_stuck(&self.replica) {
+            // It answers pings, but its calls never come back (nor run).
+            return std::future::pending().await;
+        }
         self.instances.ran(&id);
         Ok(rmcp::model::CallToolResponse::Complete(
             rmcp::model::CallToolResult::success(vec![rmcp::model::ContentBlock::text(format!(
@@ -107,6 +113,8 @@ pub struct Instances {
     crashes: Mutex<BTreeMap<u64, u64>>,
     /// How many times each tool call (by its id) ran, on any server.
     runs: Mutex<BTreeMap<String, u32>>,
+    /// Replicas, as (server, slot), whose servers answer pings but never a tool call.
+    stuck: Mutex<std::collections::BTreeSet<(String, u32)>>,
     /// Every server launched from now on behaves, but runs on after its stdin closes and
     /// takes the whole grace to exit when stopped (its fence deadline still ends it).
     linger: AtomicBool,
@@ -148,6 +156,22 @@ impl Instances {
     /// Servers launched from now on outlive their node's crash until stopped or fenced.
     pub fn linger_from_now_on(&self) {
         self.linger.store(true, Ordering::Relaxed);
+    }
+
+    /// From now on, every server of `server`'s slot `slot` (running or launched later)
+    /// answers pings but leaves every tool call unanswered.
+    pub fn stick_calls(&self, server: &str, slot: u32) {
+        self.stuck
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((server.to_string(), slot));
+    }
+
+    fn calls_stuck(&self, replica: &(String, u32)) -> bool {
+        self.stuck
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(replica)
     }
 
     fn ran(&self, call: &str) {
@@ -370,6 +394,7 @@ impl McpLauncher for SimLauncher {
         let fence = on_the_simulation_clock(fence);
         let handler = SimServer {
             instances: self.instances.clone(),
+            replica: (replica.server.clone(), replica.slot),
         };
         let server = async move {
             tokio::time::sleep(start).await;

@@ -539,6 +539,168 @@ pub fn restarted_node_drained(seed: u64) -> Result<Report, String> {
     Ok(report(seed, &sim, &events, &cluster.disks, &[]))
 }
 
+/// How long after a replica's calls start to hang every call must succeed again: its
+/// breaker has opened on the call timeouts, and every router skips it.
+const STUCK_BOUND: Duration = Duration::from_secs(3);
+/// How long the stuck-calls scenario calls after the hang.
+const STUCK_WATCH: Duration = Duration::from_secs(6);
+/// The deadline of each call in the stuck-calls scenario.
+const STUCK_CALL_TIMEOUT_MS: u64 = 300;
+
+/// Three nodes; the tool server runs two replicas, healthy. Then one replica's server
+/// stops answering tool calls while it still answers pings (its health stays good).
+/// A client calls through each node in turn: calls may time out at first, but once
+/// `STUCK_BOUND` has passed every call must succeed (the breaker, fed by the calls'
+/// timeouts, has opened, and calls go to the other replica), through every node, and
+/// no call runs twice.
+pub fn stuck_calls(seed: u64) -> Result<Report, String> {
+    use mcpfleet::registry::ReplicaState;
+    let mut sim = lan_sim(seed);
+    let all: Vec<u64> = (1..=3).collect();
+    let cluster = add_nodes(&mut sim, seed, cluster_configs(3), Duration::ZERO);
+    let events = Rc::new(RefCell::new(Vec::<String>::new()));
+    let leader_found = Rc::new(RefCell::new(None::<u64>));
+    let (log, found, nodes) = (events.clone(), leader_found.clone(), all.clone());
+    sim.client("operator", async move {
+        let leader = find_leader(&nodes).await?;
+        for _ in 0..200 {
+            let registered = client(leader)
+                .fleet_status(pb::FleetStatusRequest { stale: false })
+                .await
+                .map(|s| s.into_inner().nodes.len())
+                .unwrap_or(0);
+            if registered == nodes.len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // A breaker that, once open, stays open through the scenario: no trial call.
+        let mut request = calls::tool_server();
+        if let Some(breaker) = request
+            .spec
+            .as_mut()
+            .and_then(|s| s.circuit_breaker.as_mut())
+        {
+            breaker.open_ms = 60_000;
+        }
+        let revision = client(leader)
+            .put_server(request)
+            .await?
+            .into_inner()
+            .revision;
+        log.borrow_mut().push(format!(
+            "leader {leader}; {:?} written at revision {revision}",
+            calls::TOOL_SERVER
+        ));
+        *found.borrow_mut() = Some(leader);
+        Ok(())
+    });
+    run_until(
+        &mut sim,
+        || leader_found.borrow().is_some(),
+        "before the write",
+    )?;
+    let leader = leader_found.borrow().expect("set by the operator");
+    let deadline = sim.elapsed() + Duration::from_secs(10);
+    let hosts = loop {
+        let hosts: Vec<u64> = cluster.probe.with_nodes(|windows| {
+            let Some(window) = windows.get(&leader) else {
+                return Vec::new();
+            };
+            let applied = window.view.read();
+            let registry = &applied.registry;
+            (0..2)
+                .filter_map(|slot| {
+                    let key = (calls::TOOL_SERVER.to_string(), slot);
+                    let node = registry.assignments.get(&key)?.node_id;
+                    registry
+                        .health
+                        .get(&key)
+                        .is_some_and(|h| h.state == ReplicaState::Healthy && h.node_id == node)
+                        .then_some(node)
+                })
+                .collect()
+        });
+        if hosts.len() == 2 {
+            break hosts;
+        }
+        if sim.elapsed() > deadline {
+            return Err("the tool server's two replicas never ran healthy".into());
+        }
+        sim.step().map_err(|e| e.to_string())?;
+    };
+    cluster.instances.stick_calls(calls::TOOL_SERVER, 0);
+    let stuck_at = sim.elapsed();
+    events.borrow_mut().push(format!(
+        "slot 0 (node {}) answers no call from {stuck_at:?}; slot 1 runs on node {}",
+        hosts[0], hosts[1]
+    ));
+    let log: CallLog = Rc::default();
+    let (calls_log, nodes) = (log.clone(), all.clone());
+    sim.client("caller", async move {
+        let mut apis: BTreeMap<u64, _> = BTreeMap::new();
+        let mut number = 0;
+        while turmoil::sim_elapsed().unwrap_or_default() < stuck_at + STUCK_WATCH {
+            let node = nodes[number % nodes.len()];
+            let api = apis.entry(node).or_insert_with(|| client(node));
+            let record =
+                calls::call_once(api, node, format!("s-{number}"), STUCK_CALL_TIMEOUT_MS).await;
+            calls_log.borrow_mut().push(record);
+            number += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    });
+    let caller_done = || {
+        log.borrow()
+            .last()
+            .is_some_and(|r| r.at >= stuck_at + STUCK_WATCH)
+    };
+    loop {
+        let finished = sim.step().map_err(|e| e.to_string())?;
+        if finished || caller_done() || sim.elapsed() > stuck_at + STUCK_WATCH + CLIENT_TIMEOUT {
+            break;
+        }
+    }
+    let runs = cluster.instances.runs();
+    let mut through = std::collections::BTreeSet::new();
+    let mut failed_early = 0;
+    for record in log.borrow().iter() {
+        let ran = runs.get(&record.id).copied().unwrap_or(0);
+        if ran > 1 || (record.outcome == calls::CallOutcome::Done && ran != 1) {
+            return Err(format!(
+                "tool call {} through node {} ran {ran} times ({:?})",
+                record.id, record.node, record.outcome
+            ));
+        }
+        if record.at < stuck_at + STUCK_BOUND {
+            failed_early += usize::from(record.outcome != calls::CallOutcome::Done);
+            continue;
+        }
+        if let calls::CallOutcome::Failed(error) = &record.outcome {
+            return Err(format!(
+                "tool call {} through node {} at {:?}, {:?} after slot 0 stopped answering calls, failed: {error}",
+                record.id,
+                record.node,
+                record.at,
+                record.at - stuck_at
+            ));
+        }
+        through.insert(record.node);
+    }
+    if through.len() != all.len() {
+        return Err(format!(
+            "calls went through only nodes {through:?} after {STUCK_BOUND:?}"
+        ));
+    }
+    events.borrow_mut().push(format!(
+        "{} calls: {failed_early} failed in the first {STUCK_BOUND:?}, every later one done",
+        log.borrow().len()
+    ));
+    let events = events.borrow().clone();
+    Ok(report(seed, &sim, &events, &cluster.disks, &[]))
+}
+
 /// Asks every node in `nodes` for its term and leader; nodes that do not answer or know
 /// no leader are left out.
 async fn observe_leaders(nodes: &[u64]) -> Vec<(u64, u64)> {
@@ -685,12 +847,13 @@ pub fn leader_partition(seed: u64) -> Result<Report, String> {
 }
 
 /// The scenarios by name, for the command line; the first is the default.
-pub const SCENARIOS: [&str; 5] = [
+pub const SCENARIOS: [&str; 6] = [
     "chaos",
     "leader-crash",
     "leader-partition",
     "drained-node-dies",
     "restarted-node-drained",
+    "stuck-calls",
 ];
 
 /// The scenario that catches `bug` (chaos, unless a bug needs a fault schedule of its
@@ -699,6 +862,7 @@ pub fn catches(bug: mcpfleet::env::bugs::Bug) -> &'static str {
     match bug {
         mcpfleet::env::bugs::Bug::DeadDrainBlocks => "drained-node-dies",
         mcpfleet::env::bugs::Bug::ForgetOrphans => "restarted-node-drained",
+        mcpfleet::env::bugs::Bug::RouteToUnavailable => "stuck-calls",
         _ => "chaos",
     }
 }
@@ -721,6 +885,7 @@ pub fn run(name: &str, seed: u64, nodes: u64) -> Report {
         "leader-partition" => fixed(leader_partition(seed)),
         "drained-node-dies" => fixed(drained_node_dies(seed)),
         "restarted-node-drained" => fixed(restarted_node_drained(seed)),
+        "stuck-calls" => fixed(stuck_calls(seed)),
         other => fixed(Err(format!(
             "unknown scenario {other:?}; known: {}",
             SCENARIOS.join(", ")

@@ -68,7 +68,8 @@ fn bug_names_are_listed_and_unknown_ones_are_usage_errors() {
             "dead-drain-blocks",
             "ignore-fence-deadline",
             "retry-after-send",
-            "forget-orphans"
+            "forget-orphans",
+            "route-to-unavailable"
         ]
     );
     let output = Command::new(env!("CARGO_BIN_EXE_mcpfleet-sim"))

@@ -18,7 +18,7 @@ use rmcp::RoleClient;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::breaker::Breaker;
+use super::breaker::{Breaker, Source};
 
 /// Longest a call waits for a free place in a full bulkhead.
 pub const BULKHEAD_WAIT_MS: u64 = 50;
@@ -155,7 +155,7 @@ impl ReplicaHandle {
             .breaker
             .lock()
             .is_ok_and(|mut b| b.allow(Instant::now()));
-        if !allowed {
+        if !allowed && !crate::env::bugs::active(crate::env::bugs::Bug::RouteToUnavailable) {
             return Err(ReplicaCallError::BreakerOpen { server, slot });
         }
         let outcome = tokio::time::timeout(timeout, self.peer.call_tool_once(params)).await;
@@ -182,9 +182,9 @@ impl ReplicaHandle {
         if let Ok(mut breaker) = self.breaker.lock() {
             match &result {
                 Err(ReplicaCallError::Timeout { .. } | ReplicaCallError::Failed { .. }) => {
-                    breaker.record_failure(Instant::now())
+                    breaker.record_failure(Source::Call, Instant::now())
                 }
-                _ => breaker.record_success(),
+                _ => breaker.record_success(Source::Call),
             }
         }
         result

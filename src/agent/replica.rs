@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::breaker::Breaker;
+use super::breaker::{Breaker, Source};
 use super::directory::{Directory, ReplicaHandle};
 use super::reporter::Reports;
 use super::restart::Restarts;
@@ -185,7 +185,7 @@ pub async fn run(
             Ended::Stopped(_) => return,
             Ended::Failed(error) => error,
         };
-        replica.with_breaker(|b| b.record_failure(Instant::now()));
+        replica.with_breaker(|b| b.record_failure(Source::Probe, Instant::now()));
         replica.refresh();
         let decision = replica.restarts.failed(Instant::now());
         tracing::warn!(server = %replica.key.server, slot = replica.key.slot, %error,
@@ -328,7 +328,7 @@ async fn probe(
             Ok(latency) => {
                 successes = successes.saturating_add(1);
                 failures = 0;
-                replica.with_breaker(|b| b.record_success());
+                replica.with_breaker(|b| b.record_success(Source::Probe));
                 replica.health.probe_latency_ms = Some(latency.as_millis() as u64);
                 if replica.health.state != ReplicaState::Healthy
                     && successes >= check.healthy_threshold
@@ -339,7 +339,7 @@ async fn probe(
             Err(error) => {
                 failures = failures.saturating_add(1);
                 successes = 0;
-                replica.with_breaker(|b| b.record_failure(Instant::now()));
+                replica.with_breaker(|b| b.record_failure(Source::Probe, Instant::now()));
                 replica.health.last_error = Some(error.to_string());
                 if failures >= restart_after {
                     return Ended::Failed(format!(

@@ -43,10 +43,13 @@ pub enum Bug {
     /// A node that has just restarted says nothing of the servers its earlier run may
     /// have left behind: the leader hands their slots over while they still run.
     ForgetOrphans,
+    /// Tool calls go to every assigned replica, whatever its health, its breaker or its
+    /// node's status, and a replica lets calls through an open breaker.
+    RouteToUnavailable,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 11] = [
+    pub const ALL: [Bug; 12] = [
         Bug::AckBeforeCommit,
         Bug::StaleFollowerRead,
         Bug::SkipLogFsync,
@@ -58,6 +61,7 @@ impl Bug {
         Bug::IgnoreFenceDeadline,
         Bug::RetryAfterSend,
         Bug::ForgetOrphans,
+        Bug::RouteToUnavailable,
     ];
 
     /// The name used on the simulator's command line.
@@ -74,6 +78,7 @@ impl Bug {
             Bug::IgnoreFenceDeadline => "ignore-fence-deadline",
             Bug::RetryAfterSend => "retry-after-send",
             Bug::ForgetOrphans => "forget-orphans",
+            Bug::RouteToUnavailable => "route-to-unavailable",
         }
     }
 

@@ -119,9 +119,13 @@ impl Calls {
             if !state.registry.servers.contains_key(server) {
                 return Err(CallError::UnknownServer(server.to_string()));
             }
-            crate::router::candidates(&state.registry, server, self.me, |node, slot| {
-                self.in_flight(node, server, slot)
-            })
+            if crate::env::bugs::active(crate::env::bugs::Bug::RouteToUnavailable) {
+                every_assigned(&state.registry, server)
+            } else {
+                crate::router::candidates(&state.registry, server, self.me, |node, slot| {
+                    self.in_flight(node, server, slot)
+                })
+            }
         };
         let mut last = None;
         for candidate in candidates {
@@ -229,6 +233,27 @@ impl Calls {
         };
         from_reply(reply, server, candidate, timeout)
     }
+}
+
+/// The injected bug `RouteToUnavailable`: every assigned replica, by slot, whatever
+/// its health, breaker or node.
+fn every_assigned(
+    registry: &crate::registry::Registry,
+    server: &str,
+) -> Vec<crate::router::Candidate> {
+    registry
+        .assignments
+        .range((server.to_string(), 0)..=(server.to_string(), u32::MAX))
+        .filter_map(|((_, slot), assignment)| {
+            let node = registry.nodes.get(&assignment.node_id)?;
+            Some(crate::router::Candidate {
+                node: assignment.node_id,
+                addr: node.addr.clone(),
+                slot: *slot,
+                epoch: assignment.epoch,
+            })
+        })
+        .collect()
 }
 
 /// The injected bug `RetryAfterSend`: a call that may have run is sent again.
