@@ -80,18 +80,8 @@ pub fn tool_server() -> pb::PutServerRequest {
                 ..Default::default()
             })),
             replicas: 2,
-            health_check: Some(pb::HealthCheck {
-                interval_ms: 200,
-                timeout_ms: 100,
-                healthy_threshold: 1,
-                unhealthy_threshold: 2,
-            }),
-            restart: Some(pb::RestartPolicy {
-                initial_backoff_ms: 50,
-                max_backoff_ms: 500,
-                crash_loop_restarts: 5,
-                crash_loop_window_ms: 10_000,
-            }),
+            health_check: Some(crate::workload::QUICK_CHECKS),
+            restart: Some(crate::workload::QUICK_RESTARTS),
             circuit_breaker: Some(pb::CircuitBreaker {
                 failure_threshold: 3,
                 open_ms: 500,

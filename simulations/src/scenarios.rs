@@ -175,6 +175,21 @@ async fn find_leader(candidates: &[u64]) -> Result<u64, String> {
     Err(format!("no leader among {candidates:?}"))
 }
 
+/// Waits (bounded) until the leader has registered `count` nodes.
+async fn wait_until_registered(leader: u64, count: usize) {
+    for _ in 0..200 {
+        let registered = client(leader)
+            .fleet_status(pb::FleetStatusRequest { stale: false })
+            .await
+            .map(|s| s.into_inner().nodes.len())
+            .unwrap_or(0);
+        if registered == count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Retries a write on `node` until it is acknowledged (bounded).
 async fn put_until_acknowledged(node: u64, name: &str) -> Result<u64, String> {
     let mut last_error = String::new();
@@ -295,17 +310,7 @@ pub fn drained_node_dies(seed: u64) -> Result<Report, String> {
             .iter()
             .find(|id| **id != leader)
             .ok_or("no follower")?;
-        for _ in 0..200 {
-            let registered = client(leader)
-                .fleet_status(pb::FleetStatusRequest { stale: false })
-                .await
-                .map(|s| s.into_inner().nodes.len())
-                .unwrap_or(0);
-            if registered == nodes.len() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until_registered(leader, nodes.len()).await;
         client(leader)
             .set_node_status(pb::SetNodeStatusRequest {
                 id: drained,
@@ -409,17 +414,7 @@ pub fn restarted_node_drained(seed: u64) -> Result<Report, String> {
     let (log, found, nodes) = (events.clone(), leader_found.clone(), all.clone());
     sim.client("operator", async move {
         let leader = find_leader(&nodes).await?;
-        for _ in 0..200 {
-            let registered = client(leader)
-                .fleet_status(pb::FleetStatusRequest { stale: false })
-                .await
-                .map(|s| s.into_inner().nodes.len())
-                .unwrap_or(0);
-            if registered == nodes.len() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until_registered(leader, nodes.len()).await;
         // Two replicas: one of them runs on a follower.
         let mut request = spec("orphan");
         if let Some(spec) = request.spec.as_mut() {
@@ -563,17 +558,7 @@ pub fn stuck_calls(seed: u64) -> Result<Report, String> {
     let (log, found, nodes) = (events.clone(), leader_found.clone(), all.clone());
     sim.client("operator", async move {
         let leader = find_leader(&nodes).await?;
-        for _ in 0..200 {
-            let registered = client(leader)
-                .fleet_status(pb::FleetStatusRequest { stale: false })
-                .await
-                .map(|s| s.into_inner().nodes.len())
-                .unwrap_or(0);
-            if registered == nodes.len() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until_registered(leader, nodes.len()).await;
         // A breaker that, once open, stays open through the scenario: no trial call.
         let mut request = calls::tool_server();
         if let Some(breaker) = request

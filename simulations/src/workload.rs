@@ -104,23 +104,26 @@ fn spec(name: &str, value: &str) -> pb::ServerSpec {
             ..Default::default()
         })),
         replicas: 2,
-        // Quick checks and short backoff, so that replicas are healthy again soon after
-        // the faults end.
-        health_check: Some(pb::HealthCheck {
-            interval_ms: 200,
-            timeout_ms: 100,
-            healthy_threshold: 1,
-            unhealthy_threshold: 2,
-        }),
-        restart: Some(pb::RestartPolicy {
-            initial_backoff_ms: 50,
-            max_backoff_ms: 500,
-            crash_loop_restarts: 5,
-            crash_loop_window_ms: 10_000,
-        }),
+        health_check: Some(QUICK_CHECKS),
+        restart: Some(QUICK_RESTARTS),
         ..Default::default()
     }
 }
+
+/// Quick checks and short backoff, so that replicas are healthy again soon after the
+/// faults end.
+pub const QUICK_CHECKS: pb::HealthCheck = pb::HealthCheck {
+    interval_ms: 200,
+    timeout_ms: 100,
+    healthy_threshold: 1,
+    unhealthy_threshold: 2,
+};
+pub const QUICK_RESTARTS: pb::RestartPolicy = pb::RestartPolicy {
+    initial_backoff_ms: 50,
+    max_backoff_ms: 500,
+    crash_loop_restarts: 5,
+    crash_loop_window_ms: 10_000,
+};
 
 /// The value a server record carries (its first argument), with its revision.
 fn value_of(server: &pb::Server) -> Option<(String, u64)> {
