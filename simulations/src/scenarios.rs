@@ -175,6 +175,35 @@ async fn find_leader(candidates: &[u64]) -> Result<u64, String> {
     Err(format!("no leader among {candidates:?}"))
 }
 
+/// (slot, node) of each of the first `slots` replicas of `server` that runs healthy
+/// where it is assigned, as node `observer`'s applied registry has it.
+fn healthy_replicas(
+    cluster: &SimCluster,
+    observer: u64,
+    server: &str,
+    slots: u32,
+) -> Vec<(u32, u64)> {
+    use mcpfleet::registry::ReplicaState;
+    cluster.probe.with_nodes(|windows| {
+        let Some(window) = windows.get(&observer) else {
+            return Vec::new();
+        };
+        let applied = window.view.read();
+        let registry = &applied.registry;
+        (0..slots)
+            .filter_map(|slot| {
+                let key = (server.to_string(), slot);
+                let node = registry.assignments.get(&key)?.node_id;
+                registry
+                    .health
+                    .get(&key)
+                    .is_some_and(|h| h.state == ReplicaState::Healthy && h.node_id == node)
+                    .then_some((slot, node))
+            })
+            .collect()
+    })
+}
+
 /// Waits (bounded) until the leader has registered `count` nodes.
 async fn wait_until_registered(leader: u64, count: usize) {
     for _ in 0..200 {
@@ -403,7 +432,6 @@ const ORPHAN_WATCH: Duration = Duration::from_secs(5);
 /// earlier run left behind: the fencing check runs every step for `ORPHAN_WATCH`, and
 /// the slot must run, healthy, elsewhere by the end.
 pub fn restarted_node_drained(seed: u64) -> Result<Report, String> {
-    use mcpfleet::registry::ReplicaState;
     let mut sim = lan_sim(seed);
     let all: Vec<u64> = (1..=3).collect();
     let cluster = add_nodes(&mut sim, seed, cluster_configs(3), Duration::ZERO);
@@ -437,29 +465,7 @@ pub fn restarted_node_drained(seed: u64) -> Result<Report, String> {
         "before the write",
     )?;
     let leader = leader_found.borrow().expect("set by the operator");
-    // (slot, node) of each replica of "orphan" that runs healthy where it is assigned.
-    let healthy = |cluster: &SimCluster| -> Vec<(u32, u64)> {
-        cluster.probe.with_nodes(|windows| {
-            let Some(window) = windows.get(&leader) else {
-                return Vec::new();
-            };
-            let applied = window.view.read();
-            let registry = &applied.registry;
-            (0..2)
-                .filter_map(|slot| {
-                    let key = ("orphan".to_string(), slot);
-                    let assignment = registry.assignments.get(&key)?;
-                    registry
-                        .health
-                        .get(&key)
-                        .is_some_and(|h| {
-                            h.state == ReplicaState::Healthy && h.node_id == assignment.node_id
-                        })
-                        .then_some((slot, assignment.node_id))
-                })
-                .collect()
-        })
-    };
+    let healthy = |cluster: &SimCluster| healthy_replicas(cluster, leader, "orphan", 2);
     let deadline = sim.elapsed() + Duration::from_secs(10);
     let (slot, host) = loop {
         if let Some(found) = healthy(&cluster)
@@ -549,7 +555,6 @@ const STUCK_CALL_TIMEOUT_MS: u64 = 300;
 /// timeouts, has opened, and calls go to the other replica), through every node, and
 /// no call runs twice.
 pub fn stuck_calls(seed: u64) -> Result<Report, String> {
-    use mcpfleet::registry::ReplicaState;
     let mut sim = lan_sim(seed);
     let all: Vec<u64> = (1..=3).collect();
     let cluster = add_nodes(&mut sim, seed, cluster_configs(3), Duration::ZERO);
@@ -588,24 +593,10 @@ pub fn stuck_calls(seed: u64) -> Result<Report, String> {
     let leader = leader_found.borrow().expect("set by the operator");
     let deadline = sim.elapsed() + Duration::from_secs(10);
     let hosts = loop {
-        let hosts: Vec<u64> = cluster.probe.with_nodes(|windows| {
-            let Some(window) = windows.get(&leader) else {
-                return Vec::new();
-            };
-            let applied = window.view.read();
-            let registry = &applied.registry;
-            (0..2)
-                .filter_map(|slot| {
-                    let key = (calls::TOOL_SERVER.to_string(), slot);
-                    let node = registry.assignments.get(&key)?.node_id;
-                    registry
-                        .health
-                        .get(&key)
-                        .is_some_and(|h| h.state == ReplicaState::Healthy && h.node_id == node)
-                        .then_some(node)
-                })
-                .collect()
-        });
+        let hosts: Vec<u64> = healthy_replicas(&cluster, leader, calls::TOOL_SERVER, 2)
+            .into_iter()
+            .map(|(_, node)| node)
+            .collect();
         if hosts.len() == 2 {
             break hosts;
         }
