@@ -1,12 +1,17 @@
 //! mcpfleet: a highly available control plane for fleets of MCP servers.
 //!
-//! Layers (see DESIGN.md): `registry` (pure state machine), `raft` (openraft glue),
-//! `api` (gRPC services), `node` (wiring), `env` (the seams to the outside world) and
-//! `cli` (the command line).
+//! Layers (see DESIGN.md): `registry` (pure state machine), `scheduler` and `router`
+//! (pure policy), `raft` (openraft glue), `control` (the control plane: writes, reads,
+//! membership), `controller` (the leader's liveness and placement loop), `agent` (the
+//! node's replicas), `gateway` (tool calls and `/mcp`), `api` (gRPC services), `node`
+//! (wiring), `config`, `env` (the seams to the outside world) and `cli`.
 
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod config;
+pub mod control;
+pub mod controller;
 pub mod env;
 pub mod gateway;
 pub mod mcp;

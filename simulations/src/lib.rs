@@ -12,10 +12,12 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use hyper_util::rt::TokioIo;
+use mcpfleet::config::Config;
 use mcpfleet::env::network::{endpoint, Connection, Incoming, Network, NetworkError};
-use mcpfleet::env::{Environment, MemoryDisk, Probe, RaftMetrics};
-use mcpfleet::node::Config;
+use mcpfleet::env::MemoryDisk;
+use mcpfleet::node::Environment;
 use mcpfleet::raft::RegistryView;
+use mcpfleet::raft::{Probe, RaftMetrics};
 use tokio::sync::watch;
 use tonic::transport::{Channel, Uri};
 

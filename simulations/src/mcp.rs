@@ -49,6 +49,8 @@ struct SimServer {
     instances: Arc<Instances>,
     /// Which replica this server is: (server, slot).
     replica: (String, u32),
+    /// Ends the server's process (see `Instances::crash_in_next_call`).
+    crashed: Arc<tokio::sync::Notify>,
 }
 
 impl rmcp::ServerHandler for SimServer {
@@ -90,6 +92,11 @@ impl rmcp::ServerHandler for SimServer {
             return std::future::pending().await;
         }
         self.instances.ran(&id);
+        if self.instances.take_crash(&self.replica) {
+            // The call ran; its answer never leaves: the process dies first.
+            self.crashed.notify_one();
+            return std::future::pending().await;
+        }
         Ok(rmcp::model::CallToolResponse::Complete(
             rmcp::model::CallToolResult::success(vec![rmcp::model::ContentBlock::text(format!(
                 "ran {id}"
@@ -115,6 +122,9 @@ pub struct Instances {
     runs: Mutex<BTreeMap<String, u32>>,
     /// Replicas, as (server, slot), whose servers answer pings but never a tool call.
     stuck: Mutex<std::collections::BTreeSet<(String, u32)>>,
+    /// Replicas, as (server, slot), whose server crashes in its next tool call, after
+    /// running it and before answering.
+    crash_next: Mutex<std::collections::BTreeSet<(String, u32)>>,
     /// Every server launched from now on behaves, but runs on after its stdin closes and
     /// takes the whole grace to exit when stopped (its fence deadline still ends it).
     linger: AtomicBool,
@@ -165,6 +175,23 @@ impl Instances {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert((server.to_string(), slot));
+    }
+
+    /// The next tool call a server of `server`'s slot `slot` gets runs, and then the
+    /// server crashes before it answers (once).
+    pub fn crash_in_next_call(&self, server: &str, slot: u32) {
+        self.crash_next
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((server.to_string(), slot));
+    }
+
+    /// Whether this call is the one `replica`'s server crashes in.
+    fn take_crash(&self, replica: &(String, u32)) -> bool {
+        self.crash_next
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(replica)
     }
 
     fn calls_stuck(&self, replica: &(String, u32)) -> bool {
@@ -392,11 +419,13 @@ impl McpLauncher for SimLauncher {
         };
         let (stop_tx, mut stop_rx) = watch::channel(None::<Duration>);
         let fence = on_the_simulation_clock(fence);
+        let crashed = Arc::new(tokio::sync::Notify::new());
         let handler = SimServer {
             instances: self.instances.clone(),
             replica: (replica.server.clone(), replica.slot),
+            crashed: crashed.clone(),
         };
-        let server = async move {
+        let life = async move {
             tokio::time::sleep(start).await;
             let Ok(service) = handler.serve(io).await else {
                 return "process exited with code 1: no handshake".to_string();
@@ -422,6 +451,12 @@ impl McpLauncher for SimLauncher {
                     frozen.store(true, Ordering::Relaxed);
                     std::future::pending::<String>().await
                 }
+            }
+        };
+        let server = async move {
+            tokio::select! {
+                how = life => how,
+                _ = crashed.notified() => "process exited with code 1: crashed during a call".to_string(),
             }
         };
         // The server runs on the simulation's process host, not the node's: like a real

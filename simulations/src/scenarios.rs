@@ -540,21 +540,31 @@ pub fn restarted_node_drained(seed: u64) -> Result<Report, String> {
     Ok(report(seed, &sim, &events, &cluster.disks, &[]))
 }
 
-/// How long after a replica's calls start to hang every call must succeed again: its
-/// breaker has opened on the call timeouts, and every router skips it.
+/// How long after a replica's fault every call must succeed again: its breaker has
+/// opened on the call timeouts (or its server is back), and every router skips it.
 const STUCK_BOUND: Duration = Duration::from_secs(3);
-/// How long the stuck-calls scenario calls after the hang.
+/// How long the faulty-replica scenarios call after the fault.
 const STUCK_WATCH: Duration = Duration::from_secs(6);
-/// The deadline of each call in the stuck-calls scenario.
+/// The deadline of each call in the faulty-replica scenarios.
 const STUCK_CALL_TIMEOUT_MS: u64 = 300;
 
+/// What goes wrong with one replica in `faulty_replica`.
+#[derive(Clone, Copy, Debug)]
+pub enum ReplicaFault {
+    /// Its server answers pings but no tool call (scenario `stuck-calls`).
+    Stuck,
+    /// Its server runs the next tool call and crashes before it answers (scenario
+    /// `crash-mid-call`): the call may have had its effect, so it must not be sent
+    /// again.
+    CrashMidCall,
+}
+
 /// Three nodes; the tool server runs two replicas, healthy. Then one replica's server
-/// stops answering tool calls while it still answers pings (its health stays good).
-/// A client calls through each node in turn: calls may time out at first, but once
-/// `STUCK_BOUND` has passed every call must succeed (the breaker, fed by the calls'
-/// timeouts, has opened, and calls go to the other replica), through every node, and
-/// no call runs twice.
-pub fn stuck_calls(seed: u64) -> Result<Report, String> {
+/// goes wrong (`fault`). A client calls through each node in turn: calls may fail at
+/// first, but once `STUCK_BOUND` has passed every call must succeed (the breaker, fed
+/// by the calls' timeouts, has opened and calls go to the other replica; or the crashed
+/// server is back), through every node, and no call runs twice.
+pub fn faulty_replica(seed: u64, fault: ReplicaFault) -> Result<Report, String> {
     let mut sim = lan_sim(seed);
     let all: Vec<u64> = (1..=3).collect();
     let cluster = add_nodes(&mut sim, seed, cluster_configs(3), Duration::ZERO);
@@ -605,10 +615,19 @@ pub fn stuck_calls(seed: u64) -> Result<Report, String> {
         }
         sim.step().map_err(|e| e.to_string())?;
     };
-    cluster.instances.stick_calls(calls::TOOL_SERVER, 0);
+    let what = match fault {
+        ReplicaFault::Stuck => {
+            cluster.instances.stick_calls(calls::TOOL_SERVER, 0);
+            "answers no call"
+        }
+        ReplicaFault::CrashMidCall => {
+            cluster.instances.crash_in_next_call(calls::TOOL_SERVER, 0);
+            "crashes in its next call"
+        }
+    };
     let stuck_at = sim.elapsed();
     events.borrow_mut().push(format!(
-        "slot 0 (node {}) answers no call from {stuck_at:?}; slot 1 runs on node {}",
+        "slot 0 (node {}) {what} from {stuck_at:?}; slot 1 runs on node {}",
         hosts[0], hosts[1]
     ));
     let log: CallLog = Rc::default();
@@ -655,7 +674,7 @@ pub fn stuck_calls(seed: u64) -> Result<Report, String> {
         }
         if let calls::CallOutcome::Failed(error) = &record.outcome {
             return Err(format!(
-                "tool call {} through node {} at {:?}, {:?} after slot 0 stopped answering calls, failed: {error}",
+                "tool call {} through node {} at {:?}, {:?} after slot 0's fault, failed: {error}",
                 record.id,
                 record.node,
                 record.at,
@@ -823,13 +842,14 @@ pub fn leader_partition(seed: u64) -> Result<Report, String> {
 }
 
 /// The scenarios by name, for the command line; the first is the default.
-pub const SCENARIOS: [&str; 6] = [
+pub const SCENARIOS: [&str; 7] = [
     "chaos",
     "leader-crash",
     "leader-partition",
     "drained-node-dies",
     "restarted-node-drained",
     "stuck-calls",
+    "crash-mid-call",
 ];
 
 /// The scenario that catches `bug` (chaos, unless a bug needs a fault schedule of its
@@ -839,6 +859,7 @@ pub fn catches(bug: mcpfleet::env::bugs::Bug) -> &'static str {
         mcpfleet::env::bugs::Bug::DeadDrainBlocks => "drained-node-dies",
         mcpfleet::env::bugs::Bug::ForgetOrphans => "restarted-node-drained",
         mcpfleet::env::bugs::Bug::RouteToUnavailable => "stuck-calls",
+        mcpfleet::env::bugs::Bug::RetryAfterSend => "crash-mid-call",
         _ => "chaos",
     }
 }
@@ -861,7 +882,8 @@ pub fn run(name: &str, seed: u64, nodes: u64) -> Report {
         "leader-partition" => fixed(leader_partition(seed)),
         "drained-node-dies" => fixed(drained_node_dies(seed)),
         "restarted-node-drained" => fixed(restarted_node_drained(seed)),
-        "stuck-calls" => fixed(stuck_calls(seed)),
+        "stuck-calls" => fixed(faulty_replica(seed, ReplicaFault::Stuck)),
+        "crash-mid-call" => fixed(faulty_replica(seed, ReplicaFault::CrashMidCall)),
         other => fixed(Err(format!(
             "unknown scenario {other:?}; known: {}",
             SCENARIOS.join(", ")

@@ -41,11 +41,14 @@ pub use directory::{Directory, ReplicaCallError, ReplicaHandle};
 pub use replica::{ReplicaKey, INITIALIZE_TIMEOUT_MS};
 pub use restart::{Decision, Restarts};
 
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::timing::{FENCE_GRACE_MS, FENCE_MARGIN_MS, RECONCILE_MS, STOP_GRACE_MS};
+use crate::config::Config;
+use crate::control::{Heartbeat, Leases, Reader, Writer};
 use crate::env::bugs::{self, Bug};
 use crate::env::launcher::{Fence, McpLauncher};
-use crate::node::controller::Heartbeat;
-use crate::node::timing::{FENCE_GRACE_MS, RECONCILE_MS, STOP_GRACE_MS};
-use crate::node::{LeaderError, LeaderOp, LeaderOpResult, NodeHandle};
 use crate::registry::{ReplicaState, ServerSpec};
 use reporter::Reports;
 
@@ -77,9 +80,22 @@ struct Wanted {
     may_roll: bool,
 }
 
+/// What the agent works with: its node's settings and narrow handles on the control
+/// plane.
+#[derive(Clone)]
+pub struct Context {
+    pub config: Config,
+    pub reader: Reader,
+    pub writer: Writer,
+    pub leases: Leases,
+    pub shutdown: CancellationToken,
+    /// Where the agent spawns its tasks, so that the node's shutdown joins them.
+    pub tasks: TaskTracker,
+}
+
 /// Runs the agent until the node shuts down.
 pub async fn run(
-    handle: Arc<NodeHandle>,
+    context: Context,
     launcher: Option<Arc<dyn McpLauncher>>,
     directory: Arc<Directory>,
 ) {
@@ -88,19 +104,21 @@ pub async fn run(
     let (running_tx, running) = watch::channel(BTreeSet::new());
     // An earlier run of this node (crashed, killed) may have left servers behind that
     // live until the deadline of its last lease: surely not past this.
-    let orphans_until = Instant::now()
-        + Duration::from_millis(handle.config.lease_ms + crate::node::timing::FENCE_MARGIN_MS);
-    let heartbeats = tokio::spawn(heartbeat(
-        handle.clone(),
+    let orphans_until =
+        Instant::now() + Duration::from_millis(context.config.lease_ms + FENCE_MARGIN_MS);
+    let heartbeats = context.tasks.spawn(heartbeat(
+        context.clone(),
         lease_tx,
         fence_tx,
         running,
         orphans_until,
     ));
     let reports = Arc::new(Reports::default());
-    let reporter = tokio::spawn(reporter::run(handle.clone(), reports.clone()));
+    let reporter = context
+        .tasks
+        .spawn(reporter::run(context.clone(), reports.clone()));
     let mut agent = Agent {
-        handle: handle.clone(),
+        context: context.clone(),
         launcher,
         fence,
         reports,
@@ -109,7 +127,7 @@ pub async fn run(
         stopping: Vec::new(),
         highest_epoch: BTreeMap::new(),
     };
-    let shutdown = handle.shutdown_signal();
+    let shutdown = context.shutdown.clone().cancelled_owned();
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(Duration::from_millis(RECONCILE_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -142,7 +160,7 @@ pub async fn run(
 }
 
 struct Agent {
-    handle: Arc<NodeHandle>,
+    context: Context,
     launcher: Option<Arc<dyn McpLauncher>>,
     /// Until when this node's replicas may run (lease end + fence grace), for their
     /// supervisors.
@@ -162,16 +180,10 @@ impl Agent {
     fn reconcile(&mut self, lease: Lease) {
         let now = Instant::now();
         let fresh = lease.valid_until.is_some_and(|until| now < until);
-        let applied = self
-            .handle
-            .raft
-            .metrics()
-            .borrow()
-            .last_applied
-            .map_or(0, |id| id.index);
-        let me = self.handle.id();
+        let applied = self.context.reader.applied_index();
+        let me = self.context.config.id;
         let mine: BTreeMap<(String, u32), Wanted> = {
-            let state = self.handle.view.read();
+            let state = self.context.reader.stale();
             let registry = &state.registry;
             self.highest_epoch
                 .retain(|(server, _), _| registry.servers.contains_key(server));
@@ -280,7 +292,7 @@ impl Agent {
                 transport_revision,
             };
             tracing::info!(server = %key.0, slot = key.1, epoch, "starting replica");
-            let task = tokio::spawn(replica::run(
+            let task = self.context.tasks.spawn(replica::run(
                 me,
                 replica,
                 settings_signal,
@@ -320,79 +332,66 @@ const HEARTBEAT_RETRY_MS: u64 = 50;
 
 /// Heartbeats the leader and publishes each renewed lease.
 async fn heartbeat(
-    handle: Arc<NodeHandle>,
+    context: Context,
     lease: watch::Sender<Lease>,
     fence: watch::Sender<Option<Instant>>,
     running: watch::Receiver<BTreeSet<(String, u32)>>,
     orphans_until: Instant,
 ) {
-    let config = &handle.config;
+    let config = &context.config;
+    let leases = &context.leases;
     let interval_length = Duration::from_millis(config.node_heartbeat_interval_ms);
     let mut interval = tokio::time::interval(interval_length);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let shutdown = handle.shutdown_signal();
+    let shutdown = context.shutdown.clone().cancelled_owned();
     tokio::pin!(shutdown);
-    let mut metrics = handle.raft.metrics();
-    let mut leader = metrics.borrow().current_leader;
+    let mut leader = leases.current_leader();
     loop {
         tokio::select! {
             _ = interval.tick() => {}
             // A new leader hears from this node at once, not a tick later: it must
             // renew the lease before the one the old leader granted runs out, or every
             // replica here stops for the failover.
-            changed = metrics.wait_for(|m| m.current_leader != leader) => {
+            changed = leases.leader_change(leader) => {
                 if changed.is_err() {
                     return;
                 }
             }
             _ = &mut shutdown => return,
         }
-        leader = metrics.borrow().current_leader;
-        let op = LeaderOp::Heartbeat(Heartbeat {
-            id: handle.id(),
+        leader = leases.current_leader();
+        let heartbeat = Heartbeat {
+            id: config.id,
             addr: config.advertise.clone(),
             tags: config.tags.clone(),
             capacity: config.capacity,
-            incarnation: handle.incarnations.own(),
+            incarnation: leases.own_incarnation(),
             // Read together, with nothing in between: the slots running or stopping
             // right now (each reconcile publishes them after it starts any), and an
             // index from which on this node starts nothing the registry does not
             // assign it.
-            applied: handle
-                .raft
-                .metrics()
-                .borrow()
-                .last_applied
-                .map_or(0, |id| id.index),
+            applied: leases.applied_index(),
             running: running.borrow().clone(),
-            orphans_possible: Instant::now() < orphans_until
-                && !crate::env::bugs::active(crate::env::bugs::Bug::ForgetOrphans),
-        });
-        let sent = Instant::now();
-        let answer = match handle.known_leader() {
-            Some((leader, _)) if leader == handle.id() => handle.execute_local(op).await,
-            Some((_, addr)) => {
-                handle
-                    .execute_remote(&addr, &op, sent + interval_length * 2)
-                    .await
-            }
-            None => continue,
+            orphans_possible: Instant::now() < orphans_until && !bugs::active(Bug::ForgetOrphans),
         };
-        match &answer {
-            Err(LeaderError::Replaced(reason)) => handle.incarnations.refused(reason),
+        if leader.is_none() {
+            continue;
+        }
+        let sent = Instant::now();
+        match leases.renew(heartbeat, sent + interval_length * 2).await {
+            Ok(grant) => {
+                let valid_until = sent + Duration::from_millis(config.lease_ms);
+                // The supervisors learn the new deadline before anything may start
+                // under it.
+                fence.send_replace(Some(valid_until + Duration::from_millis(FENCE_GRACE_MS)));
+                let _ = lease.send(Lease {
+                    valid_until: Some(valid_until),
+                    leader_applied: grant.applied_index,
+                });
+            }
             // A leader that just took over may not answer yet: try again soon rather
             // than a whole interval later.
             Err(_) => interval.reset_after(Duration::from_millis(HEARTBEAT_RETRY_MS)),
-            Ok(_) => {}
-        }
-        if let Ok(LeaderOpResult::Lease(grant)) = answer {
-            let valid_until = sent + Duration::from_millis(config.lease_ms);
-            // The supervisors learn the new deadline before anything may start under it.
-            fence.send_replace(Some(valid_until + Duration::from_millis(FENCE_GRACE_MS)));
-            let _ = lease.send(Lease {
-                valid_until: Some(valid_until),
-                leader_applied: grant.applied_index,
-            });
         }
     }
 }

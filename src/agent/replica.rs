@@ -174,7 +174,9 @@ pub async fn run(
                 directory.withdraw(&replica.key.server, replica.key.slot, replica.key.epoch);
                 let grace = match ended {
                     Ended::Stopped(grace) => grace,
-                    Ended::Failed(_) => Duration::from_millis(crate::node::timing::FENCE_GRACE_MS),
+                    Ended::Failed(_) => {
+                        Duration::from_millis(crate::config::timing::FENCE_GRACE_MS)
+                    }
                 };
                 connection.close(grace).await;
                 ended

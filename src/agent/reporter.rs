@@ -14,7 +14,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use super::replica::ReplicaKey;
-use crate::node::{NodeError, NodeHandle};
+use super::Context;
+use crate::control::NodeError;
 use crate::registry::{Catalog, Command, Outcome, ReplicaHealth};
 
 /// Pause before resending reports after the cluster could not take one.
@@ -106,8 +107,8 @@ impl Report {
 }
 
 /// Sends reports until the node shuts down.
-pub async fn run(handle: Arc<NodeHandle>, reports: Arc<Reports>) {
-    let shutdown = handle.shutdown_signal();
+pub async fn run(context: Context, reports: Arc<Reports>) {
+    let shutdown = context.shutdown.clone().cancelled_owned();
     tokio::pin!(shutdown);
     loop {
         let Some(report) = reports.take_first() else {
@@ -117,15 +118,15 @@ pub async fn run(handle: Arc<NodeHandle>, reports: Arc<Reports>) {
             }
         };
         if let Report::Catalog((server, _), _, catalog) = &report {
-            let known = handle.view.read().registry.catalogs.get(server) == Some(catalog);
+            let known = context.reader.stale().registry.catalogs.get(server) == Some(catalog);
             if known {
                 continue;
             }
         }
-        let command = report.command(handle.id());
+        let command = report.command(context.config.id);
         let kind = command.kind();
         let sent = tokio::select! {
-            sent = handle.propose(command) => sent,
+            sent = context.writer.propose(command) => sent,
             _ = &mut shutdown => return,
         };
         match sent {

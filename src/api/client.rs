@@ -9,9 +9,9 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{fleet_nodes_to_proto, record_to_proto, replicas_to_proto, spec_from_proto};
 use super::status_from_node_error;
+use crate::control::{ControlPlane, LeaderOp, Member};
 use crate::gateway::endpoint::FleetServer;
 use crate::gateway::{CallError, MAX_CALL_TIMEOUT_MS};
-use crate::node::{LeaderOp, Member, NodeHandle};
 use crate::proto::v1 as pb;
 use crate::proto::v1::registry_server::Registry;
 use crate::raft::WatchMessage;
@@ -19,12 +19,12 @@ use crate::registry::validate::{validate_name, validate_spec};
 use crate::registry::{AdminState, Change, Command, Outcome, RegistryError};
 
 pub struct ClientApi {
-    node: Arc<NodeHandle>,
+    node: Arc<ControlPlane>,
     gateway: FleetServer,
 }
 
 impl ClientApi {
-    pub fn new(node: Arc<NodeHandle>, gateway: FleetServer) -> ClientApi {
+    pub fn new(node: Arc<ControlPlane>, gateway: FleetServer) -> ClientApi {
         ClientApi { node, gateway }
     }
 
@@ -51,7 +51,7 @@ impl ClientApi {
             .map_err(|e| Status::unavailable(e.to_string()))?;
         let leader = self.node.known_leader();
         let (revision, server_count) = {
-            let applied = self.node.view.read();
+            let applied = self.node.view().read();
             (
                 applied.registry.revision,
                 applied.registry.servers.len() as u64,
@@ -197,7 +197,7 @@ impl Registry for ClientApi {
             .await?;
         let server = self
             .node
-            .view
+            .view()
             .read()
             .registry
             .servers
@@ -229,7 +229,7 @@ impl Registry for ClientApi {
         let request = request.into_inner();
         validate_name(&request.name).map_err(|e| status_from_registry_error(&e))?;
         self.barrier_unless_stale(request.stale).await?;
-        let applied = self.node.view.read();
+        let applied = self.node.view().read();
         let record = server_record(&applied.registry, &request.name)?;
         Ok(Response::new(pb::GetServerResponse {
             server: Some(record_to_proto(record)),
@@ -243,7 +243,7 @@ impl Registry for ClientApi {
     ) -> Result<Response<pb::ListServersResponse>, Status> {
         self.barrier_unless_stale(request.into_inner().stale)
             .await?;
-        let applied = self.node.view.read();
+        let applied = self.node.view().read();
         Ok(Response::new(pb::ListServersResponse {
             servers: applied
                 .registry
@@ -262,14 +262,14 @@ impl Registry for ClientApi {
         request: Request<pb::WatchServersRequest>,
     ) -> Result<Response<Self::WatchServersStream>, Status> {
         let from = request.into_inner().from_revision;
-        let (history, mut live) = self.node.view.watch(from).ok_or_else(|| {
+        let (history, mut live) = self.node.view().watch(from).ok_or_else(|| {
             Status::out_of_range(format!(
                 "revision {from} is compacted on this node: list the servers and watch from the list's revision"
             ))
         })?;
         let (tx, rx) = mpsc::channel(WATCH_STREAM_BUFFER);
         let shutdown = self.node.shutdown_signal();
-        tokio::spawn(async move {
+        self.node.tasks().spawn(async move {
             let mut last_sent = from;
             for change in history {
                 last_sent = change.revision();
@@ -331,7 +331,7 @@ impl Registry for ClientApi {
         let request = request.into_inner();
         validate_name(&request.name).map_err(|e| status_from_registry_error(&e))?;
         self.barrier_unless_stale(request.stale).await?;
-        let applied = self.node.view.read();
+        let applied = self.node.view().read();
         let registry = &applied.registry;
         let record = server_record(registry, &request.name)?;
         let plan = crate::scheduler::plan_registry(registry);
@@ -349,7 +349,7 @@ impl Registry for ClientApi {
         self.barrier_unless_stale(request.into_inner().stale)
             .await?;
         let cluster = self.cluster_summary().await?;
-        let applied = self.node.view.read();
+        let applied = self.node.view().read();
         let registry = &applied.registry;
         let plan = crate::scheduler::plan_registry(registry);
         let servers = registry
@@ -406,7 +406,7 @@ impl Registry for ClientApi {
         if request.id == 0 {
             return Err(Status::invalid_argument("node id must be at least 1"));
         }
-        crate::node::config::validate_address(&request.addr)
+        crate::config::validate_address(&request.addr)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let members = self
             .node
@@ -442,7 +442,7 @@ impl Registry for ClientApi {
     ) -> Result<Response<pb::ListToolsResponse>, Status> {
         let wanted = request.into_inner().server;
         if !wanted.is_empty() {
-            let state = self.node.view.read();
+            let state = self.node.view().read();
             server_record(&state.registry, &wanted)?;
         }
         let aggregate = self.gateway.tools();

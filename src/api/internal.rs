@@ -9,17 +9,17 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::node::{LeaderError, LeaderOp, NodeHandle};
+use crate::control::{ControlPlane, LeaderError, LeaderOp};
 use crate::proto::internal::raft_internal_server::RaftInternal;
 use crate::proto::internal::{RaftKind, RaftMessage};
 use crate::raft::codec::{decode, encode};
 
 pub struct InternalApi {
-    node: Arc<NodeHandle>,
+    node: Arc<ControlPlane>,
 }
 
 impl InternalApi {
-    pub fn new(node: Arc<NodeHandle>) -> InternalApi {
+    pub fn new(node: Arc<ControlPlane>) -> InternalApi {
         InternalApi { node }
     }
 }
@@ -34,7 +34,7 @@ fn encode_payload<T: Serialize>(value: &T) -> Result<Vec<u8>, Status> {
 }
 
 /// Answers one Raft request with openraft's result, encoded.
-async fn answer(node: &NodeHandle, request: RaftMessage) -> Result<RaftMessage, Status> {
+async fn answer(node: &ControlPlane, request: RaftMessage) -> Result<RaftMessage, Status> {
     let raft = &node.raft;
     let payload = match RaftKind::try_from(request.kind) {
         Ok(RaftKind::AppendEntries) => {

@@ -16,11 +16,11 @@ pub use dataplane::DataPlaneApi;
 pub use internal::InternalApi;
 
 use crate::agent::Directory;
+use crate::config::MAX_REQUEST_BYTES;
+use crate::control::{ControlPlane, NodeError};
 use crate::env::Incoming;
 use crate::gateway::endpoint::FleetServer;
 use crate::gateway::MAX_CALL_BYTES;
-use crate::node::config::MAX_REQUEST_BYTES;
-use crate::node::{NodeError, NodeHandle};
 use crate::proto::dataplane::tool_calls_server::ToolCallsServer;
 use crate::proto::internal::raft_internal_server::RaftInternalServer;
 use crate::proto::v1::registry_server::RegistryServer;
@@ -32,7 +32,7 @@ const MAX_CONCURRENT_STREAMS: u32 = 1_024;
 /// Serves the client, internal and data-plane APIs on `incoming` until the node shuts
 /// down.
 pub async fn serve(
-    handle: Arc<NodeHandle>,
+    handle: Arc<ControlPlane>,
     incoming: Incoming,
     gateway: FleetServer,
     directory: Arc<Directory>,

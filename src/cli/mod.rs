@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub use client::{run_client, CliError, ClientCommand};
 
 /// The address client commands use when given no --endpoint.
-pub const DEFAULT_ENDPOINT: &str = crate::node::config::DEFAULT_LISTEN;
+pub const DEFAULT_ENDPOINT: &str = crate::config::DEFAULT_LISTEN;
 
 #[derive(Parser, Debug)]
 #[command(

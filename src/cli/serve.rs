@@ -8,13 +8,12 @@ use std::sync::Arc;
 use clap::Args;
 
 use super::client::CliError;
+use crate::config::Config;
+use crate::config::HttpConfig;
+use crate::config::{parse_initial_cluster, DEFAULT_DATA_DIR, DEFAULT_HTTP_LISTEN, DEFAULT_LISTEN};
 use crate::env::launcher::ProcessLauncher;
-use crate::env::{Disk, Environment, SledDisk};
-use crate::gateway::endpoint::HttpConfig;
-use crate::node::config::{
-    parse_initial_cluster, DEFAULT_DATA_DIR, DEFAULT_HTTP_LISTEN, DEFAULT_LISTEN,
-};
-use crate::node::Config;
+use crate::env::{Disk, SledDisk};
+use crate::node::Environment;
 
 /// The metadata key that records which node a data dir belongs to.
 const NODE_ID_KEY: &str = "node_id";
@@ -88,7 +87,7 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     pub fn to_config(&self) -> Result<Config, CliError> {
-        let usage = |e: crate::node::ConfigError| CliError::Usage(e.to_string());
+        let usage = |e: crate::config::ConfigError| CliError::Usage(e.to_string());
         let initial_cluster = match (&self.initial_cluster, &self.join) {
             (Some(text), _) => parse_initial_cluster(text).map_err(usage)?,
             (None, Some(_)) => Default::default(),

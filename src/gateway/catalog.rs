@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use rmcp::model::Tool;
 
 use super::names;
-use crate::raft::RegistryView;
+use crate::control::Reader;
 
 /// Tools on one page of `tools/list`.
 pub const PAGE_SIZE: usize = 500;
@@ -63,9 +63,9 @@ impl Catalogs {
     }
 
     /// The fleet's tools as this node's applied state has them now.
-    pub fn current(&self, view: &RegistryView) -> Arc<Aggregate> {
+    pub fn current(&self, reader: &Reader) -> Arc<Aggregate> {
         let (revision, offered) = {
-            let state = view.read();
+            let state = reader.stale();
             let registry = &state.registry;
             if let Ok(current) = self.current.lock() {
                 if current.revision == registry.revision {

@@ -22,25 +22,10 @@ use super::catalog::{self, Catalogs};
 use super::sessions::RegistrySessions;
 use super::{CallError, Calls};
 use crate::agent::ReplicaCallError;
+use crate::config::HttpConfig;
 
 /// Largest request body the endpoint reads.
 pub const MAX_REQUEST_BODY_BYTES: usize = 4 * 1024 * 1024;
-
-/// How a node serves `/mcp`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HttpConfig {
-    /// "host:port" to listen on.
-    pub listen: String,
-    /// `Host` header values accepted (hostnames or host:port); empty: loopback only.
-    pub allowed_hosts: Vec<String>,
-    /// Browser origins accepted ("scheme://host:port", `:*` for any port). Empty: the
-    /// `Origin` header is not checked (rmcp's default).
-    pub allowed_origins: Vec<String>,
-    /// Between server and tool in the fleet's tool names.
-    pub separator: String,
-    /// How long a tool call may take.
-    pub call_timeout_ms: u64,
-}
 
 /// The MCP server the endpoint runs for each session (or each stateless request).
 #[derive(Clone)]
@@ -61,7 +46,7 @@ impl FleetServer {
 
     /// The fleet's tools now.
     pub fn tools(&self) -> Arc<catalog::Aggregate> {
-        self.catalogs.current(self.calls.view())
+        self.catalogs.current(self.calls.reader())
     }
 
     /// Calls `params.name` (the server's own name) of `server`, within `timeout` or
@@ -113,7 +98,7 @@ impl ServerHandler for FleetServer {
         request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let aggregate = self.catalogs.current(self.calls.view());
+        let aggregate = self.catalogs.current(self.calls.reader());
         let cursor = request.as_ref().and_then(|r| r.cursor.as_deref());
         let (tools, next) = catalog::page(&aggregate.tools, cursor)
             .map_err(|reason| ErrorData::invalid_params(reason, None))?;
@@ -127,7 +112,7 @@ impl ServerHandler for FleetServer {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let aggregate = self.catalogs.current(self.calls.view());
+        let aggregate = self.catalogs.current(self.calls.reader());
         let Some(exposed) = aggregate.find(&request.name) else {
             return Err(mcp_error(CallError::UnknownTool(request.name.to_string())));
         };

@@ -26,12 +26,12 @@ use rmcp::model::{CallToolRequestParams, CallToolResponse};
 use tokio::time::Instant;
 
 use crate::agent::{Directory, ReplicaCallError};
+use crate::control::Reader;
 use crate::env::NetworkError;
 use crate::proto::dataplane as pb;
-use crate::raft::{NodeId, RegistryView};
+use crate::raft::NodeId;
 
-/// How long a call may take when the caller says nothing.
-pub const DEFAULT_CALL_TIMEOUT_MS: u64 = 60_000;
+pub use crate::config::DEFAULT_CALL_TIMEOUT_MS;
 /// The longest call timeout accepted.
 pub const MAX_CALL_TIMEOUT_MS: u64 = 600_000;
 /// Largest data-plane message (a call's arguments or its result).
@@ -42,6 +42,16 @@ pub trait Dialer: Send + Sync {
     fn channel(&self, addr: &str) -> Result<tonic::transport::Channel, NetworkError>;
     /// Drops the channel to `addr` (it looks dead): the next call opens a new one.
     fn forget(&self, addr: &str);
+}
+
+impl Dialer for crate::control::Peers {
+    fn channel(&self, addr: &str) -> Result<tonic::transport::Channel, NetworkError> {
+        crate::control::Peers::channel(self, addr)
+    }
+
+    fn forget(&self, addr: &str) {
+        crate::control::Peers::forget(self, addr)
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -61,7 +71,7 @@ pub enum CallError {
 /// Routes tool calls.
 pub struct Calls {
     me: NodeId,
-    view: Arc<RegistryView>,
+    reader: Reader,
     directory: Arc<Directory>,
     dialer: Arc<dyn Dialer>,
     /// Calls this node has in flight on other nodes' replicas, by (node, server, slot).
@@ -80,21 +90,21 @@ impl Drop for InFlight {
 impl Calls {
     pub fn new(
         me: NodeId,
-        view: Arc<RegistryView>,
+        reader: Reader,
         directory: Arc<Directory>,
         dialer: Arc<dyn Dialer>,
     ) -> Calls {
         Calls {
             me,
-            view,
+            reader,
             directory,
             dialer,
             remote_in_flight: DashMap::new(),
         }
     }
 
-    pub fn view(&self) -> &Arc<RegistryView> {
-        &self.view
+    pub fn reader(&self) -> &Reader {
+        &self.reader
     }
 
     fn in_flight(&self, node: NodeId, server: &str, slot: u32) -> usize {
@@ -115,7 +125,7 @@ impl Calls {
     ) -> Result<CallToolResponse, CallError> {
         let deadline = Instant::now() + timeout;
         let candidates = {
-            let state = self.view.read();
+            let state = self.reader.stale();
             if !state.registry.servers.contains_key(server) {
                 return Err(CallError::UnknownServer(server.to_string()));
             }
@@ -164,7 +174,7 @@ impl Calls {
             Some(error) => error.into(),
             None => CallError::NoReplica {
                 server: server.to_string(),
-                why: crate::router::why_unavailable(&self.view.read().registry, server),
+                why: crate::router::why_unavailable(&self.reader.stale().registry, server),
             },
         })
     }

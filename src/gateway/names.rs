@@ -9,8 +9,7 @@
 
 /// Longest name common clients accept.
 pub const MAX_NAME_LEN: usize = 64;
-/// The default separator between server and tool.
-pub const DEFAULT_SEPARATOR: &str = "__";
+pub use crate::config::DEFAULT_TOOL_SEPARATOR as DEFAULT_SEPARATOR;
 /// Hex digits of the hash a shortened name ends in.
 const HASH_DIGITS: usize = 8;
 

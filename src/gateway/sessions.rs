@@ -12,26 +12,25 @@
 //!   one when it closes; none per call. The registry keeps at most `MAX_SESSIONS`; past
 //!   it the oldest goes.
 
-use std::sync::Arc;
-
 use rmcp::transport::streamable_http_server::session::store::{
     SessionState, SessionStore, SessionStoreError,
 };
 
-use crate::node::NodeHandle;
+use crate::control::{Reader, Writer};
 use crate::registry::{Command, Outcome, RegistryError};
 
 pub struct RegistrySessions {
-    node: Arc<NodeHandle>,
+    reader: Reader,
+    writer: Writer,
 }
 
 impl RegistrySessions {
-    pub fn new(node: Arc<NodeHandle>) -> RegistrySessions {
-        RegistrySessions { node }
+    pub fn new(reader: Reader, writer: Writer) -> RegistrySessions {
+        RegistrySessions { reader, writer }
     }
 
     fn local(&self, id: &str) -> Result<Option<SessionState>, SessionStoreError> {
-        let state = self.node.view.read();
+        let state = self.reader.stale();
         match state.registry.sessions.get(id) {
             Some(record) => Ok(Some(serde_json::from_str(&record.initialize)?)),
             None => Ok(None),
@@ -49,8 +48,11 @@ impl SessionStore for RegistrySessions {
         if let Some(state) = self.local(id)? {
             return Ok(Some(state));
         }
-        self.node.read_barrier().await?;
-        self.local(id)
+        let state = self.reader.linearizable().await?;
+        match state.registry.sessions.get(id) {
+            Some(record) => Ok(Some(serde_json::from_str(&record.initialize)?)),
+            None => Ok(None),
+        }
     }
 
     async fn store(&self, id: &str, state: &SessionState) -> Result<(), SessionStoreError> {
@@ -58,7 +60,7 @@ impl SessionStore for RegistrySessions {
             id: id.to_string(),
             initialize: serde_json::to_string(state)?,
         };
-        match self.node.propose(command).await? {
+        match self.writer.propose(command).await? {
             Outcome::Applied { .. } => Ok(()),
             Outcome::Rejected(error) => Err(rejected(error)),
         }
@@ -66,7 +68,7 @@ impl SessionStore for RegistrySessions {
 
     async fn delete(&self, id: &str) -> Result<(), SessionStoreError> {
         let command = Command::DeleteSession { id: id.to_string() };
-        match self.node.propose(command).await? {
+        match self.writer.propose(command).await? {
             Outcome::Applied { .. } | Outcome::Rejected(RegistryError::SessionNotFound { .. }) => {
                 Ok(())
             }

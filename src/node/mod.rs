@@ -1,118 +1,48 @@
 //! Builds a node from a `Config` and an `Environment`, runs it until the shutdown
-//! signal, and stops every task it started. Also owns the "run this on the leader"
-//! logic that every write, linearizable read and membership change goes through.
-
-pub mod config;
-pub mod controller;
-mod elections;
-mod leader;
-mod proposer;
-pub mod timing;
+//! signal, and stops every task it started. Wiring only: the control plane
+//! (`crate::control`), the leader-only controller, the agent, the APIs and the MCP
+//! endpoint each own their part, and reach one another through narrow handles.
 
 use std::future::Future;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::DashMap;
-use tokio::sync::watch;
-use tonic::transport::Channel;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-pub use config::{Config, ConfigError};
-pub use leader::{LeaderError, LeaderOp, LeaderOpResult, Member};
-pub use proposer::Proposer;
+pub use crate::control::NodeError;
 
-use crate::env::{Disk, Environment, Network, NetworkError};
+use crate::config::Config;
+use crate::control::{ControlPlane, Leases, Parts, Peers, Proposer, Reader, Writer};
+use crate::env::{Disk, Network, NetworkError, TcpNetwork};
 use crate::raft::incarnation::{self, Incarnations};
-use crate::raft::{LogStore, NetworkFactory, NodeId, Raft, RegistryView, StateMachineStore};
+use crate::raft::{LogStore, NetworkFactory, NodeId, Probe, Raft, StateMachineStore};
 
-#[derive(Debug, thiserror::Error)]
-pub enum NodeError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("{0}")]
-    Storage(String),
-    #[error(transparent)]
-    Network(#[from] NetworkError),
-    #[error("raft: {0}")]
-    Raft(String),
-    #[error("no leader{}", match .leader_hint { Some((id, addr)) => format!(" (last known leader: node {id} at {addr})"), None => String::new() })]
-    NoLeader {
-        leader_hint: Option<(NodeId, String)>,
-    },
-    #[error("timed out after {0} ms")]
-    Timeout(u64),
-    #[error("{0}")]
-    Rejected(String),
-    #[error("node is shutting down")]
-    ShuttingDown,
+/// Everything a node draws from the outside world.
+#[derive(Clone)]
+pub struct Environment {
+    /// Seeds every random choice the node makes (openraft's election timeouts).
+    pub seed: u64,
+    pub network: Arc<dyn Network>,
+    pub disk: Arc<dyn Disk>,
+    /// Lets a harness watch the node from outside; production nodes have none.
+    pub probe: Option<Arc<dyn Probe>>,
+    /// Starts and reaches MCP servers. A node without one runs no replicas (it still
+    /// heartbeats and takes part in placement).
+    pub launcher: Option<Arc<dyn crate::env::launcher::McpLauncher>>,
 }
 
-/// What the API layer needs of a running node.
-pub struct NodeHandle {
-    pub config: Config,
-    pub raft: Raft,
-    pub view: Arc<RegistryView>,
-    proposer: Proposer,
-    /// Drawn at start; with `next_request` it names this node's writes (`RequestId`).
-    boot: u64,
-    next_request: AtomicU64,
-    network: Arc<dyn Network>,
-    /// Channels to other nodes' APIs, by address.
-    peers: DashMap<String, Channel>,
-    shutdown: watch::Receiver<bool>,
-    disk: Arc<dyn Disk>,
-    /// On the leader: when each node was last heard from.
-    liveness: std::sync::Mutex<controller::Liveness>,
-    /// This node's data-dir incarnation, and the check of other nodes' ones.
-    pub incarnations: Arc<Incarnations>,
-}
-
-impl crate::gateway::Dialer for NodeHandle {
-    fn channel(&self, addr: &str) -> Result<Channel, NetworkError> {
-        self.peer_channel(addr)
-    }
-
-    fn forget(&self, addr: &str) {
-        self.forget_peer_channel(addr)
-    }
-}
-
-impl NodeHandle {
-    pub fn id(&self) -> NodeId {
-        self.config.id
-    }
-
-    /// A channel to another node's API, reused across calls.
-    pub fn peer_channel(&self, addr: &str) -> Result<Channel, NetworkError> {
-        if let Some(channel) = self.peers.get(addr) {
-            return Ok(channel.clone());
+impl Environment {
+    /// The production environment: real TCP and the given disk, seeded from the OS.
+    pub fn production(disk: Arc<dyn Disk>) -> Environment {
+        Environment {
+            seed: crate::env::entropy_seed(),
+            network: Arc::new(TcpNetwork),
+            disk,
+            probe: None,
+            launcher: None,
         }
-        let channel = self.network.channel(addr)?;
-        self.peers.insert(addr.to_string(), channel.clone());
-        Ok(channel)
-    }
-
-    /// Drops the channel to `addr`: the next call opens a new connection.
-    pub fn forget_peer_channel(&self, addr: &str) {
-        self.peers.remove(addr);
-    }
-
-    /// Resolves when the node starts shutting down.
-    pub fn shutdown_signal(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut shutdown = self.shutdown.clone();
-        async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        }
-    }
-
-    /// Bytes this node's storage takes on disk.
-    pub fn disk_size(&self) -> u64 {
-        self.disk.size_on_disk()
-    }
-
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.config.request_timeout_ms)
     }
 }
 
@@ -165,142 +95,136 @@ pub async fn run(
         probe.node_started(id, raft.metrics(), view.clone());
     }
     let incoming = env.network.listen(&config.listen).await?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let handle = Arc::new(NodeHandle {
+    let shutdown_token = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let (to_controller, controller_inbox) = mpsc::channel(crate::control::CONTROLLER_INBOX_LEN);
+    let control = Arc::new(ControlPlane::new(Parts {
         config: config.clone(),
         raft: raft.clone(),
         view,
-        proposer: Proposer::start(raft.clone()),
+        proposer: Proposer::start(raft.clone(), &tasks, shutdown_token.clone()),
         boot: env.seed,
-        next_request: AtomicU64::new(0),
-        network: env.network.clone(),
-        peers: DashMap::new(),
-        shutdown: stop_rx,
+        peers: Arc::new(Peers::new(env.network.clone())),
+        shutdown: shutdown_token.clone(),
+        tasks: tasks.clone(),
         disk: env.disk.clone(),
-        liveness: Default::default(),
+        controller: to_controller,
         incarnations: incarnations.clone(),
-    });
+    }));
+    let reader = Reader::new(control.clone());
+    let writer = Writer::new(control.clone());
 
     let directory = Arc::new(crate::agent::Directory::default());
     let http = config.http.clone();
     let separator = http
         .as_ref()
-        .map_or(crate::gateway::names::DEFAULT_SEPARATOR.to_string(), |h| {
+        .map_or(crate::config::DEFAULT_TOOL_SEPARATOR.to_string(), |h| {
             h.separator.clone()
         });
     let call_timeout = Duration::from_millis(
         http.as_ref()
-            .map_or(crate::gateway::DEFAULT_CALL_TIMEOUT_MS, |h| {
+            .map_or(crate::config::DEFAULT_CALL_TIMEOUT_MS, |h| {
                 h.call_timeout_ms
             }),
     );
     let gateway = crate::gateway::endpoint::FleetServer::new(
         Arc::new(crate::gateway::Calls::new(
             id,
-            handle.view.clone(),
+            reader.clone(),
             directory.clone(),
-            handle.clone(),
+            control.peers().clone(),
         )),
         Arc::new(crate::gateway::catalog::Catalogs::new(&separator)),
         call_timeout,
     );
-    let mcp_endpoint = match &http {
-        Some(http) => {
-            let listener = tokio::net::TcpListener::bind(&http.listen)
-                .await
-                .map_err(|source| NetworkError::Bind {
-                    addr: format!("{} (the MCP endpoint)", http.listen),
-                    source,
-                })?;
-            tracing::info!(listen = %http.listen, "serving MCP at /mcp");
-            let sessions = Arc::new(crate::gateway::sessions::RegistrySessions::new(
-                handle.clone(),
-            ));
-            let http = http.clone();
-            let gateway = gateway.clone();
-            let shutdown = handle.shutdown_signal();
-            Some(tokio::spawn(async move {
-                if let Err(error) =
-                    crate::gateway::endpoint::serve(listener, &http, gateway, sessions, shutdown)
-                        .await
-                {
-                    tracing::error!(%error, "the MCP endpoint failed");
-                }
-            }))
+    if let Some(http) = &http {
+        let listener = tokio::net::TcpListener::bind(&http.listen)
+            .await
+            .map_err(|source| NetworkError::Bind {
+                addr: format!("{} (the MCP endpoint)", http.listen),
+                source,
+            })?;
+        tracing::info!(listen = %http.listen, "serving MCP at /mcp");
+        let sessions = Arc::new(crate::gateway::sessions::RegistrySessions::new(
+            reader.clone(),
+            writer.clone(),
+        ));
+        let http = http.clone();
+        let gateway = gateway.clone();
+        let shutdown = control.shutdown_signal();
+        tasks.spawn(async move {
+            if let Err(error) =
+                crate::gateway::endpoint::serve(listener, &http, gateway, sessions, shutdown).await
+            {
+                tracing::error!(%error, "the MCP endpoint failed");
+            }
+        });
+    }
+    tasks.spawn({
+        let control = control.clone();
+        let directory = directory.clone();
+        async move {
+            if let Err(error) = crate::api::serve(control, incoming, gateway, directory).await {
+                tracing::error!(%error, "the API server failed");
+            }
         }
-        None => None,
-    };
-    let server = tokio::spawn(crate::api::serve(
-        handle.clone(),
-        incoming,
-        gateway,
-        directory.clone(),
-    ));
-    tokio::spawn(elections::spread_rounds(
+    });
+    tasks.spawn(crate::control::spread_rounds(
         raft.clone(),
         env.seed,
         config.election_timeout_max_ms.saturating_mul(2),
+        control.shutdown_signal(),
     ));
-    let controller = tokio::spawn(controller::run(handle.clone()));
-    let agent = tokio::spawn(crate::agent::run(
-        handle.clone(),
+    tasks.spawn(crate::controller::run(control.clone(), controller_inbox));
+    tasks.spawn(crate::agent::run(
+        crate::agent::Context {
+            config: config.clone(),
+            reader,
+            writer,
+            leases: Leases::new(control.clone()),
+            shutdown: shutdown_token.clone(),
+            tasks: tasks.clone(),
+        },
         env.launcher.clone(),
         directory,
     ));
     tracing::info!(id, listen = %config.listen, "node started");
 
-    let startup = start_membership(handle.clone());
+    let startup = start_membership(control.clone());
     tokio::pin!(startup);
     tokio::pin!(shutdown);
     let mut startup_done = false;
-    loop {
+    let result = loop {
         tokio::select! {
             result = &mut startup, if !startup_done => {
                 startup_done = true;
                 if let Err(error) = result {
                     tracing::error!(%error, "could not start membership");
-                    let _ = stop_tx.send(true);
-                    stop(&handle, server, [controller, agent]).await;
-                    return Err(error);
+                    break Err(error);
                 }
             }
             reason = incarnations.replaced() => {
                 tracing::error!(%reason, "this node was refused by the cluster");
-                let _ = stop_tx.send(true);
-                stop(&handle, server, [controller, agent]).await;
-                return Err(NodeError::Rejected(reason));
+                break Err(NodeError::Rejected(reason));
             }
-            _ = &mut shutdown => break,
+            _ = &mut shutdown => break Ok(()),
         }
-    }
+    };
     tracing::info!(id, "shutting down");
-    let _ = stop_tx.send(true);
-    stop(&handle, server, [controller, agent]).await;
-    if let Some(endpoint) = mcp_endpoint {
-        let limit = Duration::from_millis(config.shutdown_timeout_ms);
-        if tokio::time::timeout(limit, endpoint).await.is_err() {
-            tracing::warn!("the MCP endpoint did not stop in time");
-        }
-    }
-    Ok(())
+    stop(&control, &shutdown_token, &tasks).await;
+    result
 }
 
-async fn stop(
-    handle: &NodeHandle,
-    server: tokio::task::JoinHandle<Result<(), NodeError>>,
-    loops: [tokio::task::JoinHandle<()>; 2],
-) {
-    let limit = Duration::from_millis(handle.config.shutdown_timeout_ms);
-    // The agent stops every MCP server it runs before it returns.
-    for task in loops {
-        if tokio::time::timeout(limit, task).await.is_err() {
-            tracing::warn!("a node task did not stop in time");
-        }
+/// Stops every task the node started (the agent stops every MCP server it runs before
+/// it returns), then Raft.
+async fn stop(control: &ControlPlane, shutdown: &CancellationToken, tasks: &TaskTracker) {
+    let limit = Duration::from_millis(control.config.shutdown_timeout_ms);
+    shutdown.cancel();
+    tasks.close();
+    if tokio::time::timeout(limit, tasks.wait()).await.is_err() {
+        tracing::warn!(left = tasks.len(), "some node tasks did not stop in time");
     }
-    if tokio::time::timeout(limit, server).await.is_err() {
-        tracing::warn!("API server did not stop in time");
-    }
-    if tokio::time::timeout(limit, handle.raft.shutdown())
+    if tokio::time::timeout(limit, control.raft.shutdown())
         .await
         .is_err()
     {
@@ -309,10 +233,10 @@ async fn stop(
 }
 
 /// A new static cluster initializes itself; a joining node asks the cluster to add it.
-async fn start_membership(handle: Arc<NodeHandle>) -> Result<(), NodeError> {
+async fn start_membership(handle: Arc<ControlPlane>) -> Result<(), NodeError> {
     let config = &handle.config;
     if let Some(join) = &config.join {
-        return leader::join(&handle, join).await;
+        return crate::control::join(&handle, join).await;
     }
     let initialized = handle
         .raft

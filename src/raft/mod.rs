@@ -10,12 +10,14 @@ pub mod codec;
 pub mod incarnation;
 pub mod log_store;
 pub mod network;
+pub mod probe;
 pub mod state_machine;
 
 use std::io::Cursor;
 
 pub use log_store::LogStore;
 pub use network::NetworkFactory;
+pub use probe::{Probe, RaftMetrics};
 pub use state_machine::{RecentRequests, RegistryView, StateMachineStore, WatchMessage};
 
 use serde::{Deserialize, Serialize};

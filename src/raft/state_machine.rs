@@ -16,6 +16,7 @@ use tokio::sync::broadcast;
 
 use super::codec::{decode, encode};
 use super::{io_error, LogId, Node, NodeId, RequestId, StorageError, TypeConfig};
+use crate::env::bugs::{self, Bug};
 use crate::env::Disk;
 use crate::registry::LogPosition;
 use crate::registry::{Change, Command, Outcome, Registry};
@@ -150,7 +151,7 @@ pub struct StateMachineStore {
     disk: Arc<dyn Disk>,
     view: Arc<RegistryView>,
     /// A harness watching this node's applied plans (the simulator); none in production.
-    observer: Option<(NodeId, Arc<dyn crate::env::Probe>)>,
+    observer: Option<(NodeId, Arc<dyn super::Probe>)>,
 }
 
 impl StateMachineStore {
@@ -174,7 +175,7 @@ impl StateMachineStore {
     }
 
     /// Reports every placement plan this store applies, as node `id`, to `probe`.
-    pub fn observed_by(mut self, id: NodeId, probe: Arc<dyn crate::env::Probe>) -> Self {
+    pub fn observed_by(mut self, id: NodeId, probe: Arc<dyn super::Probe>) -> Self {
         self.observer = Some((id, probe));
         self
     }
@@ -259,8 +260,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                             term: entry.log_id.leader_id.term,
                             index: entry.log_id.index,
                         };
-                        let (outcome, change) =
-                            applied.registry.apply_at(&proposal.command, position);
+                        let (outcome, change) = applied
+                            .registry
+                            .apply_at(&proposal.command, injected(&proposal.command, position));
                         if let (Some((id, probe)), Command::ApplyPlan { term, .. }) =
                             (&self.observer, &proposal.command)
                         {
@@ -356,5 +358,17 @@ impl StateMachineStore {
 
     fn changes(&self) -> &broadcast::Sender<WatchMessage> {
         &self.view.changes
+    }
+}
+
+/// The position the registry sees an entry at. The AcceptStalePlan bug enters here,
+/// outside the pure registry: a plan looks as if made in the entry's term.
+fn injected(command: &Command, position: LogPosition) -> LogPosition {
+    match command {
+        Command::ApplyPlan { term, .. } if bugs::active(Bug::AcceptStalePlan) => LogPosition {
+            term: *term,
+            ..position
+        },
+        _ => position,
     }
 }

@@ -172,8 +172,7 @@ impl Registry {
         placements: &[Placement],
         position: LogPosition,
     ) -> Result<(), RegistryError> {
-        let stale_accepted = crate::env::bugs::active(crate::env::bugs::Bug::AcceptStalePlan);
-        if term != position.term && !stale_accepted {
+        if term != position.term {
             return Err(RegistryError::StalePlan {
                 planned: term,
                 current: position.term,

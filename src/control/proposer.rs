@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use openraft::error::ClientWriteError;
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::LeaderError;
 use crate::raft::{Batch, Proposal, Raft};
@@ -36,10 +38,11 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    /// Starts the proposer task for `raft`; it stops when every handle is dropped.
-    pub fn start(raft: Raft) -> Proposer {
+    /// Starts the proposer task for `raft` on `tasks`; it stops at `shutdown` (writes
+    /// waiting then fail with "shutting down"), or when every handle is dropped.
+    pub fn start(raft: Raft, tasks: &TaskTracker, shutdown: CancellationToken) -> Proposer {
         let (queue, pending) = mpsc::channel(MAX_PENDING_PROPOSALS);
-        tokio::spawn(run(raft, pending));
+        tasks.spawn(run(raft, pending, tasks.clone(), shutdown));
         Proposer { queue }
     }
 
@@ -56,19 +59,40 @@ impl Proposer {
     }
 }
 
-async fn run(raft: Raft, mut pending: mpsc::Receiver<Pending>) {
+async fn run(
+    raft: Raft,
+    mut pending: mpsc::Receiver<Pending>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+) {
     let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
     let mut waiting = Vec::with_capacity(MAX_BATCH_COMMANDS);
-    while pending.recv_many(&mut waiting, MAX_BATCH_COMMANDS).await > 0 {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+    loop {
+        let received = tokio::select! {
+            received = pending.recv_many(&mut waiting, MAX_BATCH_COMMANDS) => received,
+            _ = shutdown.cancelled() => return,
+        };
+        if received == 0 {
+            return;
+        }
+        let permit = tokio::select! {
+            permit = in_flight.clone().acquire_owned() => permit,
+            _ = shutdown.cancelled() => return,
+        };
+        let Ok(permit) = permit else {
             return;
         };
         let (proposals, replies): (Vec<Proposal>, Vec<Reply>) =
             waiting.drain(..).map(|p| (p.proposal, p.reply)).unzip();
         match raft.client_write_ff(Batch { proposals }).await {
             Ok(response) => {
-                tokio::spawn(async move {
-                    let result = response.await;
+                let shutdown = shutdown.clone();
+                tasks.spawn(async move {
+                    // At shutdown the callers hear "shutting down" (their replies drop).
+                    let result = tokio::select! {
+                        result = response => result,
+                        _ = shutdown.cancelled() => return,
+                    };
                     drop(permit);
                     deliver(result, replies);
                 });

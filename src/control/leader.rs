@@ -5,19 +5,18 @@
 //! by the request timeout) and only then reports `NoLeader` with the last known leader.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
 use serde::{Deserialize, Serialize};
 
-use super::{NodeError, NodeHandle};
+use super::{ControlPlane, Heartbeat, LeaseGrant, NodeError, ToController};
 use crate::env::bugs::{self, Bug};
 use crate::proto::internal::raft_internal_client::RaftInternalClient;
 use crate::proto::internal::RaftMessage;
 use crate::raft::codec::{decode, encode};
-use crate::raft::{NodeId, Proposal, RequestId};
+use crate::raft::{NodeId, Proposal};
 use crate::registry::{Command, Outcome};
 
 /// Longest wait for the leader's answer to one forwarded write or read index, before
@@ -47,7 +46,7 @@ pub enum LeaderOp {
         id: NodeId,
     },
     /// A node's agent says it is alive and asks to renew its lease.
-    Heartbeat(super::controller::Heartbeat),
+    Heartbeat(Heartbeat),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -56,7 +55,7 @@ pub enum LeaderOpResult {
     /// The log index a linearizable read must have applied.
     ReadIndex(Option<u64>),
     Members(Vec<Member>),
-    Lease(super::controller::LeaseGrant),
+    Lease(LeaseGrant),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,7 +79,7 @@ pub enum LeaderError {
     Replaced(String),
 }
 
-impl NodeHandle {
+impl ControlPlane {
     /// The leader this node knows of (id and address), if any.
     pub fn known_leader(&self) -> Option<(NodeId, String)> {
         let metrics = self.raft.metrics().borrow().clone();
@@ -144,7 +143,7 @@ impl NodeHandle {
                     }
                 }
             }
-            if *self.shutdown.borrow() {
+            if self.shutdown.is_cancelled() {
                 return Err(NodeError::ShuttingDown);
             }
             if tokio::time::Instant::now() >= deadline {
@@ -177,7 +176,8 @@ impl NodeHandle {
         deadline: tokio::time::Instant,
     ) -> Result<LeaderOpResult, LeaderError> {
         let channel = self
-            .peer_channel(addr)
+            .peers
+            .channel(addr)
             .map_err(|e| LeaderError::Failed(e.to_string()))?;
         let payload = encode(op).map_err(|e| LeaderError::Failed(e.to_string()))?;
         let mut client = RaftInternalClient::new(channel);
@@ -196,7 +196,7 @@ impl NodeHandle {
             // over a new connection (the old one may have come back from a network
             // fault stalled).
             Ok(Err(_)) | Err(_) => {
-                self.forget_peer_channel(addr);
+                self.peers.forget(addr);
                 Err(LeaderError::NotLeader { leader: None })
             }
         }
@@ -208,7 +208,8 @@ impl NodeHandle {
             LeaderOp::Propose(proposal) if bugs::active(Bug::AckBeforeCommit) => {
                 let expected = self.view.read().registry.revision + 1;
                 let proposer = self.proposer.clone();
-                tokio::spawn(async move { proposer.propose(*proposal).await });
+                self.tasks
+                    .spawn(async move { proposer.propose(*proposal).await });
                 Ok(LeaderOpResult::Outcome(Outcome::Applied {
                     revision: expected,
                 }))
@@ -247,7 +248,7 @@ impl NodeHandle {
             },
             LeaderOp::AddNode { id, addr } => self.add_node(id, addr).await,
             LeaderOp::RemoveNode { id } => self.remove_node(id).await,
-            LeaderOp::Heartbeat(heartbeat) => self.receive_heartbeat(heartbeat),
+            LeaderOp::Heartbeat(heartbeat) => self.receive_heartbeat(heartbeat).await,
         }
     }
 
@@ -267,8 +268,7 @@ impl NodeHandle {
     }
 
     async fn add_node(&self, id: NodeId, addr: String) -> Result<LeaderOpResult, LeaderError> {
-        crate::node::config::validate_address(&addr)
-            .map_err(|e| LeaderError::Rejected(e.to_string()))?;
+        crate::config::validate_address(&addr).map_err(|e| LeaderError::Rejected(e.to_string()))?;
         let members = self.members();
         if let Some(existing) = members.iter().find(|m| m.id == id) {
             if existing.addr != addr {
@@ -320,8 +320,13 @@ impl NodeHandle {
         // again at once from a new data dir (the control loop would remove it too); and
         // what it said in its last heartbeats is forgotten, so they cannot bring its old
         // record back.
-        if let Ok(mut liveness) = self.liveness.lock() {
-            liveness.forget(id);
+        if self
+            .controller
+            .send(ToController::Forget(id))
+            .await
+            .is_err()
+        {
+            return Err(LeaderError::Failed("node is shutting down".into()));
         }
         if let Err(error) = self
             .propose_here(crate::registry::Command::RemoveNode { id })
@@ -330,6 +335,37 @@ impl NodeHandle {
             tracing::warn!(%error, node = id, "could not remove the node from the node table");
         }
         Ok(LeaderOpResult::Members(self.members()))
+    }
+
+    /// Handles a heartbeat on the leader: checks who sent it, then hands it to the
+    /// controller, which records it and grants a lease if this node led with a
+    /// quorum's confirmation moments ago.
+    async fn receive_heartbeat(&self, heartbeat: Heartbeat) -> Result<LeaderOpResult, LeaderError> {
+        if self.raft.metrics().borrow().current_leader != Some(self.id()) {
+            return Err(LeaderError::NotLeader {
+                leader: self.known_leader(),
+            });
+        }
+        // A node removed from the cluster gets no lease: it stops its replicas, and the
+        // leader marks it down after the timeout like any silent node.
+        if !self.members().iter().any(|m| m.id == heartbeat.id) {
+            return Err(LeaderError::Rejected(format!(
+                "node {} is not a member of the cluster",
+                heartbeat.id
+            )));
+        }
+        // A node that came back on a wiped data dir must not take part under its old id.
+        self.incarnations
+            .check(heartbeat.id, heartbeat.incarnation)
+            .map_err(LeaderError::Replaced)?;
+        let (reply, grant) = tokio::sync::oneshot::channel();
+        self.controller
+            .try_send(ToController::Heartbeat { heartbeat, reply })
+            .map_err(|_| LeaderError::Failed("the controller is busy".into()))?;
+        match grant.await {
+            Ok(grant) => grant.map(LeaderOpResult::Lease),
+            Err(_) => Err(LeaderError::Failed("node is shutting down".into())),
+        }
     }
 
     /// Waits until this node has applied everything up to `index`.
@@ -365,12 +401,10 @@ impl NodeHandle {
     /// Commits `command` and returns its outcome. However often the attempt is retried
     /// (a lost answer, a leader change), the command is applied at most once.
     pub async fn propose(&self, command: Command) -> Result<Outcome, NodeError> {
-        let id = RequestId {
-            node: self.id(),
-            boot: self.boot,
-            seq: self.next_request.fetch_add(1, Ordering::Relaxed),
+        let proposal = Proposal {
+            id: self.next_request_id(),
+            command,
         };
-        let proposal = Proposal { id, command };
         match self
             .on_leader(LeaderOp::Propose(Box::new(proposal)))
             .await?
@@ -391,7 +425,7 @@ impl NodeHandle {
 
 /// Asks the cluster at `join_addr` to add this node, retrying with capped backoff until
 /// it succeeds or the node shuts down.
-pub(super) async fn join(handle: &NodeHandle, join_addr: &str) -> Result<(), NodeError> {
+pub async fn join(handle: &ControlPlane, join_addr: &str) -> Result<(), NodeError> {
     let op = LeaderOp::AddNode {
         id: handle.id(),
         addr: handle.config.advertise.clone(),
@@ -432,10 +466,9 @@ pub(super) async fn join(handle: &NodeHandle, join_addr: &str) -> Result<(), Nod
                 hints_followed = 0;
             }
         }
-        let mut shutdown = handle.shutdown.clone();
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
-            _ = shutdown.wait_for(|stop| *stop) => return Err(NodeError::ShuttingDown),
+            _ = handle.shutdown.cancelled() => return Err(NodeError::ShuttingDown),
         }
         backoff_ms = (backoff_ms * 2).min(JOIN_BACKOFF_MAX_MS);
     }

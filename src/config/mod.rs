@@ -13,6 +13,26 @@ pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7800";
 pub const DEFAULT_DATA_DIR: &str = "./mcpfleet-data";
 /// Largest client request accepted, in bytes.
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+/// Between server and tool in the fleet's tool names, unless configured otherwise.
+pub const DEFAULT_TOOL_SEPARATOR: &str = "__";
+/// How long a tool call may take, unless configured otherwise.
+pub const DEFAULT_CALL_TIMEOUT_MS: u64 = 60_000;
+
+/// How a node serves `/mcp`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// "host:port" to listen on.
+    pub listen: String,
+    /// `Host` header values accepted (hostnames or host:port); empty: loopback only.
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins accepted ("scheme://host:port", `:*` for any port). Empty: the
+    /// `Origin` header is not checked (rmcp's default).
+    pub allowed_origins: Vec<String>,
+    /// Between server and tool in the fleet's tool names.
+    pub separator: String,
+    /// How long a tool call may take.
+    pub call_timeout_ms: u64,
+}
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -52,10 +72,12 @@ pub struct Config {
     /// `node_timeout_ms` by enough that the old owner has stopped before a new one starts.
     pub lease_ms: u64,
     /// The MCP endpoint (`/mcp` over streamable HTTP); `None`: not served.
-    pub http: Option<crate::gateway::endpoint::HttpConfig>,
+    pub http: Option<HttpConfig>,
 }
 
-use super::timing::{fencing_holds, FENCE_MARGIN_MS};
+pub mod timing;
+
+use timing::{fencing_holds, FENCE_MARGIN_MS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -175,7 +197,7 @@ impl Config {
         }
         // Fencing: a lease renewed just before the leader was deposed runs out, and its
         // replicas are killed by their supervisors, before the new leader's grace ends
-        // (the whole inequality is in node::timing).
+        // (the whole inequality is in config::timing).
         if self.node_heartbeat_interval_ms == 0
             || self.node_heartbeat_interval_ms * 2 > self.lease_ms
             || !fencing_holds(self.lease_ms, self.node_timeout_ms)
@@ -226,7 +248,7 @@ impl Config {
             election_timeout_min: self.election_timeout_min_ms,
             election_timeout_max: self.election_timeout_max_ms,
             install_snapshot_timeout: 10_000,
-            // Entries are batches of up to 64 commands (see node::proposer): this bounds one
+            // Entries are batches of up to 64 commands (see control::proposer): this bounds one
             // AppendEntries message at about 32 MiB.
             max_payload_entries: 8,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_after_logs),

@@ -1,0 +1,336 @@
+//! The control plane: this node's Raft, the one write path into the registry, reads
+//! (linearizable or stale), membership and the watch history.
+//!
+//! Other parts get narrow handles, not the whole: a `Reader` of the registry, a
+//! `Writer` into it, and `Leases` for the agent's heartbeats. The leader-only
+//! controller (`crate::controller`) owns liveness; heartbeats reach it over a bounded
+//! channel. Nothing here runs MCP servers or tool calls.
+
+mod elections;
+mod leader;
+mod peers;
+mod proposer;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLockReadGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use elections::spread_rounds;
+pub use leader::{join, LeaderError, LeaderOp, LeaderOpResult, Member};
+pub use peers::Peers;
+pub use proposer::Proposer;
+
+use crate::config::Config;
+use crate::env::{Disk, NetworkError};
+use crate::raft::incarnation::Incarnations;
+use crate::raft::state_machine::Applied;
+use crate::raft::{NodeId, Proposal, Raft, RegistryView, RequestId};
+use crate::registry::{Command, Outcome};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Storage(String),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("no leader{}", match .leader_hint { Some((id, addr)) => format!(" (last known leader: node {id} at {addr})"), None => String::new() })]
+    NoLeader {
+        leader_hint: Option<(NodeId, String)>,
+    },
+    #[error("timed out after {0} ms")]
+    Timeout(u64),
+    #[error("{0}")]
+    Rejected(String),
+    #[error("node is shutting down")]
+    ShuttingDown,
+}
+
+/// What a node's heartbeat says about it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub id: NodeId,
+    pub addr: String,
+    pub tags: Vec<String>,
+    pub capacity: Option<u32>,
+    /// The incarnation of the node's data dir.
+    pub incarnation: u64,
+    /// The node's applied index when it sent this.
+    pub applied: u64,
+    /// The slots the node runs or is still stopping, as (server, slot).
+    pub running: std::collections::BTreeSet<(String, u32)>,
+    /// The node started so recently that servers an earlier run of it left behind
+    /// (it crashed, or was killed) may still live until their old fence deadline:
+    /// `running` does not cover those, so no slot is handed over on its word yet.
+    pub orphans_possible: bool,
+}
+
+/// The leader's answer to a heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseGrant {
+    pub term: u64,
+    /// The leader's applied index when it answered: the agent starts no replica until
+    /// its own registry has caught up with this, so it never acts on assignments older
+    /// than the leader's.
+    pub applied_index: u64,
+}
+
+/// Heartbeats and membership news waiting for the controller, beyond which a heartbeat
+/// is answered "busy" (its agent tries again soon).
+pub const CONTROLLER_INBOX_LEN: usize = 1_024;
+
+/// What the control plane tells the leader-only controller.
+pub enum ToController {
+    /// A heartbeat that passed the membership and incarnation checks.
+    Heartbeat {
+        heartbeat: Heartbeat,
+        reply: oneshot::Sender<Result<LeaseGrant, LeaderError>>,
+    },
+    /// Node `id` left the membership: what it said counts for nothing any more.
+    Forget(NodeId),
+}
+
+/// The running control plane of one node.
+pub struct ControlPlane {
+    pub config: Config,
+    pub raft: Raft,
+    view: Arc<RegistryView>,
+    proposer: Proposer,
+    /// Drawn at start; with `next_request` it names this node's writes (`RequestId`).
+    boot: u64,
+    next_request: AtomicU64,
+    peers: Arc<Peers>,
+    shutdown: CancellationToken,
+    /// Every task this node spawns: joined at shutdown.
+    tasks: TaskTracker,
+    disk: Arc<dyn Disk>,
+    controller: mpsc::Sender<ToController>,
+    /// This node's data-dir incarnation, and the check of other nodes' ones.
+    pub incarnations: Arc<Incarnations>,
+}
+
+/// What building a control plane takes.
+pub struct Parts {
+    pub config: Config,
+    pub raft: Raft,
+    pub view: Arc<RegistryView>,
+    pub proposer: Proposer,
+    pub boot: u64,
+    pub peers: Arc<Peers>,
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+    pub disk: Arc<dyn Disk>,
+    pub controller: mpsc::Sender<ToController>,
+    pub incarnations: Arc<Incarnations>,
+}
+
+impl ControlPlane {
+    pub fn new(parts: Parts) -> ControlPlane {
+        ControlPlane {
+            config: parts.config,
+            raft: parts.raft,
+            view: parts.view,
+            proposer: parts.proposer,
+            boot: parts.boot,
+            next_request: AtomicU64::new(0),
+            peers: parts.peers,
+            shutdown: parts.shutdown,
+            tasks: parts.tasks,
+            disk: parts.disk,
+            controller: parts.controller,
+            incarnations: parts.incarnations,
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+
+    pub fn view(&self) -> &Arc<RegistryView> {
+        &self.view
+    }
+
+    pub fn peers(&self) -> &Arc<Peers> {
+        &self.peers
+    }
+
+    /// Resolves when the node starts shutting down.
+    pub fn shutdown_signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.shutdown.clone().cancelled_owned()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
+    /// The token cancelled when the node starts shutting down.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Where this node's tasks are spawned, so that shutdown joins them.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
+    }
+
+    /// Bytes this node's storage takes on disk.
+    pub fn disk_size(&self) -> u64 {
+        self.disk.size_on_disk()
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.request_timeout_ms)
+    }
+
+    /// This node's applied index.
+    pub fn applied_index(&self) -> u64 {
+        self.raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |id| id.index)
+    }
+
+    /// A new id for one write of this node.
+    fn next_request_id(&self) -> RequestId {
+        RequestId {
+            node: self.id(),
+            boot: self.boot,
+            seq: self.next_request.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// Commits `command` through this node's proposer only if it leads (never
+    /// forwarded): the controller's path, whose proposals must fail once it is deposed.
+    pub async fn propose_here(&self, command: Command) -> Result<Outcome, LeaderError> {
+        let proposal = Proposal {
+            id: self.next_request_id(),
+            command,
+        };
+        let commit = self.proposer.propose(proposal);
+        tokio::time::timeout(self.request_timeout(), commit)
+            .await
+            .map_err(|_| LeaderError::Failed("timed out".into()))?
+    }
+}
+
+/// Reads the registry: this node's applied state as it is (`stale`), or once it
+/// reflects every write acknowledged before the call (`linearizable`).
+#[derive(Clone)]
+pub struct Reader {
+    control: Arc<ControlPlane>,
+}
+
+impl Reader {
+    pub fn new(control: Arc<ControlPlane>) -> Reader {
+        Reader { control }
+    }
+
+    pub fn stale(&self) -> RwLockReadGuard<'_, Applied> {
+        self.control.view.read()
+    }
+
+    pub async fn linearizable(&self) -> Result<RwLockReadGuard<'_, Applied>, NodeError> {
+        self.control.read_barrier().await?;
+        Ok(self.control.view.read())
+    }
+
+    /// This node's applied index.
+    pub fn applied_index(&self) -> u64 {
+        self.control.applied_index()
+    }
+
+    pub fn view(&self) -> &Arc<RegistryView> {
+        &self.control.view
+    }
+}
+
+/// Writes into the registry. However often a write is retried inside (a lost answer, a
+/// leader change), it is applied at most once.
+#[derive(Clone)]
+pub struct Writer {
+    control: Arc<ControlPlane>,
+}
+
+impl Writer {
+    pub fn new(control: Arc<ControlPlane>) -> Writer {
+        Writer { control }
+    }
+
+    pub async fn propose(&self, command: Command) -> Result<Outcome, NodeError> {
+        self.control.propose(command).await
+    }
+}
+
+/// The agent's side of fencing: heartbeats to whoever leads, and the leases they earn.
+#[derive(Clone)]
+pub struct Leases {
+    control: Arc<ControlPlane>,
+}
+
+impl Leases {
+    pub fn new(control: Arc<ControlPlane>) -> Leases {
+        Leases { control }
+    }
+
+    /// The data-dir incarnation heartbeats carry.
+    pub fn own_incarnation(&self) -> u64 {
+        self.control.incarnations.own()
+    }
+
+    /// This node's applied index.
+    pub fn applied_index(&self) -> u64 {
+        self.control.applied_index()
+    }
+
+    /// Resolves when this node sees a leader other than `seen`; `Err` once Raft stops.
+    pub async fn leader_change(&self, seen: Option<NodeId>) -> Result<Option<NodeId>, ()> {
+        let mut metrics = self.control.raft.metrics();
+        metrics
+            .wait_for(|m| m.current_leader != seen)
+            .await
+            .map(|m| m.current_leader)
+            .map_err(|_| ())
+    }
+
+    pub fn current_leader(&self) -> Option<NodeId> {
+        self.control.raft.metrics().borrow().current_leader
+    }
+
+    /// Sends `heartbeat` to the leader this node knows of, answered by `deadline`.
+    /// A refusal because this node's data dir was replaced stops the node.
+    pub async fn renew(
+        &self,
+        heartbeat: Heartbeat,
+        deadline: tokio::time::Instant,
+    ) -> Result<LeaseGrant, LeaderError> {
+        let op = LeaderOp::Heartbeat(heartbeat);
+        let answer = match self.control.known_leader() {
+            Some((leader, _)) if leader == self.control.id() => {
+                let local = self.control.execute_local(op);
+                match tokio::time::timeout_at(deadline, local).await {
+                    Ok(answer) => answer,
+                    Err(_) => Err(LeaderError::Failed("heartbeat timed out".into())),
+                }
+            }
+            Some((_, addr)) => self.control.execute_remote(&addr, &op, deadline).await,
+            None => Err(LeaderError::NotLeader { leader: None }),
+        };
+        if let Err(LeaderError::Replaced(reason)) = &answer {
+            self.control.incarnations.refused(reason);
+        }
+        match answer? {
+            LeaderOpResult::Lease(grant) => Ok(grant),
+            other => Err(LeaderError::Failed(format!("unexpected answer {other:?}"))),
+        }
+    }
+}
