@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -272,20 +272,29 @@ fn bad_upstreams_give_clear_errors_and_break_no_other_call() -> Result<()> {
     Ok(())
 }
 
-/// The Python SDK client of tests/clients/python_client.py, driven line by line.
+/// A Python SDK client of tests/clients/, driven line by line.
 struct PythonClient {
     child: Child,
     input: ChildStdin,
-    output: BufReader<ChildStdout>,
+    /// Its stdout, line by line, from a reader thread (so that a wait has a limit).
+    lines: std::sync::mpsc::Receiver<String>,
 }
+
+/// How long a Python client may take to answer one line.
+const CLIENT_LINE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl PythonClient {
     fn start(mode: &str, urls: &[String]) -> Result<(PythonClient, serde_json::Value)> {
+        PythonClient::start_script("python_client.py", mode, urls)
+    }
+
+    fn start_script(
+        script: &str,
+        mode: &str,
+        urls: &[String],
+    ) -> Result<(PythonClient, serde_json::Value)> {
         let servers = mcp_servers()?;
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/clients/python_client.py"
-        );
+        let script = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
         let mut child = Command::new(&servers.python)
             .arg(script)
             .arg(mode)
@@ -297,26 +306,56 @@ impl PythonClient {
             .context("start the Python SDK client")?;
         let input = child.stdin.take().context("stdin")?;
         let output = BufReader::new(child.stdout.take().context("stdout")?);
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in output.lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    return;
+                }
+            }
+        });
         let mut client = PythonClient {
             child,
             input,
-            output,
+            lines,
         };
         let hello = client.line()?;
         Ok((client, hello))
     }
 
     fn line(&mut self) -> Result<serde_json::Value> {
-        let mut line = String::new();
-        if self.output.read_line(&mut line)? == 0 {
-            bail!("the Python client ended");
-        }
+        let line = match self.lines.recv_timeout(CLIENT_LINE_TIMEOUT) {
+            Ok(line) => line,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                bail!("the Python client said nothing for {CLIENT_LINE_TIMEOUT:?}")
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                bail!("the Python client ended")
+            }
+        };
         serde_json::from_str(&line).with_context(|| format!("parse {line:?}"))
     }
 
     fn echo(&mut self, message: &str) -> Result<serde_json::Value> {
         writeln!(self.input, "call {message}")?;
         self.line()
+    }
+
+    /// Reads lines until one lists tools that satisfy `wanted`.
+    fn changed_until(&mut self, wanted: impl Fn(&[String]) -> bool) -> Result<Vec<String>> {
+        loop {
+            let line = self.line()?;
+            ensure!(line.get("changed").is_some(), "unexpected line {line}");
+            let names: Vec<String> = line["changed"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|name| name.as_str().map(String::from))
+                .collect();
+            if wanted(&names) {
+                return Ok(names);
+            }
+        }
     }
 }
 
@@ -384,6 +423,44 @@ fn sdk_clients_list_and_call_through_any_node_in_both_protocol_eras() -> Result<
         echoed(&answer),
         ["Echo: v2-0", "Echo: v2-1", "Echo: v2-2", "Echo: v2-3"]
     );
+    Ok(())
+}
+
+#[test]
+fn clients_are_told_when_the_fleet_tool_list_changes() -> Result<()> {
+    let servers = mcp_servers()?;
+    let (cluster, _) = cluster_with_everything("1")?;
+    // A 2026-07-28 client on a `subscriptions/listen` stream through node 2, and a
+    // legacy session (its GET stream) through node 3.
+    let (mut modern, hello) =
+        PythonClient::start_script("python_watcher.py", "auto", &[cluster.mcp_url(2)])?;
+    let (mut legacy, legacy_hello) =
+        PythonClient::start_script("python_watcher.py", "legacy", &[cluster.mcp_url(3)])?;
+    for hello in [&hello, &legacy_hello] {
+        let tools = tool_names(hello);
+        ensure!(tools.contains(&"everything__echo".to_string()), "{hello}");
+        ensure!(!tools.contains(&"second__echo".to_string()), "{hello}");
+    }
+
+    // A server added through node 1: both are told, and list its tools.
+    let marker = process_marker("gateway-changes");
+    add_server(
+        &cluster.addr(1),
+        "second",
+        &["--command", &servers.everything, "--env", &marker],
+    )?;
+    for watcher in [&mut modern, &mut legacy] {
+        let tools = watcher.changed_until(|tools| tools.iter().any(|t| t == "second__echo"))?;
+        ensure!(tools.contains(&"everything__echo".to_string()), "{tools:?}");
+    }
+
+    // Deleted again: its tools leave both lists.
+    let removed = cli(&cluster.addr(1), &["server", "rm", "second"]);
+    ensure!(removed.status.success(), "{}", stderr_of(&removed));
+    for watcher in [&mut modern, &mut legacy] {
+        let tools = watcher.changed_until(|tools| !tools.iter().any(|t| t == "second__echo"))?;
+        ensure!(tools.contains(&"everything__echo".to_string()), "{tools:?}");
+    }
     Ok(())
 }
 

@@ -30,6 +30,9 @@ pub struct Exposed {
 #[derive(Default)]
 pub struct Aggregate {
     revision: u64,
+    /// Changes exactly when what the list offers may have: a hash of each offered
+    /// server's name and catalog text, and of the separator.
+    pub fingerprint: u64,
     /// Ordered by the fleet's name.
     pub tools: Vec<Exposed>,
     by_name: BTreeMap<String, usize>,
@@ -82,8 +85,12 @@ impl Catalogs {
                 .collect();
             (registry.revision, offered)
         };
+        let mut fingerprint = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(&self.separator, &mut fingerprint);
+        std::hash::Hash::hash(&offered, &mut fingerprint);
         let mut aggregate = Aggregate {
             revision,
+            fingerprint: std::hash::Hasher::finish(&fingerprint),
             ..Aggregate::default()
         };
         let Ok(mut parsed) = self.parsed.lock() else {

@@ -9,14 +9,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rmcp::model::SubscriptionFilter;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, ErrorCode, Implementation, InitializeResult,
     ListToolsResult, PaginatedRequestParams, ResultType, ServerCapabilities,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::catalog::{self, Catalogs};
 use super::sessions::RegistrySessions;
@@ -27,20 +31,68 @@ use crate::config::HttpConfig;
 /// Largest request body the endpoint reads.
 pub const MAX_REQUEST_BODY_BYTES: usize = 4 * 1024 * 1024;
 
+/// How often the node looks for a change in what the fleet offers, to tell clients.
+pub const OFFER_CHECK_MS: u64 = 200;
+/// How long one change notification to a legacy session may wait to be sent; a
+/// session that takes longer is not told of changes any more.
+const NOTIFY_TIMEOUT_MS: u64 = 5_000;
+
 /// The MCP server the endpoint runs for each session (or each stateless request).
 #[derive(Clone)]
 pub struct FleetServer {
     calls: Arc<Calls>,
     catalogs: Arc<Catalogs>,
     call_timeout: Duration,
+    /// The fingerprint of what the fleet offers, as last seen (`publish_changes`).
+    offers: Arc<watch::Sender<u64>>,
+    /// The tasks that tell legacy sessions of changes; the node joins them.
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
 }
 
 impl FleetServer {
-    pub fn new(calls: Arc<Calls>, catalogs: Arc<Catalogs>, call_timeout: Duration) -> FleetServer {
+    pub fn new(
+        calls: Arc<Calls>,
+        catalogs: Arc<Catalogs>,
+        call_timeout: Duration,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> FleetServer {
         FleetServer {
             calls,
             catalogs,
             call_timeout,
+            offers: Arc::new(watch::Sender::new(0)),
+            tasks,
+            shutdown,
+        }
+    }
+
+    /// Looks every `OFFER_CHECK_MS` for a change in the fleet's tool list (a server
+    /// added, removed or changed, its last healthy replica gone or back), and tells
+    /// the listening clients, until the node shuts down.
+    pub async fn publish_changes(self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(OFFER_CHECK_MS));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            let fingerprint = self.tools().fingerprint;
+            self.offers.send_if_modified(|seen| {
+                let changed = *seen != fingerprint;
+                *seen = fingerprint;
+                changed
+            });
+        }
+    }
+
+    /// Resolves at the next change of what the fleet offers; `false` at shutdown.
+    async fn next_change(&self, changes: &mut watch::Receiver<u64>) -> bool {
+        tokio::select! {
+            changed = changes.changed() => changed.is_ok(),
+            _ = self.shutdown.cancelled() => false,
         }
     }
 
@@ -91,6 +143,49 @@ impl ServerHandler for FleetServer {
         .with_instructions(
             "The tools of every MCP server in this mcpfleet cluster, named server__tool.",
         )
+    }
+
+    /// 2026-07-28 clients: a `subscriptions/listen` stream may ask for tool list changes.
+    fn accepted_subscription_filter(
+        &self,
+        _requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        Some(SubscriptionFilter::builder().tools_list_changed().build())
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        let mut changes = self.offers.subscribe();
+        changes.mark_unchanged();
+        loop {
+            tokio::select! {
+                more = self.next_change(&mut changes) => if !more {
+                    return Ok(());
+                },
+                _ = context.cancelled() => return Ok(()),
+            }
+            if context.sink().notify_tool_list_changed().await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Legacy sessions: changes go out as `notifications/tools/list_changed`, on the
+    /// session's GET stream, from the node that holds it.
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        let server = self.clone();
+        let peer = context.peer;
+        let mut changes = self.offers.subscribe();
+        changes.mark_unchanged();
+        self.tasks.spawn(async move {
+            while server.next_change(&mut changes).await {
+                let limit = Duration::from_millis(NOTIFY_TIMEOUT_MS);
+                match tokio::time::timeout(limit, peer.notify_tool_list_changed()).await {
+                    Ok(Ok(())) => {}
+                    // The session is gone, or it does not read what it is sent.
+                    _ => return,
+                }
+            }
+        });
     }
 
     async fn list_tools(

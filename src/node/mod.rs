@@ -136,6 +136,8 @@ pub async fn run(
         )),
         Arc::new(crate::gateway::catalog::Catalogs::new(&separator)),
         call_timeout,
+        tasks.clone(),
+        shutdown_token.clone(),
     );
     if let Some(http) = &http {
         let listener = tokio::net::TcpListener::bind(&http.listen)
@@ -149,6 +151,7 @@ pub async fn run(
             reader.clone(),
             writer.clone(),
         ));
+        tasks.spawn(gateway.clone().publish_changes());
         let http = http.clone();
         let gateway = gateway.clone();
         let shutdown = control.shutdown_signal();
