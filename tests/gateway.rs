@@ -464,6 +464,96 @@ fn clients_are_told_when_the_fleet_tool_list_changes() -> Result<()> {
     Ok(())
 }
 
+/// A Node.js process killed when dropped.
+struct Upstream(Child);
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn upstreams_of_either_protocol_era_are_reached() -> Result<()> {
+    let servers = mcp_servers()?;
+    let cluster = Cluster::start(3)?;
+    wait_for_leader(&cluster.addr(1), Duration::from_secs(20))?;
+    let marker = process_marker("gateway-eras");
+    // Protocol 2026-07-28 over stdio: the Python SDK's own server.
+    add_server(
+        &cluster.addr(1),
+        "modern",
+        &[
+            "--command",
+            &servers.python,
+            "--arg",
+            &test_server("modern.py"),
+            "--env",
+            &marker,
+        ],
+    )?;
+    // 2025-11-25 and older over streamable HTTP, with sessions: the npm reference
+    // server in HTTP mode, pinned to loopback.
+    let port = free_port();
+    let everything_js = format!(
+        "{}/@modelcontextprotocol/server-everything/dist/index.js",
+        servers.node_modules
+    );
+    let _everything = Upstream(
+        Command::new("node")
+            .args([
+                "-r",
+                &test_server("loopback.cjs"),
+                &everything_js,
+                "streamableHttp",
+            ])
+            .env("PORT", port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start server-everything over HTTP")?,
+    );
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    add_server(&cluster.addr(1), "web", &["--url", &url])?;
+
+    for (server, protocol) in [("modern", "2026-07-28"), ("web", "2025-11-25")] {
+        let info = eventually(Duration::from_secs(60), || {
+            let status = cli_json(&cluster.addr(1), &["server", "status", server])?;
+            let info = status["server_info"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            ensure!(!info.is_empty(), "no catalog yet: {status}");
+            Ok(info)
+        })?;
+        ensure!(
+            info.contains(&format!("(protocol {protocol})")),
+            "{server}: {info}"
+        );
+    }
+    for via in 1..=3 {
+        let endpoint = cluster.addr(via);
+        eventually(Duration::from_secs(20), || {
+            let output = cli(
+                &endpoint,
+                &["call", "modern", "hello", "--args", r#"{"name":"fleet"}"#],
+            );
+            ensure!(output.status.success(), "{}", stderr_of(&output));
+            ensure!(
+                stdout_of(&output) == "Hello, fleet",
+                "{}",
+                stdout_of(&output)
+            );
+            Ok(())
+        })?;
+        eventually(Duration::from_secs(20), || {
+            echoes(&endpoint, "web", "over http")
+        })?;
+    }
+    Ok(())
+}
+
 /// Runs one of the TypeScript SDK clients of tests/clients against `urls` (four echo
 /// calls) and returns its JSON line, after checking that it listed the echo tool.
 fn ts_client(script: &str, urls: &[String]) -> Result<serde_json::Value> {

@@ -41,18 +41,7 @@ SUPERGATEWAY_JS = os.path.join(BENCH_NPM, "node_modules/supergateway/dist/index.
 
 # Wraps net.Server.prototype.listen so that servers that listen on all interfaces listen
 # on 127.0.0.1 only.
-LOOPBACK_CJS = """
-const net = require("net");
-const listen = net.Server.prototype.listen;
-net.Server.prototype.listen = function (...args) {
-  if (typeof args[0] === "number" && (args.length === 1 || typeof args[1] !== "string")) {
-    args.splice(1, 0, "127.0.0.1");
-  } else if (typeof args[0] === "object" && args[0] !== null && !args[0].host) {
-    args[0] = { ...args[0], host: "127.0.0.1" };
-  }
-  return listen.apply(this, args);
-};
-"""
+LOOPBACK_CJS = os.path.join(ROOT, "tests/servers/loopback.cjs")
 
 
 def free_port():
@@ -99,9 +88,7 @@ def main():
     opts = parser.parse_args()
     setup()
     work = tempfile.mkdtemp(prefix="mcpfleet-calls-")
-    loopback = os.path.join(work, "loopback.cjs")
-    with open(loopback, "w") as f:
-        f.write(LOOPBACK_CJS)
+    loopback = LOOPBACK_CJS
     procs = []
     try:
         direct_port, sg_port = free_port(), free_port()

@@ -339,6 +339,11 @@ impl Registry for ClientApi {
             server: Some(record_to_proto(record)),
             replicas: replicas_to_proto(registry, &plan, &request.name),
             revision: registry.revision,
+            server_info: registry
+                .catalogs
+                .get(&request.name)
+                .map(|catalog| catalog.server_info.clone())
+                .unwrap_or_default(),
         }))
     }
 

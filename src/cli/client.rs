@@ -443,11 +443,15 @@ async fn server_command(
             if json {
                 print_json(&serde_json::json!({
                     "name": name,
+                    "server_info": response.server_info,
                     "replicas": replicas_json(&response.replicas),
                     "revision": response.revision,
                 }))
                 .map_err(CliError::Failed)?;
             } else {
+                if !response.server_info.is_empty() {
+                    println!("server: {}", response.server_info);
+                }
                 print_replicas(&response.replicas);
             }
         }

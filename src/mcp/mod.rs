@@ -6,11 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rmcp::model::ClientRequest;
+use rmcp::model::{ClientRequest, ProtocolVersion};
+use rmcp::service::{ClientLifecycleMode, ClientServiceExt};
 use rmcp::service::{NotificationContext, Peer, RunningService};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::{ClientHandler, RoleClient, ServiceExt};
+use rmcp::{ClientHandler, RoleClient};
 use tokio::sync::Notify;
 
 use crate::env::launcher::{Fence, Launched, McpIo, McpLauncher, ReplicaId, ServerProcess};
@@ -63,12 +64,22 @@ pub enum McpError {
     Exited(String),
 }
 
+/// How a connection starts: `server/discover` first (protocol 2026-07-28, no
+/// session), and the `initialize` handshake of 2025-11-25 and older when the server
+/// answers discover with an error (or not within rmcp's 10 s).
+fn lifecycle() -> ClientLifecycleMode {
+    ClientLifecycleMode::Auto {
+        preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+        legacy_version: Some(ProtocolVersion::LATEST_WITH_INITIALIZE),
+    }
+}
+
 /// A connected, initialized MCP server.
 pub struct Connection {
     client: RunningService<RoleClient, Listener>,
     listener: Listener,
     process: Option<Box<dyn ServerProcess>>,
-    /// The server's name and version from its initialize answer.
+    /// The server's name and version, and the protocol version negotiated with it.
     pub server_info: String,
 }
 
@@ -91,7 +102,7 @@ impl Connection {
             match io {
                 McpIo::Streams { reader, writer } => listener
                     .clone()
-                    .serve((reader, writer))
+                    .serve_with_lifecycle((reader, writer), lifecycle())
                     .await
                     .map_err(|e| McpError::Initialize(e.to_string())),
                 McpIo::Http { url, headers } => {
@@ -114,7 +125,7 @@ impl Connection {
                     );
                     listener
                         .clone()
-                        .serve(transport)
+                        .serve_with_lifecycle(transport, lifecycle())
                         .await
                         .map_err(|e| McpError::Initialize(format!("{url}: {}", root_cause(&e))))
                 }
@@ -153,8 +164,13 @@ impl Connection {
         };
         let server_info = client
             .peer_info()
-            .and_then(|info| info.server_info.clone())
-            .map(|info| format!("{} {}", info.name, info.version))
+            .map(|peer| {
+                let protocol = &peer.protocol_version;
+                match &peer.server_info {
+                    Some(info) => format!("{} {} (protocol {protocol})", info.name, info.version),
+                    None => format!("(protocol {protocol})"),
+                }
+            })
             .unwrap_or_default();
         Ok(Connection {
             client,
@@ -226,10 +242,19 @@ impl Connection {
     }
 
     /// One MCP ping; returns its round trip. A process that exits meanwhile ends it
-    /// with `Exited`.
+    /// with `Exited`. Protocol 2026-07-28 has no ping: a server on it gets the cheap,
+    /// stateless `server/discover` instead.
     pub async fn ping(&mut self, timeout: Duration) -> Result<Duration, McpError> {
         let started = tokio::time::Instant::now();
-        let request = ClientRequest::PingRequest(Default::default());
+        let modern = self
+            .client
+            .peer_info()
+            .is_some_and(|peer| peer.protocol_version >= ProtocolVersion::V_2026_07_28);
+        let request = if modern {
+            ClientRequest::DiscoverRequest(Default::default())
+        } else {
+            ClientRequest::PingRequest(Default::default())
+        };
         let ping = tokio::time::timeout(timeout, self.client.send_request(request));
         let answer = match self.process.as_mut() {
             Some(process) => tokio::select! {

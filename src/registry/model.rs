@@ -244,7 +244,7 @@ pub struct ReplicaHealth {
 pub struct Catalog {
     /// The server's `transport_revision` the reporting replica ran.
     pub transport_revision: u64,
-    /// The server's name and version from its initialize answer.
+    /// The server's name, version and the protocol version negotiated with it.
     pub server_info: String,
     pub tools: String,
     pub prompts: String,
