@@ -551,7 +551,56 @@ fn upstreams_of_either_protocol_era_are_reached() -> Result<()> {
             echoes(&endpoint, "web", "over http")
         })?;
     }
+
+    // The modern server's prompt and resource, through every node, in both eras.
+    for via in 1..=3 {
+        for mode in ["auto", "legacy"] {
+            let offers =
+                python_offers(mode, &cluster.mcp_url(via), "modern__greet", "note://fleet")?;
+            let prompts = offers["prompts"].to_string();
+            ensure!(prompts.contains("\"modern__greet\""), "{offers}");
+            ensure!(offers["prompt"] == "Please greet fleet.", "{offers}");
+            let resources = offers["resources"].to_string();
+            ensure!(
+                resources.contains(r#"["note://fleet","modern__note"]"#),
+                "{offers}"
+            );
+            ensure!(offers["resource"] == "kept by the fleet", "{offers}");
+        }
+    }
+    // An unknown prompt and an unknown resource are clear errors.
+    let unknown = python_offers("auto", &cluster.mcp_url(1), "modern__nope", "note://fleet");
+    let error = format!(
+        "{:#}",
+        unknown.err().context("an unknown prompt was served")?
+    );
+    ensure!(error.contains("unknown prompt"), "{error}");
+    let unknown = python_offers("auto", &cluster.mcp_url(1), "modern__greet", "note://nope");
+    let error = format!(
+        "{:#}",
+        unknown.err().context("an unknown resource was served")?
+    );
+    ensure!(
+        error.contains("no server of the fleet offers resource"),
+        "{error}"
+    );
     Ok(())
+}
+
+/// Runs tests/clients/python_offers.py against `url` and returns its JSON line, or its
+/// stderr as the error.
+fn python_offers(mode: &str, url: &str, prompt: &str, uri: &str) -> Result<serde_json::Value> {
+    let servers = mcp_servers()?;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/python_offers.py"
+    );
+    let output = Command::new(&servers.python)
+        .args([script, mode, url, prompt, uri])
+        .output()
+        .context("run the Python SDK client")?;
+    ensure!(output.status.success(), "{}", stderr_of(&output));
+    serde_json::from_str(&stdout_of(&output)).context("parse the client's line")
 }
 
 /// Runs one of the TypeScript SDK clients of tests/clients against `urls` (four echo

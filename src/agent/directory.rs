@@ -12,7 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use rmcp::model::{CallToolRequestParams, CallToolResponse};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, GetPromptRequestParams, GetPromptResponse,
+    ReadResourceRequestParams, ReadResourceResponse,
+};
 use rmcp::service::{Peer, ServiceError};
 use rmcp::RoleClient;
 use tokio::sync::Semaphore;
@@ -83,6 +86,34 @@ impl ReplicaCallError {
     }
 }
 
+/// What the fleet routes to one replica: a tool call, or a prompt or resource it
+/// offers.
+#[derive(Clone, Debug)]
+pub enum Request {
+    CallTool(CallToolRequestParams),
+    GetPrompt(GetPromptRequestParams),
+    ReadResource(ReadResourceRequestParams),
+}
+
+impl Request {
+    /// The MCP method the request is.
+    pub fn method(&self) -> &'static str {
+        match self {
+            Request::CallTool(_) => "tools/call",
+            Request::GetPrompt(_) => "prompts/get",
+            Request::ReadResource(_) => "resources/read",
+        }
+    }
+}
+
+/// A replica's answer to a `Request`, of the same kind.
+#[derive(Clone, Debug)]
+pub enum Answer {
+    Tool(CallToolResponse),
+    Prompt(GetPromptResponse),
+    Resource(ReadResourceResponse),
+}
+
 /// One connected replica, as tool calls see it.
 pub struct ReplicaHandle {
     pub server: String,
@@ -128,13 +159,13 @@ impl ReplicaHandle {
             .is_ok_and(|mut b| b.state(Instant::now()) == crate::registry::BreakerState::Open)
     }
 
-    /// One `tools/call` through the shared client, within `timeout`. Dropping the
-    /// future (the caller gave up) sends `notifications/cancelled` upstream.
-    pub async fn call(
+    /// One request through the shared client, within `timeout`. Dropping the future
+    /// (the caller gave up) sends `notifications/cancelled` upstream.
+    pub async fn request(
         &self,
-        params: CallToolRequestParams,
+        request: Request,
         timeout: Duration,
-    ) -> Result<CallToolResponse, ReplicaCallError> {
+    ) -> Result<Answer, ReplicaCallError> {
         let (server, slot) = (self.server.clone(), self.slot);
         let permit = match tokio::time::timeout(
             Duration::from_millis(BULKHEAD_WAIT_MS),
@@ -158,7 +189,22 @@ impl ReplicaHandle {
         if !allowed && !crate::env::bugs::active(crate::env::bugs::Bug::RouteToUnavailable) {
             return Err(ReplicaCallError::BreakerOpen { server, slot });
         }
-        let outcome = tokio::time::timeout(timeout, self.peer.call_tool_once(params)).await;
+        let sent = async {
+            match request {
+                Request::CallTool(params) => {
+                    self.peer.call_tool_once(params).await.map(Answer::Tool)
+                }
+                Request::GetPrompt(params) => {
+                    self.peer.get_prompt_once(params).await.map(Answer::Prompt)
+                }
+                Request::ReadResource(params) => self
+                    .peer
+                    .read_resource_once(params)
+                    .await
+                    .map(Answer::Resource),
+            }
+        };
+        let outcome = tokio::time::timeout(timeout, sent).await;
         drop(permit);
         let result = match outcome {
             Err(_) => Err(ReplicaCallError::Timeout {

@@ -37,7 +37,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub use breaker::Breaker;
-pub use directory::{Directory, ReplicaCallError, ReplicaHandle};
+pub use directory::{Answer, Directory, ReplicaCallError, ReplicaHandle, Request};
 pub use replica::{ReplicaKey, INITIALIZE_TIMEOUT_MS};
 pub use restart::{Decision, Restarts};
 

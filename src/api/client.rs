@@ -458,7 +458,7 @@ impl Registry for ClientApi {
             .map(|t| pb::Tool {
                 name: t.listed.name.to_string(),
                 server: t.server.clone(),
-                tool: t.tool.clone(),
+                tool: t.own.clone(),
                 description: t
                     .listed
                     .description

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 use crate::agent::{Directory, ReplicaCallError};
-use crate::gateway::{to_reply, MAX_CALL_TIMEOUT_MS};
+use crate::gateway::{decode_request, to_reply, MAX_CALL_TIMEOUT_MS};
 use crate::proto::dataplane as pb;
 use crate::proto::dataplane::tool_calls_server::ToolCalls;
 
@@ -29,16 +29,16 @@ impl ToolCalls for DataPlaneApi {
         request: Request<pb::CallToolRequest>,
     ) -> Result<Response<pb::CallToolReply>, Status> {
         let request = request.into_inner();
-        let outcome = match serde_json::from_str(&request.params_json) {
-            Err(e) => Err(ReplicaCallError::Invalid(format!("malformed call: {e}"))),
-            Ok(params) => {
+        let outcome = match decode_request(&request.method, &request.params_json) {
+            Err(reason) => Err(ReplicaCallError::Invalid(reason)),
+            Ok(upstream) => {
                 let timeout =
                     Duration::from_millis(request.timeout_ms.clamp(1, MAX_CALL_TIMEOUT_MS));
                 match self
                     .directory
                     .get(&request.server, request.slot, request.epoch)
                 {
-                    Ok(replica) => replica.call(params, timeout).await,
+                    Ok(replica) => replica.request(upstream, timeout).await,
                     Err(error) => Err(error),
                 }
             }

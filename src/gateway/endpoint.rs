@@ -11,10 +11,14 @@ use std::time::Duration;
 
 use rmcp::model::SubscriptionFilter;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, ErrorCode, Implementation, InitializeResult,
-    ListToolsResult, PaginatedRequestParams, ResultType, ServerCapabilities,
+    CallToolRequestParams, CallToolResponse, ErrorCode, GetPromptRequestParams, GetPromptResponse,
+    Implementation, InitializeResult, ListPromptsResult, ListResourcesResult, ListToolsResult,
+    PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ResultType,
+    ServerCapabilities, ServerNotification,
 };
-use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
+use rmcp::service::{
+    NotificationContext, RequestContext, SubscriptionContext, SubscriptionSendError,
+};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
@@ -22,10 +26,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::catalog::{self, Catalogs};
+use super::catalog::{self, Catalogs, Fingerprints};
 use super::sessions::RegistrySessions;
 use super::{CallError, Calls};
-use crate::agent::ReplicaCallError;
+use crate::agent::{Answer, ReplicaCallError, Request};
 use crate::config::HttpConfig;
 
 /// Largest request body the endpoint reads.
@@ -43,8 +47,8 @@ pub struct FleetServer {
     calls: Arc<Calls>,
     catalogs: Arc<Catalogs>,
     call_timeout: Duration,
-    /// The fingerprint of what the fleet offers, as last seen (`publish_changes`).
-    offers: Arc<watch::Sender<u64>>,
+    /// The fingerprints of what the fleet offers, as last seen (`publish_changes`).
+    offers: Arc<watch::Sender<Fingerprints>>,
     /// The tasks that tell legacy sessions of changes; the node joins them.
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -62,15 +66,15 @@ impl FleetServer {
             calls,
             catalogs,
             call_timeout,
-            offers: Arc::new(watch::Sender::new(0)),
+            offers: Arc::new(watch::Sender::new(Fingerprints::default())),
             tasks,
             shutdown,
         }
     }
 
-    /// Looks every `OFFER_CHECK_MS` for a change in the fleet's tool list (a server
-    /// added, removed or changed, its last healthy replica gone or back), and tells
-    /// the listening clients, until the node shuts down.
+    /// Looks every `OFFER_CHECK_MS` for a change in the fleet's lists (a server added,
+    /// removed or changed, its last healthy replica gone or back), and tells the
+    /// listening clients, until the node shuts down.
     pub async fn publish_changes(self) {
         let mut tick = tokio::time::interval(Duration::from_millis(OFFER_CHECK_MS));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -79,26 +83,73 @@ impl FleetServer {
                 _ = tick.tick() => {}
                 _ = self.shutdown.cancelled() => return,
             }
-            let fingerprint = self.tools().fingerprint;
+            let fingerprints = self.tools().fingerprints;
             self.offers.send_if_modified(|seen| {
-                let changed = *seen != fingerprint;
-                *seen = fingerprint;
+                let changed = *seen != fingerprints;
+                *seen = fingerprints;
                 changed
             });
         }
     }
 
-    /// Resolves at the next change of what the fleet offers; `false` at shutdown.
-    async fn next_change(&self, changes: &mut watch::Receiver<u64>) -> bool {
+    /// Waits for the next change of what the fleet offers and returns which lists
+    /// changed since `seen` (which it updates); `None` at shutdown.
+    async fn next_change(
+        &self,
+        changes: &mut watch::Receiver<Fingerprints>,
+        seen: &mut Fingerprints,
+    ) -> Option<Vec<ServerNotification>> {
         tokio::select! {
-            changed = changes.changed() => changed.is_ok(),
-            _ = self.shutdown.cancelled() => false,
+            changed = changes.changed() => changed.ok()?,
+            _ = self.shutdown.cancelled() => return None,
         }
+        let now = *changes.borrow_and_update();
+        let mut notifications = Vec::new();
+        if now.tools != seen.tools {
+            notifications.push(ServerNotification::ToolListChangedNotification(
+                Default::default(),
+            ));
+        }
+        if now.prompts != seen.prompts {
+            notifications.push(ServerNotification::PromptListChangedNotification(
+                Default::default(),
+            ));
+        }
+        if now.resources != seen.resources {
+            notifications.push(ServerNotification::ResourceListChangedNotification(
+                Default::default(),
+            ));
+        }
+        *seen = now;
+        Some(notifications)
+    }
+
+    /// What the fleet offers now, and a receiver of its changes from here on.
+    fn watch_changes(&self) -> (watch::Receiver<Fingerprints>, Fingerprints) {
+        let mut changes = self.offers.subscribe();
+        let seen = *changes.borrow_and_update();
+        (changes, seen)
     }
 
     /// The fleet's tools now.
     pub fn tools(&self) -> Arc<catalog::Aggregate> {
         self.catalogs.current(self.calls.reader())
+    }
+
+    /// Sends `request` to a replica of `server` within the node's call timeout; the
+    /// client's cancellation cancels it upstream.
+    async fn relay(
+        &self,
+        server: &str,
+        request: Request,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<Answer, ErrorData> {
+        tokio::select! {
+            answer = self.calls.request(server, request, self.call_timeout) => {
+                answer.map_err(mcp_error)
+            }
+            _ = context.ct.cancelled() => Err(ErrorData::internal_error("cancelled", None)),
+        }
     }
 
     /// Calls `params.name` (the server's own name) of `server`, within `timeout` or
@@ -137,55 +188,158 @@ impl ServerHandler for FleetServer {
             ServerCapabilities::builder()
                 .enable_tools()
                 .enable_tool_list_changed()
+                .enable_prompts()
+                .enable_prompts_list_changed()
+                .enable_resources()
+                .enable_resources_list_changed()
                 .build(),
         )
         .with_server_info(Implementation::new("mcpfleet", env!("CARGO_PKG_VERSION")))
         .with_instructions(
-            "The tools of every MCP server in this mcpfleet cluster, named server__tool.",
+            "The tools and prompts of every MCP server in this mcpfleet cluster, named \
+             server__name, and their resources.",
         )
     }
 
-    /// 2026-07-28 clients: a `subscriptions/listen` stream may ask for tool list changes.
+    /// 2026-07-28 clients: a `subscriptions/listen` stream may ask for list changes.
     fn accepted_subscription_filter(
         &self,
         _requested: &SubscriptionFilter,
     ) -> Option<SubscriptionFilter> {
-        Some(SubscriptionFilter::builder().tools_list_changed().build())
+        Some(
+            SubscriptionFilter::builder()
+                .tools_list_changed()
+                .prompts_list_changed()
+                .resources_list_changed()
+                .build(),
+        )
     }
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
-        let mut changes = self.offers.subscribe();
-        changes.mark_unchanged();
+        let (mut changes, mut seen) = self.watch_changes();
         loop {
-            tokio::select! {
-                more = self.next_change(&mut changes) => if !more {
-                    return Ok(());
+            let notifications = tokio::select! {
+                changed = self.next_change(&mut changes, &mut seen) => match changed {
+                    Some(notifications) => notifications,
+                    None => return Ok(()),
                 },
                 _ = context.cancelled() => return Ok(()),
-            }
-            if context.sink().notify_tool_list_changed().await.is_err() {
-                return Ok(());
+            };
+            for notification in notifications {
+                match context.sink().send(notification).await {
+                    // A list the client did not ask for.
+                    Ok(()) | Err(SubscriptionSendError::NotificationNotAccepted(_)) => {}
+                    Err(_) => return Ok(()),
+                }
             }
         }
     }
 
-    /// Legacy sessions: changes go out as `notifications/tools/list_changed`, on the
+    /// Legacy sessions: changes go out as list-changed notifications, on the
     /// session's GET stream, from the node that holds it.
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
         let server = self.clone();
         let peer = context.peer;
-        let mut changes = self.offers.subscribe();
-        changes.mark_unchanged();
+        let (mut changes, mut seen) = self.watch_changes();
         self.tasks.spawn(async move {
-            while server.next_change(&mut changes).await {
-                let limit = Duration::from_millis(NOTIFY_TIMEOUT_MS);
-                match tokio::time::timeout(limit, peer.notify_tool_list_changed()).await {
-                    Ok(Ok(())) => {}
-                    // The session is gone, or it does not read what it is sent.
-                    _ => return,
+            while let Some(notifications) = server.next_change(&mut changes, &mut seen).await {
+                for notification in notifications {
+                    let limit = Duration::from_millis(NOTIFY_TIMEOUT_MS);
+                    match tokio::time::timeout(limit, peer.send_notification(notification)).await {
+                        Ok(Ok(())) => {}
+                        // The session is gone, or it does not read what it is sent.
+                        _ => return,
+                    }
                 }
             }
         });
+    }
+
+    async fn list_prompts(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        let aggregate = self.tools();
+        let cursor = request.as_ref().and_then(|r| r.cursor.as_deref());
+        let (prompts, next) = catalog::page(&aggregate.prompts, cursor)
+            .map_err(|reason| ErrorData::invalid_params(reason, None))?;
+        let mut result = ListPromptsResult::with_all_items(prompts);
+        result.next_cursor = next;
+        Ok(result)
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let aggregate = self.tools();
+        let Some(exposed) = aggregate.find_prompt(&request.name) else {
+            return Err(ErrorData::invalid_params(
+                format!("unknown prompt {:?}", request.name),
+                None,
+            ));
+        };
+        let mut params = request;
+        params.name = exposed.own.clone();
+        match self
+            .relay(&exposed.server, Request::GetPrompt(params), &context)
+            .await?
+        {
+            Answer::Prompt(GetPromptResponse::Complete(mut result)) => {
+                result.result_type.get_or_insert(ResultType::COMPLETE);
+                Ok(GetPromptResponse::Complete(result))
+            }
+            Answer::Prompt(other) => Ok(other),
+            _ => Err(ErrorData::internal_error(
+                "the answer was not a prompt",
+                None,
+            )),
+        }
+    }
+
+    async fn list_resources(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let aggregate = self.tools();
+        let cursor = request.as_ref().and_then(|r| r.cursor.as_deref());
+        let (resources, next) = catalog::page(&aggregate.resources, cursor)
+            .map_err(|reason| ErrorData::invalid_params(reason, None))?;
+        let mut result = ListResourcesResult::with_all_items(resources);
+        result.next_cursor = next;
+        Ok(result)
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let aggregate = self.tools();
+        let Some(exposed) = aggregate.find_resource(&request.uri) else {
+            return Err(ErrorData::resource_not_found(
+                format!("no server of the fleet offers resource {:?}", request.uri),
+                None,
+            ));
+        };
+        let server = exposed.server.clone();
+        match self
+            .relay(&server, Request::ReadResource(request), &context)
+            .await?
+        {
+            Answer::Resource(ReadResourceResponse::Complete(mut result)) => {
+                result.result_type.get_or_insert(ResultType::COMPLETE);
+                Ok(ReadResourceResponse::Complete(result))
+            }
+            Answer::Resource(other) => Ok(other),
+            _ => Err(ErrorData::internal_error(
+                "the answer was not a resource",
+                None,
+            )),
+        }
     }
 
     async fn list_tools(
@@ -212,7 +366,7 @@ impl ServerHandler for FleetServer {
             return Err(mcp_error(CallError::UnknownTool(request.name.to_string())));
         };
         let mut params = request;
-        params.name = exposed.tool.clone().into();
+        params.name = exposed.own.clone().into();
         let call = self.call(&exposed.server, params, None);
         tokio::select! {
             outcome = call => match outcome {

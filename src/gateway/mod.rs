@@ -22,10 +22,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use rmcp::model::{CallToolRequestParams, CallToolResponse};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, GetPromptResponse, ReadResourceResponse,
+};
 use tokio::time::Instant;
 
-use crate::agent::{Directory, ReplicaCallError};
+use crate::agent::{Answer, Directory, ReplicaCallError, Request};
 use crate::control::Reader;
 use crate::env::NetworkError;
 use crate::proto::dataplane as pb;
@@ -123,6 +125,25 @@ impl Calls {
         params: CallToolRequestParams,
         timeout: Duration,
     ) -> Result<CallToolResponse, CallError> {
+        match self
+            .request(server, Request::CallTool(params), timeout)
+            .await?
+        {
+            Answer::Tool(response) => Ok(response),
+            _ => Err(CallError::Invalid(
+                "the answer was not a tool result".into(),
+            )),
+        }
+    }
+
+    /// Sends `request` to one replica of `server` within `timeout`: the router's
+    /// choice, and the next one only while a replica provably never got it.
+    pub async fn request(
+        &self,
+        server: &str,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Answer, CallError> {
         let deadline = Instant::now() + timeout;
         let candidates = {
             let state = self.reader.stale();
@@ -145,11 +166,11 @@ impl Calls {
             }
             let outcome = if candidate.node == self.me {
                 match self.directory.get(server, candidate.slot, candidate.epoch) {
-                    Ok(replica) => replica.call(params.clone(), left).await,
+                    Ok(replica) => replica.request(request.clone(), left).await,
                     Err(error) => Err(error),
                 }
             } else {
-                self.call_remote(&candidate, server, &params, left).await
+                self.call_remote(&candidate, server, &request, left).await
             };
             match outcome {
                 Ok(response) => return Ok(response),
@@ -183,26 +204,29 @@ impl Calls {
         &self,
         candidate: &crate::router::Candidate,
         server: &str,
-        params: &CallToolRequestParams,
+        request: &Request,
         timeout: Duration,
-    ) -> Result<CallToolResponse, ReplicaCallError> {
+    ) -> Result<Answer, ReplicaCallError> {
         let (slot, node) = (candidate.slot, candidate.node);
         let unreachable = |reason: String| ReplicaCallError::Unreachable { node, reason };
         let channel = self
             .dialer
             .channel(&candidate.addr)
             .map_err(|e| unreachable(e.to_string()))?;
-        let params_json = serde_json::to_string(params).map_err(|e| ReplicaCallError::Failed {
-            server: server.to_string(),
-            slot,
-            reason: e.to_string(),
-        })?;
+        let params_json = match request {
+            Request::CallTool(params) => serde_json::to_string(params),
+            Request::GetPrompt(params) => serde_json::to_string(params),
+            Request::ReadResource(params) => serde_json::to_string(params),
+        }
+        .map_err(|e| ReplicaCallError::Invalid(format!("unencodable request: {e}")))?;
+        let method = request.method();
         let mut request = tonic::Request::new(pb::CallToolRequest {
             server: server.to_string(),
             slot,
             epoch: candidate.epoch,
             params_json,
             timeout_ms: timeout.as_millis() as u64,
+            method: method.to_string(),
         });
         // The callee answers a timeout itself; this one covers a callee that cannot.
         let limit = timeout + Duration::from_millis(REMOTE_TIMEOUT_MARGIN_MS);
@@ -241,7 +265,7 @@ impl Calls {
             }
             Ok(Ok(reply)) => reply.into_inner(),
         };
-        from_reply(reply, server, candidate, timeout)
+        from_reply(reply, method, server, candidate, timeout)
     }
 }
 
@@ -304,7 +328,7 @@ fn never_connected(status: &tonic::Status) -> bool {
 }
 
 /// The data-plane reply for a call's outcome.
-pub fn to_reply(outcome: Result<CallToolResponse, ReplicaCallError>) -> pb::CallToolReply {
+pub fn to_reply(outcome: Result<Answer, ReplicaCallError>) -> pb::CallToolReply {
     use pb::call_error::Kind;
     use pb::call_tool_reply::Outcome;
     let error = |kind: Kind, message: String, mcp_code: i32, limit: u32| {
@@ -315,18 +339,30 @@ pub fn to_reply(outcome: Result<CallToolResponse, ReplicaCallError>) -> pb::Call
             limit,
         })
     };
+    let json = |encoded: serde_json::Result<String>, wrap: fn(String) -> Outcome| match encoded {
+        Ok(json) => wrap(json),
+        Err(e) => error(Kind::Failed, e.to_string(), 0, 0),
+    };
     let outcome = match outcome {
-        Ok(CallToolResponse::Complete(result)) => match serde_json::to_string(&result) {
-            Ok(json) => Outcome::ResultJson(json),
-            Err(e) => error(Kind::Failed, e.to_string(), 0, 0),
-        },
-        Ok(CallToolResponse::InputRequired(result)) => match serde_json::to_string(&result) {
-            Ok(json) => Outcome::InputRequiredJson(json),
-            Err(e) => error(Kind::Failed, e.to_string(), 0, 0),
-        },
+        Ok(Answer::Tool(CallToolResponse::Complete(result))) => {
+            json(serde_json::to_string(&result), Outcome::ResultJson)
+        }
+        Ok(Answer::Prompt(GetPromptResponse::Complete(result))) => {
+            json(serde_json::to_string(&result), Outcome::ResultJson)
+        }
+        Ok(Answer::Resource(ReadResourceResponse::Complete(result))) => {
+            json(serde_json::to_string(&result), Outcome::ResultJson)
+        }
+        Ok(
+            Answer::Tool(CallToolResponse::InputRequired(result))
+            | Answer::Prompt(GetPromptResponse::InputRequired(result))
+            | Answer::Resource(ReadResourceResponse::InputRequired(result)),
+        ) => json(serde_json::to_string(&result), Outcome::InputRequiredJson),
         Ok(_) => error(
             Kind::Failed,
-            "the server answered with a task, which the fleet does not pass on yet".into(),
+            "the server answered with a task (or another kind of result), which the fleet \
+             does not pass on yet"
+                .into(),
             0,
             0,
         ),
@@ -367,10 +403,11 @@ pub fn to_reply(outcome: Result<CallToolResponse, ReplicaCallError>) -> pb::Call
 /// A call's outcome from its data-plane reply.
 fn from_reply(
     reply: pb::CallToolReply,
+    method: &str,
     server: &str,
     candidate: &crate::router::Candidate,
     timeout: Duration,
-) -> Result<CallToolResponse, ReplicaCallError> {
+) -> Result<Answer, ReplicaCallError> {
     let slot = candidate.slot;
     use pb::call_error::Kind;
     use pb::call_tool_reply::Outcome;
@@ -380,12 +417,12 @@ fn from_reply(
         reason,
     };
     match reply.outcome {
-        Some(Outcome::ResultJson(json)) => serde_json::from_str(&json)
-            .map(CallToolResponse::Complete)
-            .map_err(|e| garbage(e.to_string())),
-        Some(Outcome::InputRequiredJson(json)) => serde_json::from_str(&json)
-            .map(CallToolResponse::InputRequired)
-            .map_err(|e| garbage(e.to_string())),
+        Some(Outcome::ResultJson(json)) => {
+            decode_answer(method, &json, false).map_err(|e| garbage(e.to_string()))
+        }
+        Some(Outcome::InputRequiredJson(json)) => {
+            decode_answer(method, &json, true).map_err(|e| garbage(e.to_string()))
+        }
         Some(Outcome::Error(error)) => {
             let (server, message) = (server.to_string(), error.message);
             Err(
@@ -421,4 +458,43 @@ fn from_reply(
         }
         None => Err(garbage("an empty reply".into())),
     }
+}
+
+/// A request of `method` from its JSON parameters, as the data plane carries them
+/// (no method: `tools/call`, as the first version of the data plane sent it).
+pub fn decode_request(method: &str, params_json: &str) -> Result<Request, String> {
+    let malformed = |e: serde_json::Error| format!("malformed {method} request: {e}");
+    match method {
+        "" | "tools/call" => serde_json::from_str(params_json)
+            .map(Request::CallTool)
+            .map_err(malformed),
+        "prompts/get" => serde_json::from_str(params_json)
+            .map(Request::GetPrompt)
+            .map_err(malformed),
+        "resources/read" => serde_json::from_str(params_json)
+            .map(Request::ReadResource)
+            .map_err(malformed),
+        other => Err(format!("the data plane carries no {other:?} requests")),
+    }
+}
+
+/// The answer to a request of `method` from the JSON of its result (or of its
+/// `input_required` result).
+fn decode_answer(method: &str, json: &str, input_required: bool) -> serde_json::Result<Answer> {
+    use rmcp::model::InputRequiredResult;
+    if input_required {
+        let result: InputRequiredResult = serde_json::from_str(json)?;
+        return Ok(match method {
+            "prompts/get" => Answer::Prompt(GetPromptResponse::InputRequired(result)),
+            "resources/read" => Answer::Resource(ReadResourceResponse::InputRequired(result)),
+            _ => Answer::Tool(CallToolResponse::InputRequired(result)),
+        });
+    }
+    Ok(match method {
+        "prompts/get" => Answer::Prompt(GetPromptResponse::Complete(serde_json::from_str(json)?)),
+        "resources/read" => {
+            Answer::Resource(ReadResourceResponse::Complete(serde_json::from_str(json)?))
+        }
+        _ => Answer::Tool(CallToolResponse::Complete(serde_json::from_str(json)?)),
+    })
 }
