@@ -450,7 +450,7 @@ impl Registry for ClientApi {
             let state = self.node.view().read();
             server_record(&state.registry, &wanted)?;
         }
-        let aggregate = self.gateway.tools();
+        let aggregate = self.gateway.offered();
         let tools = aggregate
             .tools
             .iter()

@@ -83,7 +83,7 @@ impl FleetServer {
                 _ = tick.tick() => {}
                 _ = self.shutdown.cancelled() => return,
             }
-            let fingerprints = self.tools().fingerprints;
+            let fingerprints = self.offered().fingerprints;
             self.offers.send_if_modified(|seen| {
                 let changed = *seen != fingerprints;
                 *seen = fingerprints;
@@ -131,8 +131,8 @@ impl FleetServer {
         (changes, seen)
     }
 
-    /// The fleet's tools now.
-    pub fn tools(&self) -> Arc<catalog::Aggregate> {
+    /// What the fleet offers now.
+    pub fn offered(&self) -> Arc<catalog::Aggregate> {
         self.catalogs.current(self.calls.reader())
     }
 
@@ -164,6 +164,15 @@ impl FleetServer {
             .call(server, params, timeout.unwrap_or(self.call_timeout))
             .await
     }
+}
+
+/// One page of `items`, from the request's cursor on, and the next page's cursor.
+fn page_of<T: Clone>(
+    items: &[catalog::Exposed<T>],
+    request: &Option<PaginatedRequestParams>,
+) -> Result<(Vec<T>, Option<String>), ErrorData> {
+    let cursor = request.as_ref().and_then(|r| r.cursor.as_deref());
+    catalog::page(items, cursor).map_err(|reason| ErrorData::invalid_params(reason, None))
 }
 
 /// The MCP error a failed call gives the client.
@@ -260,11 +269,8 @@ impl ServerHandler for FleetServer {
         request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
-        let aggregate = self.tools();
-        let cursor = request.as_ref().and_then(|r| r.cursor.as_deref());
-        let (prompts, next) = catalog::page(&aggregate.prompts, cursor)
-            .map_err(|reason| ErrorData::invalid_params(reason, None))?;
-        let mut result = ListPromptsResult::with_all_items(prompts);
+        let (items, next) = page_of(&self.offered().prompts, &request)?;
+        let mut result = ListPromptsResult::with_all_items(items);
         result.next_cursor = next;
         Ok(result)
     }
@@ -274,7 +280,7 @@ impl ServerHandler for FleetServer {
         request: GetPromptRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
-        let aggregate = self.tools();
+        let aggregate = self.offered();
         let Some(exposed) = aggregate.find_prompt(&request.name) else {
             return Err(ErrorData::invalid_params(
                 format!("unknown prompt {:?}", request.name),
@@ -304,11 +310,8 @@ impl ServerHandler for FleetServer {
         request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        let aggregate = self.tools();
-        let cursor = request.as_ref().and_then(|r| r.cursor.as_deref());
-        let (resources, next) = catalog::page(&aggregate.resources, cursor)
-            .map_err(|reason| ErrorData::invalid_params(reason, None))?;
-        let mut result = ListResourcesResult::with_all_items(resources);
+        let (items, next) = page_of(&self.offered().resources, &request)?;
+        let mut result = ListResourcesResult::with_all_items(items);
         result.next_cursor = next;
         Ok(result)
     }
@@ -318,7 +321,7 @@ impl ServerHandler for FleetServer {
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        let aggregate = self.tools();
+        let aggregate = self.offered();
         let Some(exposed) = aggregate.find_resource(&request.uri) else {
             return Err(ErrorData::resource_not_found(
                 format!("no server of the fleet offers resource {:?}", request.uri),
@@ -347,11 +350,8 @@ impl ServerHandler for FleetServer {
         request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let aggregate = self.catalogs.current(self.calls.reader());
-        let cursor = request.as_ref().and_then(|r| r.cursor.as_deref());
-        let (tools, next) = catalog::page(&aggregate.tools, cursor)
-            .map_err(|reason| ErrorData::invalid_params(reason, None))?;
-        let mut result = ListToolsResult::with_all_items(tools);
+        let (items, next) = page_of(&self.offered().tools, &request)?;
+        let mut result = ListToolsResult::with_all_items(items);
         result.next_cursor = next;
         Ok(result)
     }
@@ -361,7 +361,7 @@ impl ServerHandler for FleetServer {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let aggregate = self.catalogs.current(self.calls.reader());
+        let aggregate = self.offered();
         let Some(exposed) = aggregate.find(&request.name) else {
             return Err(mcp_error(CallError::UnknownTool(request.name.to_string())));
         };
