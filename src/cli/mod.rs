@@ -57,7 +57,6 @@ pub enum TopCommand {
         #[command(subcommand)]
         command: NodeCommand,
     },
-    /// Load generators.
     /// List the fleet's tools (every server's, or one server's).
     Tools {
         #[command(flatten)]
@@ -79,6 +78,7 @@ pub enum TopCommand {
         #[arg(long, default_value_t = 0)]
         timeout_ms: u64,
     },
+    /// Load generators: writes, and tool calls through /mcp.
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
