@@ -85,6 +85,41 @@ fn spec(name: &str) -> pb::PutServerRequest {
 }
 
 /// Steps `sim` until `reached` holds; an error if the clients finish or fail first.
+/// An operator that finds the leader, waits until every node in `nodes` has
+/// registered, and writes `request`; runs `sim` until the write is acknowledged and
+/// returns the leader.
+fn write_once_registered(
+    sim: &mut turmoil::Sim<'_>,
+    nodes: &[u64],
+    request: pb::PutServerRequest,
+    events: &Rc<RefCell<Vec<String>>>,
+) -> Result<u64, String> {
+    let leader_found = Rc::new(RefCell::new(None::<u64>));
+    let (log, found, nodes) = (events.clone(), leader_found.clone(), nodes.to_vec());
+    sim.client("operator", async move {
+        let leader = find_leader(&nodes).await?;
+        wait_until_registered(leader, nodes.len()).await;
+        let name = request
+            .spec
+            .as_ref()
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
+        let revision = client(leader)
+            .put_server(request)
+            .await?
+            .into_inner()
+            .revision;
+        log.borrow_mut().push(format!(
+            "leader {leader}; {name:?} written at revision {revision}"
+        ));
+        *found.borrow_mut() = Some(leader);
+        Ok(())
+    });
+    run_until(sim, || leader_found.borrow().is_some(), "before the write")?;
+    let leader = *leader_found.borrow();
+    leader.ok_or_else(|| "the operator found no leader".to_string())
+}
+
 fn run_until(
     sim: &mut turmoil::Sim<'_>,
     reached: impl Fn() -> bool,
@@ -438,33 +473,12 @@ pub fn restarted_node_drained(seed: u64) -> Result<Report, String> {
     // A crashed node's server runs on under its supervisor, as a real one may.
     cluster.instances.linger_from_now_on();
     let events = Rc::new(RefCell::new(Vec::<String>::new()));
-    let leader_found = Rc::new(RefCell::new(None::<u64>));
-    let (log, found, nodes) = (events.clone(), leader_found.clone(), all.clone());
-    sim.client("operator", async move {
-        let leader = find_leader(&nodes).await?;
-        wait_until_registered(leader, nodes.len()).await;
-        // Two replicas: one of them runs on a follower.
-        let mut request = spec("orphan");
-        if let Some(spec) = request.spec.as_mut() {
-            spec.replicas = 2;
-        }
-        let revision = client(leader)
-            .put_server(request)
-            .await?
-            .into_inner()
-            .revision;
-        log.borrow_mut().push(format!(
-            "leader {leader}; 'orphan' written at revision {revision}"
-        ));
-        *found.borrow_mut() = Some(leader);
-        Ok(())
-    });
-    run_until(
-        &mut sim,
-        || leader_found.borrow().is_some(),
-        "before the write",
-    )?;
-    let leader = leader_found.borrow().expect("set by the operator");
+    // Two replicas: one of them runs on a follower.
+    let mut request = spec("orphan");
+    if let Some(spec) = request.spec.as_mut() {
+        spec.replicas = 2;
+    }
+    let leader = write_once_registered(&mut sim, &all, request, &events)?;
     let healthy = |cluster: &SimCluster| healthy_replicas(cluster, leader, "orphan", 2);
     let deadline = sim.elapsed() + Duration::from_secs(10);
     let (slot, host) = loop {
@@ -569,38 +583,16 @@ pub fn faulty_replica(seed: u64, fault: ReplicaFault) -> Result<Report, String> 
     let all: Vec<u64> = (1..=3).collect();
     let cluster = add_nodes(&mut sim, seed, cluster_configs(3), Duration::ZERO);
     let events = Rc::new(RefCell::new(Vec::<String>::new()));
-    let leader_found = Rc::new(RefCell::new(None::<u64>));
-    let (log, found, nodes) = (events.clone(), leader_found.clone(), all.clone());
-    sim.client("operator", async move {
-        let leader = find_leader(&nodes).await?;
-        wait_until_registered(leader, nodes.len()).await;
-        // A breaker that, once open, stays open through the scenario: no trial call.
-        let mut request = calls::tool_server();
-        if let Some(breaker) = request
-            .spec
-            .as_mut()
-            .and_then(|s| s.circuit_breaker.as_mut())
-        {
-            breaker.open_ms = 60_000;
-        }
-        let revision = client(leader)
-            .put_server(request)
-            .await?
-            .into_inner()
-            .revision;
-        log.borrow_mut().push(format!(
-            "leader {leader}; {:?} written at revision {revision}",
-            calls::TOOL_SERVER
-        ));
-        *found.borrow_mut() = Some(leader);
-        Ok(())
-    });
-    run_until(
-        &mut sim,
-        || leader_found.borrow().is_some(),
-        "before the write",
-    )?;
-    let leader = leader_found.borrow().expect("set by the operator");
+    // A breaker that, once open, stays open through the scenario: no trial call.
+    let mut request = calls::tool_server();
+    if let Some(breaker) = request
+        .spec
+        .as_mut()
+        .and_then(|s| s.circuit_breaker.as_mut())
+    {
+        breaker.open_ms = 60_000;
+    }
+    let leader = write_once_registered(&mut sim, &all, request, &events)?;
     let deadline = sim.elapsed() + Duration::from_secs(10);
     let hosts = loop {
         let hosts: Vec<u64> = healthy_replicas(&cluster, leader, calls::TOOL_SERVER, 2)
