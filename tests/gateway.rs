@@ -239,7 +239,10 @@ fn bad_upstreams_give_clear_errors_and_break_no_other_call() -> Result<()> {
             "within 2000 ms",
         ),
         // A well-formed answer that is not a tool result.
-        (&["call", "bad", "malformed"], "Unexpected response type"),
+        (
+            &["call", "bad", "malformed"],
+            "replica bad/0: the server answered tools/call with another kind of result",
+        ),
     ];
     for (args, expected) in cases {
         for via in 1..=3 {
@@ -584,6 +587,186 @@ fn upstreams_of_either_protocol_era_are_reached() -> Result<()> {
         error.contains("no server of the fleet offers resource"),
         "{error}"
     );
+    Ok(())
+}
+
+#[test]
+fn progress_comes_back_through_any_node_in_both_protocol_eras() -> Result<()> {
+    let servers = mcp_servers()?;
+    let (cluster, hosts) = cluster_with_everything("1")?;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/python_progress.py"
+    );
+    // The node that runs the replica (local) and one that does not (the data plane).
+    let remote = (1..=3)
+        .find(|id| !hosts.contains(id))
+        .context("a node without it")?;
+    for via in [hosts[0], remote] {
+        for mode in ["auto", "legacy"] {
+            let output = Command::new(&servers.python)
+                .args([
+                    script,
+                    mode,
+                    &cluster.mcp_url(via),
+                    "everything__trigger-long-running-operation",
+                    r#"{"duration": 1, "steps": 4}"#,
+                ])
+                .output()
+                .context("run the Python SDK client")?;
+            ensure!(output.status.success(), "{}", stderr_of(&output));
+            let line: serde_json::Value = serde_json::from_str(&stdout_of(&output))?;
+            let progress: Vec<f64> = line["progress"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|step| step[0].as_f64())
+                .collect();
+            ensure!(
+                progress == [1.0, 2.0, 3.0, 4.0],
+                "through node {via} ({mode}): {line}"
+            );
+            ensure!(
+                line["result"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("completed")),
+                "through node {via} ({mode}): {line}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_request_that_asks_for_input_resumes_at_its_replica_through_any_node() -> Result<()> {
+    let servers = mcp_servers()?;
+    let cluster = Cluster::start(3)?;
+    wait_for_leader(&cluster.addr(1), Duration::from_secs(20))?;
+    let marker = process_marker("gateway-input");
+    // The Python SDK's server seals its requestState with a key of its own process:
+    // a retry that reached the other replica would be refused.
+    add_server(
+        &cluster.addr(1),
+        "modern",
+        &[
+            "--command",
+            &servers.python,
+            "--arg",
+            &test_server("modern.py"),
+            "--replicas",
+            "2",
+            "--env",
+            &marker,
+        ],
+    )?;
+    let hosts = eventually(Duration::from_secs(60), || {
+        let healthy = healthy_slots(&cluster.addr(1), "modern")?;
+        ensure!(healthy.len() == 2, "healthy: {healthy:?}");
+        Ok(healthy.iter().map(|(_, node)| *node).collect::<Vec<_>>())
+    })?;
+    for id in 1..=3 {
+        eventually(Duration::from_secs(20), || {
+            let tools = cli_json(&cluster.addr(id), &["tools"])?;
+            ensure!(tools.to_string().contains("modern__paint"), "{tools}");
+            Ok(())
+        })?;
+    }
+    // Each node prefers its own replica: the first round runs on the replica of
+    // hosts[0], and without the fleet's envelope the retry through hosts[1] would
+    // reach the other one.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/python_input.py");
+    let output = Command::new(&servers.python)
+        .args([
+            script,
+            &cluster.mcp_url(hosts[0]),
+            &cluster.mcp_url(hosts[1]),
+            "modern__paint",
+            r#"{"wall": "kitchen"}"#,
+            "4",
+        ])
+        .output()
+        .context("run the Python SDK clients")?;
+    ensure!(output.status.success(), "{}", stderr_of(&output));
+    let line: serde_json::Value = serde_json::from_str(&stdout_of(&output))?;
+    ensure!(line["auto"] == "kitchen painted blue", "{line}");
+    let split: Vec<&str> = line["split"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.as_str())
+        .collect();
+    ensure!(split == ["kitchen painted blue"; 4], "{line}");
+    // A legacy session cannot take an input request in a result: a clear error.
+    ensure!(
+        line["legacy"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("error:") && r.contains("capability")),
+        "{line}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_client_that_gives_up_cancels_the_call_upstream_through_any_node() -> Result<()> {
+    let servers = mcp_servers()?;
+    let cluster = Cluster::start(3)?;
+    wait_for_leader(&cluster.addr(1), Duration::from_secs(20))?;
+    let marker = process_marker("gateway-cancel");
+    add_server(
+        &cluster.addr(1),
+        "modern",
+        &[
+            "--command",
+            &servers.python,
+            "--arg",
+            &test_server("modern.py"),
+            "--env",
+            &marker,
+        ],
+    )?;
+    let host = eventually(Duration::from_secs(60), || {
+        let healthy = healthy_slots(&cluster.addr(1), "modern")?;
+        ensure!(healthy.len() == 1, "healthy: {healthy:?}");
+        Ok(healthy[0].1)
+    })?;
+    let remote = (1..=3)
+        .find(|id| *id != host)
+        .context("a node without it")?;
+    let notes = tempfile::tempdir()?;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/python_cancel.py"
+    );
+    for via in [host, remote] {
+        eventually(Duration::from_secs(20), || {
+            let tools = cli_json(&cluster.addr(via), &["tools"])?;
+            ensure!(tools.to_string().contains("modern__sleep"), "{tools}");
+            Ok(())
+        })?;
+        for mode in ["auto", "legacy"] {
+            let note = notes.path().join(format!("{via}-{mode}"));
+            let args = serde_json::json!({"seconds": 60, "note": note}).to_string();
+            let output = Command::new(&servers.python)
+                .args([script, mode, &cluster.mcp_url(via), "modern__sleep", &args])
+                .output()
+                .context("run the Python SDK client")?;
+            ensure!(output.status.success(), "{}", stderr_of(&output));
+            let line: serde_json::Value = serde_json::from_str(&stdout_of(&output))?;
+            ensure!(
+                line["gave_up"] == true,
+                "through node {via} ({mode}): {line}"
+            );
+            // The server hears of it and stops the call.
+            eventually(Duration::from_secs(15), || {
+                let written = std::fs::read_to_string(&note).unwrap_or_default();
+                ensure!(
+                    written == "cancelled",
+                    "through node {via} ({mode}): no note"
+                );
+                Ok(())
+            })?;
+        }
+    }
     Ok(())
 }
 

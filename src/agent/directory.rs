@@ -13,15 +13,16 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, GetPromptRequestParams, GetPromptResponse,
-    ReadResourceRequestParams, ReadResourceResponse,
+    CallToolRequest, CallToolRequestParams, CallToolResponse, ClientRequest, GetPromptRequest,
+    GetPromptRequestParams, GetPromptResponse, ProgressNotificationParam, ReadResourceRequest,
+    ReadResourceRequestParams, ReadResourceResponse, RequestMetaObject, ServerResult,
 };
-use rmcp::service::{Peer, ServiceError};
-use rmcp::RoleClient;
-use tokio::sync::Semaphore;
+use rmcp::service::ServiceError;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
 use super::breaker::{Breaker, Source};
+use crate::mcp::Upstream;
 
 /// Longest a call waits for a free place in a full bulkhead.
 pub const BULKHEAD_WAIT_MS: u64 = 50;
@@ -96,6 +97,15 @@ pub enum Request {
 }
 
 impl Request {
+    /// The request's `_meta` (in its parameters).
+    pub fn meta_mut(&mut self) -> &mut Option<RequestMetaObject> {
+        match self {
+            Request::CallTool(params) => &mut params.meta,
+            Request::GetPrompt(params) => &mut params.meta,
+            Request::ReadResource(params) => &mut params.meta,
+        }
+    }
+
     /// The MCP method the request is.
     pub fn method(&self) -> &'static str {
         match self {
@@ -103,6 +113,59 @@ impl Request {
             Request::GetPrompt(_) => "prompts/get",
             Request::ReadResource(_) => "resources/read",
         }
+    }
+
+    /// The request as rmcp sends it, and the `_meta` of the caller's it carries
+    /// (its client capabilities), which rmcp would otherwise replace with the fleet's.
+    fn into_mcp(self) -> (ClientRequest, Option<RequestMetaObject>) {
+        match self {
+            Request::CallTool(mut params) => {
+                let meta = params.meta.take();
+                (
+                    ClientRequest::CallToolRequest(CallToolRequest::new(params)),
+                    meta,
+                )
+            }
+            Request::GetPrompt(mut params) => {
+                let meta = params.meta.take();
+                (
+                    ClientRequest::GetPromptRequest(GetPromptRequest::new(params)),
+                    meta,
+                )
+            }
+            Request::ReadResource(mut params) => {
+                let meta = params.meta.take();
+                let request = ReadResourceRequest::new(params);
+                (ClientRequest::ReadResourceRequest(request), meta)
+            }
+        }
+    }
+}
+
+impl Answer {
+    /// The answer in `result` to a request of `method`, if it is of that kind.
+    fn from_mcp(method: &str, result: ServerResult) -> Option<Answer> {
+        use ServerResult as R;
+        Some(match (method, result) {
+            ("tools/call", R::CallToolResult(r)) => Answer::Tool(CallToolResponse::Complete(r)),
+            ("tools/call", R::InputRequiredResult(r)) => {
+                Answer::Tool(CallToolResponse::InputRequired(r))
+            }
+            ("tools/call", R::CreateTaskResult(r)) => Answer::Tool(CallToolResponse::Task(r)),
+            ("prompts/get", R::GetPromptResult(r)) => {
+                Answer::Prompt(GetPromptResponse::Complete(r))
+            }
+            ("prompts/get", R::InputRequiredResult(r)) => {
+                Answer::Prompt(GetPromptResponse::InputRequired(r))
+            }
+            ("resources/read", R::ReadResourceResult(r)) => {
+                Answer::Resource(ReadResourceResponse::Complete(r))
+            }
+            ("resources/read", R::InputRequiredResult(r)) => {
+                Answer::Resource(ReadResourceResponse::InputRequired(r))
+            }
+            _ => return None,
+        })
     }
 }
 
@@ -119,7 +182,7 @@ pub struct ReplicaHandle {
     pub server: String,
     pub slot: u32,
     pub epoch: u64,
-    peer: Peer<RoleClient>,
+    upstream: Upstream,
     bulkhead: Semaphore,
     /// The bulkhead's size (the spec's `max_concurrent_calls`).
     limit: usize,
@@ -131,7 +194,7 @@ impl ReplicaHandle {
         server: String,
         slot: u32,
         epoch: u64,
-        peer: Peer<RoleClient>,
+        upstream: Upstream,
         breaker: Arc<Mutex<Breaker>>,
         limit: u32,
     ) -> ReplicaHandle {
@@ -140,7 +203,7 @@ impl ReplicaHandle {
             server,
             slot,
             epoch,
-            peer,
+            upstream,
             bulkhead: Semaphore::new(limit),
             limit,
             breaker,
@@ -160,13 +223,16 @@ impl ReplicaHandle {
     }
 
     /// One request through the shared client, within `timeout`. Dropping the future
-    /// (the caller gave up) sends `notifications/cancelled` upstream.
+    /// (the caller gave up) sends `notifications/cancelled` upstream. With `progress`,
+    /// the server's progress notifications on the request go there.
     pub async fn request(
         &self,
         request: Request,
         timeout: Duration,
+        progress: Option<mpsc::Sender<ProgressNotificationParam>>,
     ) -> Result<Answer, ReplicaCallError> {
         let (server, slot) = (self.server.clone(), self.slot);
+        let method = request.method();
         let permit = match tokio::time::timeout(
             Duration::from_millis(BULKHEAD_WAIT_MS),
             self.bulkhead.acquire(),
@@ -189,21 +255,8 @@ impl ReplicaHandle {
         if !allowed && !crate::env::bugs::active(crate::env::bugs::Bug::RouteToUnavailable) {
             return Err(ReplicaCallError::BreakerOpen { server, slot });
         }
-        let sent = async {
-            match request {
-                Request::CallTool(params) => {
-                    self.peer.call_tool_once(params).await.map(Answer::Tool)
-                }
-                Request::GetPrompt(params) => {
-                    self.peer.get_prompt_once(params).await.map(Answer::Prompt)
-                }
-                Request::ReadResource(params) => self
-                    .peer
-                    .read_resource_once(params)
-                    .await
-                    .map(Answer::Resource),
-            }
-        };
+        let (request, meta) = request.into_mcp();
+        let sent = self.upstream.send(request, meta, progress);
         let outcome = tokio::time::timeout(timeout, sent).await;
         drop(permit);
         let result = match outcome {
@@ -212,7 +265,13 @@ impl ReplicaHandle {
                 slot,
                 timeout_ms: timeout.as_millis() as u64,
             }),
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(answer)) => {
+                Answer::from_mcp(method, answer).ok_or_else(|| ReplicaCallError::Failed {
+                    server,
+                    slot,
+                    reason: format!("the server answered {method} with another kind of result"),
+                })
+            }
             Ok(Err(ServiceError::McpError(error))) => Err(ReplicaCallError::Mcp {
                 code: error.code.0,
                 message: error.message.to_string(),

@@ -301,6 +301,7 @@ impl Agent {
                     fence: self.fence.clone(),
                     reports: self.reports.clone(),
                     directory: self.directory.clone(),
+                    tasks: self.context.tasks.clone(),
                 },
                 stop_signal,
             ));

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
 use super::breaker::{Breaker, Source};
 use super::directory::{Directory, ReplicaHandle};
@@ -53,6 +54,7 @@ struct Replica {
     spec: ServerSpec,
     settings: Settings,
     reports: Arc<Reports>,
+    tasks: TaskTracker,
     health: ReplicaHealth,
     /// Shared with the replica's handle in the directory: tool calls feed it too.
     breaker: Arc<Mutex<Breaker>>,
@@ -108,6 +110,8 @@ pub struct ReplicaEnv {
     pub fence: Fence,
     pub reports: Arc<Reports>,
     pub directory: Arc<Directory>,
+    /// Where the replica's calls spawn their cancellation notices.
+    pub tasks: TaskTracker,
 }
 
 /// Runs replica `key` of `spec` until `stop` says so; then stops its server.
@@ -123,6 +127,7 @@ pub async fn run(
         fence,
         reports,
         directory,
+        tasks,
     } = env;
     let spec = settings.borrow_and_update().clone();
     let mut replica = Replica {
@@ -141,6 +146,7 @@ pub async fn run(
         spec,
         settings,
         reports,
+        tasks,
     };
     loop {
         replica.refresh();
@@ -230,7 +236,7 @@ fn publish_handle(replica: &Replica, connection: &Connection, directory: &Direct
         replica.key.server.clone(),
         replica.key.slot,
         replica.key.epoch,
-        connection.peer(),
+        connection.upstream(replica.tasks.clone()),
         replica.breaker.clone(),
         replica.spec.max_concurrent_calls,
     )));

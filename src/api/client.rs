@@ -111,9 +111,10 @@ fn status_from_call_error(error: CallError) -> Status {
     let message = error.to_string();
     match error {
         CallError::UnknownServer(_) | CallError::UnknownTool(_) => Status::not_found(message),
-        CallError::Invalid(_) | CallError::Replica(R::Invalid(_)) => {
+        CallError::Invalid(_) | CallError::Resume(_) | CallError::Replica(R::Invalid(_)) => {
             Status::invalid_argument(message)
         }
+        CallError::ReplicaGone { .. } => Status::failed_precondition(message),
         CallError::NoReplica { .. } => Status::unavailable(message),
         CallError::Replica(error) => match error {
             R::Overloaded { .. } => Status::resource_exhausted(message),

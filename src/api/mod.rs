@@ -39,7 +39,7 @@ pub async fn serve(
 ) -> Result<(), NodeError> {
     let client = RegistryServer::new(ClientApi::new(handle.clone(), gateway))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let dataplane = ToolCallsServer::new(DataPlaneApi::new(directory))
+    let dataplane = ToolCallsServer::new(DataPlaneApi::new(directory, handle.tasks().clone()))
         .max_decoding_message_size(MAX_CALL_BYTES)
         .max_encoding_message_size(MAX_CALL_BYTES);
     let internal = RaftInternalServer::new(InternalApi::new(handle.clone()))

@@ -9,20 +9,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rmcp::model::SubscriptionFilter;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, ErrorCode, GetPromptRequestParams, GetPromptResponse,
     Implementation, InitializeResult, ListPromptsResult, ListResourcesResult, ListToolsResult,
     PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ResultType,
     ServerCapabilities, ServerNotification,
 };
+use rmcp::model::{ProgressNotificationParam, RequestMetaObject, SubscriptionFilter};
 use rmcp::service::{
     NotificationContext, RequestContext, SubscriptionContext, SubscriptionSendError,
 };
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -137,19 +137,65 @@ impl FleetServer {
     }
 
     /// Sends `request` to a replica of `server` within the node's call timeout; the
-    /// client's cancellation cancels it upstream.
+    /// client's cancellation cancels it upstream. If the client asked for progress
+    /// (a progress token), the server's progress notifications come back to it under
+    /// its own token, before the answer.
     async fn relay(
         &self,
         server: &str,
-        request: Request,
+        mut request: Request,
         context: &RequestContext<RoleServer>,
     ) -> Result<Answer, ErrorData> {
-        tokio::select! {
-            answer = self.calls.request(server, request, self.call_timeout) => {
-                answer.map_err(mcp_error)
+        let meta = request.meta_mut();
+        let token = meta
+            .as_ref()
+            .and_then(|m| m.get_progress_token())
+            .or_else(|| context.meta.get_progress_token());
+        // The server sees what the client can do (the 2026-07-28 protocol carries it
+        // in each request), so that it may ask the client for input.
+        *meta = context.meta.client_capabilities().map(|capabilities| {
+            let mut meta = RequestMetaObject::new();
+            meta.set_client_capabilities(capabilities);
+            meta
+        });
+        let (sink, mut progressed) = match &token {
+            Some(_) => {
+                let (sink, progressed) = mpsc::channel(crate::mcp::PROGRESS_BUFFER);
+                (Some(sink), Some(progressed))
             }
-            _ = context.ct.cancelled() => Err(ErrorData::internal_error("cancelled", None)),
+            None => (None, None),
+        };
+        let call = self.calls.request(server, request, self.call_timeout, sink);
+        tokio::pin!(call);
+        let forward = |params: ProgressNotificationParam| {
+            let peer = context.peer.clone();
+            let token = token.clone();
+            async move {
+                let Some(progress_token) = token else { return };
+                // A client that cannot take it misses this notification, not the call.
+                let mut params = params;
+                params.progress_token = progress_token;
+                let send = peer.notify_progress(params);
+                let _ = tokio::time::timeout(Duration::from_millis(PROGRESS_SEND_MS), send).await;
+            }
+        };
+        let answer = loop {
+            tokio::select! {
+                answer = &mut call => break answer,
+                Some(params) = async { progressed.as_mut()?.recv().await } => {
+                    forward(params).await;
+                }
+                _ = context.ct.cancelled() => {
+                    return Err(ErrorData::internal_error("cancelled", None));
+                }
+            }
+        };
+        if let Some(progressed) = progressed.as_mut() {
+            while let Ok(params) = progressed.try_recv() {
+                forward(params).await;
+            }
         }
+        answer.map_err(mcp_error)
     }
 
     /// Calls `params.name` (the server's own name) of `server`, within `timeout` or
@@ -178,9 +224,11 @@ fn page_of<T: Clone>(
 /// The MCP error a failed call gives the client.
 pub fn mcp_error(error: CallError) -> ErrorData {
     match error {
-        CallError::UnknownTool(_) | CallError::UnknownServer(_) | CallError::Invalid(_) => {
-            ErrorData::invalid_params(error.to_string(), None)
-        }
+        CallError::UnknownTool(_)
+        | CallError::UnknownServer(_)
+        | CallError::Invalid(_)
+        | CallError::Resume(_)
+        | CallError::ReplicaGone { .. } => ErrorData::invalid_params(error.to_string(), None),
         CallError::Replica(ReplicaCallError::Mcp { code, message }) => {
             ErrorData::new(ErrorCode(code), message, None)
         }
@@ -367,22 +415,27 @@ impl ServerHandler for FleetServer {
         };
         let mut params = request;
         params.name = exposed.own.clone().into();
-        let call = self.call(&exposed.server, params, None);
-        tokio::select! {
-            outcome = call => match outcome {
-                // An upstream on an older protocol leaves the result type out; the
-                // 2026-07-28 protocol requires it (rmcp drops it again for older clients).
-                Ok(CallToolResponse::Complete(mut result)) => {
-                    result.result_type.get_or_insert(ResultType::COMPLETE);
-                    Ok(CallToolResponse::Complete(result))
-                }
-                other => other.map_err(mcp_error),
-            },
-            // The client cancelled: dropping the call cancels it upstream.
-            _ = context.ct.cancelled() => Err(ErrorData::internal_error("cancelled", None)),
+        match self
+            .relay(&exposed.server, Request::CallTool(params), &context)
+            .await?
+        {
+            // An upstream on an older protocol leaves the result type out; the
+            // 2026-07-28 protocol requires it (rmcp drops it again for older clients).
+            Answer::Tool(CallToolResponse::Complete(mut result)) => {
+                result.result_type.get_or_insert(ResultType::COMPLETE);
+                Ok(CallToolResponse::Complete(result))
+            }
+            Answer::Tool(other) => Ok(other),
+            _ => Err(ErrorData::internal_error(
+                "the answer was not a tool result",
+                None,
+            )),
         }
     }
 }
+
+/// Longest the endpoint waits for a client to take one progress notification.
+const PROGRESS_SEND_MS: u64 = 1_000;
 
 /// Serves `/mcp` on `listener` until `shutdown` resolves.
 pub async fn serve(

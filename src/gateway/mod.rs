@@ -15,6 +15,7 @@
 pub mod catalog;
 pub mod endpoint;
 pub mod names;
+pub mod resume;
 pub mod sessions;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,8 +24,10 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, GetPromptResponse, ReadResourceResponse,
+    CallToolRequestParams, CallToolResponse, GetPromptResponse, ProgressNotificationParam,
+    ReadResourceResponse,
 };
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::agent::{Answer, Directory, ReplicaCallError, Request};
@@ -66,6 +69,10 @@ pub enum CallError {
     NoReplica { server: String, why: String },
     #[error("invalid call: {0}")]
     Invalid(String),
+    #[error("invalid retry: {0}")]
+    Resume(#[from] resume::ResumeError),
+    #[error("replica {slot} of server {server:?}, which asked for input, no longer serves: send the request again from the start")]
+    ReplicaGone { server: String, slot: u32 },
     #[error(transparent)]
     Replica(#[from] ReplicaCallError),
 }
@@ -126,7 +133,7 @@ impl Calls {
         timeout: Duration,
     ) -> Result<CallToolResponse, CallError> {
         match self
-            .request(server, Request::CallTool(params), timeout)
+            .request(server, Request::CallTool(params), timeout, None)
             .await?
         {
             Answer::Tool(response) => Ok(response),
@@ -137,15 +144,19 @@ impl Calls {
     }
 
     /// Sends `request` to one replica of `server` within `timeout`: the router's
-    /// choice, and the next one only while a replica provably never got it.
+    /// choice, and the next one only while a replica provably never got it. With
+    /// `progress`, the server's progress notifications on it go there (with the
+    /// fleet's token: the caller puts its own back).
     pub async fn request(
         &self,
         server: &str,
-        request: Request,
+        mut request: Request,
         timeout: Duration,
+        progress: Option<mpsc::Sender<ProgressNotificationParam>>,
     ) -> Result<Answer, CallError> {
         let deadline = Instant::now() + timeout;
-        let candidates = {
+        let pin = resume::open(server, &mut request)?;
+        let mut candidates = {
             let state = self.reader.stale();
             if !state.registry.servers.contains_key(server) {
                 return Err(CallError::UnknownServer(server.to_string()));
@@ -158,6 +169,16 @@ impl Calls {
                 })
             }
         };
+        // A retry with its input goes back to the replica that asked for it.
+        if let Some(pin) = pin {
+            candidates.retain(|c| c.slot == pin.slot && c.epoch == pin.epoch);
+            if candidates.is_empty() {
+                return Err(CallError::ReplicaGone {
+                    server: server.to_string(),
+                    slot: pin.slot,
+                });
+            }
+        }
         let mut last = None;
         for candidate in candidates {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -166,14 +187,26 @@ impl Calls {
             }
             let outcome = if candidate.node == self.me {
                 match self.directory.get(server, candidate.slot, candidate.epoch) {
-                    Ok(replica) => replica.request(request.clone(), left).await,
+                    Ok(replica) => {
+                        replica
+                            .request(request.clone(), left, progress.clone())
+                            .await
+                    }
                     Err(error) => Err(error),
                 }
             } else {
-                self.call_remote(&candidate, server, &request, left).await
+                self.call_remote(&candidate, server, &request, left, progress.clone())
+                    .await
             };
             match outcome {
-                Ok(response) => return Ok(response),
+                Ok(mut answer) => {
+                    let pin = resume::Pin {
+                        slot: candidate.slot,
+                        epoch: candidate.epoch,
+                    };
+                    resume::seal(server, pin, &mut answer);
+                    return Ok(answer);
+                }
                 Err(error) if error.never_sent() || retry_after_send(&error) => {
                     tracing::debug!(server, slot = candidate.slot, node = candidate.node,
                         %error, "call not sent; trying the next replica");
@@ -206,6 +239,7 @@ impl Calls {
         server: &str,
         request: &Request,
         timeout: Duration,
+        progress: Option<mpsc::Sender<ProgressNotificationParam>>,
     ) -> Result<Answer, ReplicaCallError> {
         let (slot, node) = (candidate.slot, candidate.node);
         let unreachable = |reason: String| ReplicaCallError::Unreachable { node, reason };
@@ -241,29 +275,67 @@ impl Calls {
         let mut client = pb::tool_calls_client::ToolCallsClient::new(channel)
             .max_decoding_message_size(MAX_CALL_BYTES)
             .max_encoding_message_size(MAX_CALL_BYTES);
-        let reply = match tokio::time::timeout(limit, client.call_tool(request)).await {
-            Err(_) => {
-                // The callee answers a timeout itself well before this: the connection
-                // to it is likely dead.
-                self.dialer.forget(&candidate.addr);
-                return Err(ReplicaCallError::Timeout {
-                    server: server.to_string(),
-                    slot,
-                    timeout_ms: limit.as_millis() as u64,
-                });
+        let failed = |status: tonic::Status| {
+            if never_connected(&status) {
+                return unreachable(status.message().to_string());
             }
-            Ok(Err(status)) if never_connected(&status) => {
-                return Err(unreachable(status.message().to_string()))
+            self.dialer.forget(&candidate.addr);
+            ReplicaCallError::Failed {
+                server: server.to_string(),
+                slot,
+                reason: format!("node {node}: {}", status.message()),
             }
-            Ok(Err(status)) => {
-                self.dialer.forget(&candidate.addr);
-                return Err(ReplicaCallError::Failed {
-                    server: server.to_string(),
-                    slot,
-                    reason: format!("node {node}: {}", status.message()),
-                });
+        };
+        let timed_out = || {
+            // The callee answers a timeout itself well before this: the connection to
+            // it is likely dead.
+            self.dialer.forget(&candidate.addr);
+            ReplicaCallError::Timeout {
+                server: server.to_string(),
+                slot,
+                timeout_ms: limit.as_millis() as u64,
             }
-            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        let deadline = Instant::now() + limit;
+        let reply = match progress {
+            None => match tokio::time::timeout_at(deadline, client.call_tool(request)).await {
+                Err(_) => return Err(timed_out()),
+                Ok(Err(status)) => return Err(failed(status)),
+                Ok(Ok(reply)) => reply.into_inner(),
+            },
+            Some(progress) => {
+                let opened = tokio::time::timeout_at(deadline, client.call_tool_streaming(request));
+                let mut events = match opened.await {
+                    Err(_) => return Err(timed_out()),
+                    Ok(Err(status)) => return Err(failed(status)),
+                    Ok(Ok(events)) => events.into_inner(),
+                };
+                loop {
+                    use pb::call_event::Event;
+                    let event = match tokio::time::timeout_at(deadline, events.message()).await {
+                        Err(_) => return Err(timed_out()),
+                        Ok(Err(status)) => return Err(failed(status)),
+                        Ok(Ok(None)) => {
+                            return Err(ReplicaCallError::Failed {
+                                server: server.to_string(),
+                                slot,
+                                reason: format!("node {node} ended the call with no reply"),
+                            })
+                        }
+                        Ok(Ok(Some(event))) => event.event,
+                    };
+                    match event {
+                        Some(Event::Reply(reply)) => break reply,
+                        Some(Event::ProgressJson(json)) => {
+                            if let Ok(params) = serde_json::from_str(&json) {
+                                // Progress is advisory: a slow caller misses some.
+                                let _ = progress.try_send(params);
+                            }
+                        }
+                        None => {}
+                    }
+                }
+            }
         };
         from_reply(reply, method, server, candidate, timeout)
     }
@@ -383,9 +455,12 @@ pub fn to_reply(outcome: Result<Answer, ReplicaCallError>) -> pb::CallToolReply 
                 _ => 0,
             };
             let message = match &failure {
-                ReplicaCallError::Mcp { message, .. } | ReplicaCallError::Invalid(message) => {
-                    message.clone()
-                }
+                // The caller names the replica again itself.
+                ReplicaCallError::Mcp { message, .. }
+                | ReplicaCallError::Invalid(message)
+                | ReplicaCallError::Failed {
+                    reason: message, ..
+                } => message.clone(),
                 other => other.to_string(),
             };
             let limit = match &failure {

@@ -6,13 +6,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rmcp::model::{ClientRequest, ProtocolVersion};
-use rmcp::service::{ClientLifecycleMode, ClientServiceExt};
+use dashmap::DashMap;
+use rmcp::model::{
+    CancelledNotification, CancelledNotificationParam, ClientNotification, ClientRequest,
+    ProgressNotificationParam, ProgressToken, ProtocolVersion, RequestId, RequestMetaObject,
+    ServerResult,
+};
+use rmcp::service::{ClientLifecycleMode, ClientServiceExt, PeerRequestOptions, ServiceError};
 use rmcp::service::{NotificationContext, Peer, RunningService};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{ClientHandler, RoleClient};
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::task::TaskTracker;
 
 use crate::env::launcher::{Fence, Launched, McpIo, McpLauncher, ReplicaId, ServerProcess};
 use crate::registry::{Catalog, Transport};
@@ -21,11 +27,123 @@ use crate::registry::{Catalog, Transport};
 /// the replica's bulkhead bounds calls below it.
 pub const MAX_HTTP_REQUESTS_IN_FLIGHT: usize = 128;
 
-/// The client side of a replica's connection: it only listens for the server's
-/// list-changed notifications, so that the catalog is reported again.
+/// Progress notifications a route holds before it drops more (its caller is slow).
+pub const PROGRESS_BUFFER: usize = 64;
+
+/// Where the server's progress notifications go, by the progress token the fleet gave
+/// each request (one per request, so that callers sharing the connection never see
+/// one another's progress).
+#[derive(Default)]
+pub struct ProgressRoutes {
+    routes: DashMap<String, mpsc::Sender<ProgressNotificationParam>>,
+}
+
+/// A registered route; dropping it removes the route.
+pub struct ProgressRoute {
+    routes: Arc<ProgressRoutes>,
+    key: String,
+}
+
+impl Drop for ProgressRoute {
+    fn drop(&mut self) {
+        self.routes.routes.remove(&self.key);
+    }
+}
+
+fn route_key(token: &ProgressToken) -> String {
+    serde_json::to_string(token).unwrap_or_default()
+}
+
+impl ProgressRoutes {
+    /// Sends progress on `token` to `sink` until the returned route is dropped.
+    pub fn route(
+        self: &Arc<Self>,
+        token: &ProgressToken,
+        sink: mpsc::Sender<ProgressNotificationParam>,
+    ) -> ProgressRoute {
+        let key = route_key(token);
+        self.routes.insert(key.clone(), sink);
+        ProgressRoute {
+            routes: self.clone(),
+            key,
+        }
+    }
+
+    fn deliver(&self, params: ProgressNotificationParam) {
+        if let Some(sink) = self.routes.get(&route_key(&params.progress_token)) {
+            // A full route drops the notification: progress is advisory.
+            let _ = sink.try_send(params);
+        }
+    }
+}
+
+/// Longest a cancellation notice for an abandoned request may take to send.
+const CANCEL_SEND_MS: u64 = 1_000;
+
+/// The replica's connection as its callers use it: many requests in flight at once on
+/// one session.
+#[derive(Clone)]
+pub struct Upstream {
+    peer: Peer<RoleClient>,
+    progress: Arc<ProgressRoutes>,
+    tasks: TaskTracker,
+}
+
+/// Tells the server a request was abandoned, unless disarmed first.
+struct Abandoned<'a> {
+    upstream: &'a Upstream,
+    id: Option<RequestId>,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        let Some(id) = self.id.take() else { return };
+        let peer = self.upstream.peer.clone();
+        let notice = ClientNotification::CancelledNotification(CancelledNotification::new(
+            CancelledNotificationParam::new(Some(id), Some("the caller gave up".to_string())),
+        ));
+        self.upstream.tasks.spawn(async move {
+            let send = peer.send_notification(notice);
+            let _ = tokio::time::timeout(Duration::from_millis(CANCEL_SEND_MS), send).await;
+        });
+    }
+}
+
+impl Upstream {
+    /// Sends `request` and waits for its answer. `meta` goes into the request's
+    /// `_meta` over what rmcp puts there. With `progress`, the server's progress
+    /// notifications on it go there. Dropping the future before the answer sends the
+    /// server `notifications/cancelled`.
+    pub async fn send(
+        &self,
+        request: ClientRequest,
+        meta: Option<RequestMetaObject>,
+        progress: Option<mpsc::Sender<ProgressNotificationParam>>,
+    ) -> Result<ServerResult, ServiceError> {
+        let mut options = PeerRequestOptions::no_options();
+        options.meta = meta;
+        let handle = self.peer.send_request_with_option(request, options).await?;
+        // rmcp gives every request a progress token of its own, known once the request
+        // is queued; a notification back before the route is in place (it takes a
+        // round trip through the server) would be missed. Progress is advisory.
+        let _route = progress.map(|sink| self.progress.route(&handle.progress_token, sink));
+        let mut abandoned = Abandoned {
+            upstream: self,
+            id: Some(handle.id.clone()),
+        };
+        let answer = handle.await_response().await;
+        abandoned.id = None;
+        answer
+    }
+}
+
+/// The client side of a replica's connection: it listens for the server's
+/// list-changed notifications, so that the catalog is reported again, and passes its
+/// progress notifications to the callers that asked for them.
 #[derive(Clone, Default)]
 pub struct Listener {
     lists_changed: Arc<Notify>,
+    progress: Arc<ProgressRoutes>,
 }
 
 impl ClientHandler for Listener {
@@ -37,6 +155,13 @@ impl ClientHandler for Listener {
     }
     async fn on_resource_list_changed(&self, _context: NotificationContext<RoleClient>) {
         self.lists_changed.notify_one();
+    }
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        self.progress.deliver(params);
     }
 }
 
@@ -183,6 +308,16 @@ impl Connection {
     /// The shared client: every tool call to this replica goes through a clone.
     pub fn peer(&self) -> Peer<RoleClient> {
         self.client.peer().clone()
+    }
+
+    /// The shared client for callers: requests multiplexed on this connection, with
+    /// progress routed to whoever asked, and cancellation sent from `tasks`.
+    pub fn upstream(&self, tasks: TaskTracker) -> Upstream {
+        Upstream {
+            peer: self.peer(),
+            progress: self.listener.progress.clone(),
+            tasks,
+        }
     }
 
     /// Notified when the server says one of its lists changed.
