@@ -15,9 +15,28 @@ pub fn binary() -> &'static str {
 }
 
 /// A port that was free a moment ago (the kernel picks it).
+/// A port that was free a moment ago, for a process the test starts. It comes from
+/// below Linux's ephemeral range (32768 and up by default), so that no outgoing
+/// connection of the tests' many clients takes it before the process binds it; each
+/// test binary starts at its own place in the range and hands out every port once.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN);
 }
 
 /// Runs a client command against `endpoint`.
