@@ -3,13 +3,15 @@
 #  0. the real MCP servers the tests run, from npm and PyPI, if they are missing;
 #  1. `cargo test --workspace`: unit tables, the storage suite, multi-process tests on
 #     loopback, and the simulator's own tests;
-#  2. a sweep of the chaos simulation over 200 seeds (release build);
+#  2. a sweep of the chaos simulation over 200 seeds (release build), and of the
+#     write-storm scenario (exactly-once writes at a high rate) over 20;
 #  3. every deliberate bug of the simulator switched on in turn: each must be caught.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SIM_SEEDS=${SIM_SEEDS:-200}
 BUG_SEEDS=${BUG_SEEDS:-50}
+STORM_SEEDS=${STORM_SEEDS:-20}
 
 tests/install-mcp-servers.sh
 cargo test --workspace
@@ -17,6 +19,7 @@ cargo test --workspace
 cargo build --release -p mcpfleet-sim
 sim=./target/release/mcpfleet-sim
 "$sim" --seeds "$SIM_SEEDS"
+"$sim" --scenario write-storm --seeds "$STORM_SEEDS"
 
 for bug in $("$sim" --inject-bug list); do
     if output=$("$sim" --inject-bug "$bug" --seeds "$BUG_SEEDS" 2>&1); then

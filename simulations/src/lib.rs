@@ -15,6 +15,18 @@ use hyper_util::rt::TokioIo;
 use mcpfleet::config::Config;
 use mcpfleet::env::network::{endpoint, Connection, Incoming, Network, NetworkError};
 use mcpfleet::env::MemoryDisk;
+
+/// Simulated wall-clock time: the same on every host, from a fixed start.
+struct SimClock;
+
+/// 2026-01-01T00:00:00Z, where simulated wall-clock time starts.
+const SIM_EPOCH_MS: u64 = 1_767_225_600_000;
+
+impl mcpfleet::env::Clock for SimClock {
+    fn now_ms(&self) -> u64 {
+        SIM_EPOCH_MS + turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64
+    }
+}
 use mcpfleet::node::Environment;
 use mcpfleet::raft::RegistryView;
 use mcpfleet::raft::{Probe, RaftMetrics};
@@ -233,6 +245,7 @@ pub fn add_nodes(
                 network: Arc::new(TurmoilNetwork),
                 disk: disk.clone(),
                 probe: Some(node_probe.clone()),
+                clock: Arc::new(SimClock),
                 launcher: Some(Arc::new(mcp::SimLauncher::new(
                     id,
                     node_seed,

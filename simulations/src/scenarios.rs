@@ -15,6 +15,8 @@ use crate::faults::Nemesis;
 use crate::workload::{self, Event, EventKind, History, Ret, CLIENT_TIMEOUT};
 use crate::{add_nodes, client, cluster_configs, host_name, SimCluster};
 
+mod storm;
+
 /// What a finished scenario reports.
 #[derive(Debug)]
 pub struct Report {
@@ -834,7 +836,7 @@ pub fn leader_partition(seed: u64) -> Result<Report, String> {
 }
 
 /// The scenarios by name, for the command line; the first is the default.
-pub const SCENARIOS: [&str; 7] = [
+pub const SCENARIOS: [&str; 8] = [
     "chaos",
     "leader-crash",
     "leader-partition",
@@ -842,6 +844,7 @@ pub const SCENARIOS: [&str; 7] = [
     "restarted-node-drained",
     "stuck-calls",
     "crash-mid-call",
+    "write-storm",
 ];
 
 /// The scenario that catches `bug` (chaos, unless a bug needs a fault schedule of its
@@ -852,6 +855,7 @@ pub fn catches(bug: mcpfleet::env::bugs::Bug) -> &'static str {
         mcpfleet::env::bugs::Bug::ForgetOrphans => "restarted-node-drained",
         mcpfleet::env::bugs::Bug::RouteToUnavailable => "stuck-calls",
         mcpfleet::env::bugs::Bug::RetryAfterSend => "crash-mid-call",
+        mcpfleet::env::bugs::Bug::ShrinkSessionWindow => "write-storm",
         _ => "chaos",
     }
 }
@@ -876,6 +880,7 @@ pub fn run(name: &str, seed: u64, nodes: u64) -> Report {
         "restarted-node-drained" => fixed(restarted_node_drained(seed)),
         "stuck-calls" => fixed(faulty_replica(seed, ReplicaFault::Stuck)),
         "crash-mid-call" => fixed(faulty_replica(seed, ReplicaFault::CrashMidCall)),
+        "write-storm" => storm::write_storm(seed),
         other => fixed(Err(format!(
             "unknown scenario {other:?}; known: {}",
             SCENARIOS.join(", ")

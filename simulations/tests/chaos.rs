@@ -69,7 +69,8 @@ fn bug_names_are_listed_and_unknown_ones_are_usage_errors() {
             "ignore-fence-deadline",
             "retry-after-send",
             "forget-orphans",
-            "route-to-unavailable"
+            "route-to-unavailable",
+            "shrink-session-window"
         ]
     );
     let output = Command::new(env!("CARGO_BIN_EXE_mcpfleet-sim"))
@@ -89,4 +90,11 @@ fn an_injected_bug_is_caught_and_its_replay_command_printed() {
         output.contains("replay: cargo run --release -p mcpfleet-sim -- --scenario chaos --nodes 3 --inject-bug stale-follower-read --seed 1"),
         "{output}"
     );
+}
+
+#[test]
+fn a_write_storm_seed_applies_every_write_once() {
+    let (passed, output) = simulate(&["--scenario", "write-storm", "--seed", "3"]);
+    assert!(passed, "{output}");
+    assert!(output.contains("none applied twice"), "{output}");
 }

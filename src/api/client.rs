@@ -102,6 +102,9 @@ fn status_from_registry_error(error: &RegistryError) -> Status {
             Status::invalid_argument(message)
         }
         RegistryError::SessionNotFound { .. } => Status::not_found(message),
+        // Only a late copy of a write already answered gets this, and nobody waits for
+        // its answer any more.
+        RegistryError::StaleRequest { .. } => Status::aborted(message),
     }
 }
 

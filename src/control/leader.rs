@@ -401,10 +401,7 @@ impl ControlPlane {
     /// Commits `command` and returns its outcome. However often the attempt is retried
     /// (a lost answer, a leader change), the command is applied at most once.
     pub async fn propose(&self, command: Command) -> Result<Outcome, NodeError> {
-        let proposal = Proposal {
-            id: self.next_request_id(),
-            command,
-        };
+        let (proposal, _open) = self.proposal(command);
         match self
             .on_leader(LeaderOp::Propose(Box::new(proposal)))
             .await?

@@ -11,9 +11,9 @@ mod leader;
 mod peers;
 mod proposer;
 
+use std::collections::BTreeSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLockReadGuard};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -99,15 +99,35 @@ pub enum ToController {
     Forget(NodeId),
 }
 
+/// The numbers of this node's writes, and those still open (they may yet be sent).
+#[derive(Default)]
+struct OpenWrites {
+    next: u64,
+    open: BTreeSet<u64>,
+}
+
+/// Holds one write open; dropping it (the write was answered or given up on) closes it.
+struct WriteTicket<'a> {
+    writes: &'a Mutex<OpenWrites>,
+    seq: u64,
+}
+
+impl Drop for WriteTicket<'_> {
+    fn drop(&mut self) {
+        let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        writes.open.remove(&self.seq);
+    }
+}
+
 /// The running control plane of one node.
 pub struct ControlPlane {
     pub config: Config,
     pub raft: Raft,
     view: Arc<RegistryView>,
     proposer: Proposer,
-    /// Drawn at start; with `next_request` it names this node's writes (`RequestId`).
+    /// Drawn at start; with a write's number it names the write (`RequestId`).
     boot: u64,
-    next_request: AtomicU64,
+    writes: Mutex<OpenWrites>,
     peers: Arc<Peers>,
     shutdown: CancellationToken,
     /// Every task this node spawns: joined at shutdown.
@@ -141,7 +161,7 @@ impl ControlPlane {
             view: parts.view,
             proposer: parts.proposer,
             boot: parts.boot,
-            next_request: AtomicU64::new(0),
+            writes: Mutex::new(OpenWrites::default()),
             peers: parts.peers,
             shutdown: parts.shutdown,
             tasks: parts.tasks,
@@ -200,22 +220,31 @@ impl ControlPlane {
             .map_or(0, |id| id.index)
     }
 
-    /// A new id for one write of this node.
-    fn next_request_id(&self) -> RequestId {
-        RequestId {
+    /// A new write of `command`, numbered, with the floor below which every write of
+    /// this boot is done. The write counts as open (it may still be sent) until the
+    /// returned ticket is dropped.
+    fn proposal(&self, command: Command) -> (Proposal, WriteTicket<'_>) {
+        let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        let seq = writes.next;
+        writes.next += 1;
+        writes.open.insert(seq);
+        let floor = writes.open.first().copied().unwrap_or(seq);
+        let id = RequestId {
             node: self.id(),
             boot: self.boot,
-            seq: self.next_request.fetch_add(1, Ordering::Relaxed),
-        }
+            seq,
+        };
+        let ticket = WriteTicket {
+            writes: &self.writes,
+            seq,
+        };
+        (Proposal { id, floor, command }, ticket)
     }
 
     /// Commits `command` through this node's proposer only if it leads (never
     /// forwarded): the controller's path, whose proposals must fail once it is deposed.
     pub async fn propose_here(&self, command: Command) -> Result<Outcome, LeaderError> {
-        let proposal = Proposal {
-            id: self.next_request_id(),
-            command,
-        };
+        let (proposal, _open) = self.proposal(command);
         let commit = self.proposer.propose(proposal);
         tokio::time::timeout(self.request_timeout(), commit)
             .await

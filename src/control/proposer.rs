@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::LeaderError;
+use crate::env::Clock;
 use crate::raft::{Batch, Proposal, Raft};
 use crate::registry::Outcome;
 
@@ -40,9 +41,15 @@ pub struct Proposer {
 impl Proposer {
     /// Starts the proposer task for `raft` on `tasks`; it stops at `shutdown` (writes
     /// waiting then fail with "shutting down"), or when every handle is dropped.
-    pub fn start(raft: Raft, tasks: &TaskTracker, shutdown: CancellationToken) -> Proposer {
+    /// Each entry is stamped with `clock`'s time.
+    pub fn start(
+        raft: Raft,
+        clock: Arc<dyn Clock>,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Proposer {
         let (queue, pending) = mpsc::channel(MAX_PENDING_PROPOSALS);
-        tasks.spawn(run(raft, pending, tasks.clone(), shutdown));
+        tasks.spawn(run(raft, clock, pending, tasks.clone(), shutdown));
         Proposer { queue }
     }
 
@@ -61,6 +68,7 @@ impl Proposer {
 
 async fn run(
     raft: Raft,
+    clock: Arc<dyn Clock>,
     mut pending: mpsc::Receiver<Pending>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -84,7 +92,11 @@ async fn run(
         };
         let (proposals, replies): (Vec<Proposal>, Vec<Reply>) =
             waiting.drain(..).map(|p| (p.proposal, p.reply)).unzip();
-        match raft.client_write_ff(Batch { proposals }).await {
+        let batch = Batch {
+            stamp_ms: clock.now_ms(),
+            proposals,
+        };
+        match raft.client_write_ff(batch).await {
             Ok(response) => {
                 let shutdown = shutdown.clone();
                 tasks.spawn(async move {

@@ -46,10 +46,14 @@ pub enum Bug {
     /// Tool calls go to every assigned replica, whatever its health, its breaker or its
     /// node's status, and a replica lets calls through an open breaker.
     RouteToUnavailable,
+    /// The state machine remembers only the outcomes of a node's last few writes, as a
+    /// table of the last N request ids would: a write retried after more than that many
+    /// others committed is applied again.
+    ShrinkSessionWindow,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 12] = [
+    pub const ALL: [Bug; 13] = [
         Bug::AckBeforeCommit,
         Bug::StaleFollowerRead,
         Bug::SkipLogFsync,
@@ -62,6 +66,7 @@ impl Bug {
         Bug::RetryAfterSend,
         Bug::ForgetOrphans,
         Bug::RouteToUnavailable,
+        Bug::ShrinkSessionWindow,
     ];
 
     /// The name used on the simulator's command line.
@@ -79,6 +84,7 @@ impl Bug {
             Bug::RetryAfterSend => "retry-after-send",
             Bug::ForgetOrphans => "forget-orphans",
             Bug::RouteToUnavailable => "route-to-unavailable",
+            Bug::ShrinkSessionWindow => "shrink-session-window",
         }
     }
 

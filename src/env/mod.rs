@@ -14,6 +14,25 @@ pub use disk::{Disk, DiskError, MemoryDisk, SledDisk};
 pub use network::{Connection, Incoming, Network, NetworkError, TcpNetwork};
 pub use runtime::SeededRuntime;
 
+/// Time that means the same on every node: the leader stamps log entries with it, and
+/// the state machine expires client sessions by those stamps. Node logic reads the
+/// wall clock only through this seam; the simulator supplies simulated time.
+pub trait Clock: Send + Sync {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+}
+
+/// The operating system's wall clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
 /// A seed drawn from the operating system: the one place entropy enters a production
 /// node. Everything inside the node derives from it.
 pub fn entropy_seed() -> u64 {

@@ -31,6 +31,8 @@ pub struct Environment {
     /// Starts and reaches MCP servers. A node without one runs no replicas (it still
     /// heartbeats and takes part in placement).
     pub launcher: Option<Arc<dyn crate::env::launcher::McpLauncher>>,
+    /// The wall clock the node stamps its log entries with as leader.
+    pub clock: Arc<dyn crate::env::Clock>,
 }
 
 impl Environment {
@@ -42,6 +44,7 @@ impl Environment {
             disk,
             probe: None,
             launcher: None,
+            clock: Arc::new(crate::env::SystemClock),
         }
     }
 }
@@ -102,7 +105,12 @@ pub async fn run(
         config: config.clone(),
         raft: raft.clone(),
         view,
-        proposer: Proposer::start(raft.clone(), &tasks, shutdown_token.clone()),
+        proposer: Proposer::start(
+            raft.clone(),
+            env.clock.clone(),
+            &tasks,
+            shutdown_token.clone(),
+        ),
         boot: env.seed,
         peers: Arc::new(Peers::new(env.network.clone())),
         shutdown: shutdown_token.clone(),

@@ -11,6 +11,7 @@ pub mod incarnation;
 pub mod log_store;
 pub mod network;
 pub mod probe;
+pub mod sessions;
 pub mod state_machine;
 
 use std::io::Cursor;
@@ -18,7 +19,7 @@ use std::io::Cursor;
 pub use log_store::LogStore;
 pub use network::NetworkFactory;
 pub use probe::{Probe, RaftMetrics};
-pub use state_machine::{RecentRequests, RegistryView, StateMachineStore, WatchMessage};
+pub use state_machine::{RegistryView, StateMachineStore, WatchMessage};
 
 use serde::{Deserialize, Serialize};
 
@@ -35,10 +36,14 @@ pub struct RequestId {
 }
 
 /// A registry command with the id that makes retrying it safe: the state machine
-/// applies each id at most once and answers a repeat with the first outcome.
+/// applies each id at most once and answers a repeat with the first outcome (see
+/// `sessions`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
     pub id: RequestId,
+    /// Every write of this node's boot numbered below this was answered or given up on
+    /// when this one was made: none of them is sent again.
+    pub floor: u64,
     pub command: Command,
 }
 
@@ -47,6 +52,9 @@ pub struct Proposal {
 /// for all of them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
+    /// The leader's clock when it made the entry (ms since the Unix epoch): the only
+    /// time the state machine knows, for expiring client sessions.
+    pub stamp_ms: u64,
     pub proposals: Vec<Proposal>,
 }
 

@@ -1,8 +1,9 @@
 //! The Raft state machine: the registry in memory, made durable through snapshots on
-//! the `Disk` seam (the log holds everything after the last snapshot). It also keeps
-//! a bounded history of server changes for watchers.
+//! the `Disk` seam (the log holds everything after the last snapshot), and the client
+//! sessions that apply each write at most once. It also keeps a bounded history of
+//! server changes for watchers.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::Cursor;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -15,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use super::codec::{decode, encode};
-use super::{io_error, LogId, Node, NodeId, RequestId, StorageError, TypeConfig};
+use super::sessions::{Admission, Sessions, Window};
+use super::{io_error, LogId, Node, NodeId, StorageError, TypeConfig};
 use crate::env::bugs::{self, Bug};
 use crate::env::Disk;
 use crate::registry::LogPosition;
@@ -27,44 +29,11 @@ pub const WATCH_HISTORY_LEN: usize = 4_096;
 /// Changes buffered per live watcher before it is cut off as too slow.
 pub const WATCH_BUFFER_LEN: usize = 1_024;
 
-/// Request ids remembered for deduplication. A node retries a write only after an
-/// ambiguous failure (a lost answer, a leader change) and only within its request
-/// timeout; during a leader change nothing else commits, and a lost answer is retried
-/// within milliseconds, so the writes in between are far fewer than this. The table is
-/// part of every snapshot, which is why it is not larger.
-pub const RECENT_REQUESTS_LEN: usize = 4_096;
-
-/// The outcomes of the most recent proposals, by request id. Replicated (it is part of
-/// the snapshot), so every node answers a retried proposal the same way.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecentRequests {
-    outcomes: BTreeMap<RequestId, Outcome>,
-    /// Oldest first; evicted beyond `RECENT_REQUESTS_LEN`.
-    order: VecDeque<RequestId>,
-}
-
-impl RecentRequests {
-    pub fn get(&self, id: &RequestId) -> Option<&Outcome> {
-        self.outcomes.get(id)
-    }
-
-    fn remember(&mut self, id: RequestId, outcome: Outcome) {
-        if self.outcomes.insert(id, outcome).is_none() {
-            self.order.push_back(id);
-        }
-        while self.order.len() > RECENT_REQUESTS_LEN {
-            if let Some(oldest) = self.order.pop_front() {
-                self.outcomes.remove(&oldest);
-            }
-        }
-    }
-}
-
 /// What a snapshot holds: the replicated state.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct SnapshotState {
     registry: Registry,
-    recent: RecentRequests,
+    sessions: Sessions,
 }
 
 /// What a live watcher receives.
@@ -79,7 +48,7 @@ pub enum WatchMessage {
 #[derive(Debug, Default)]
 pub struct Applied {
     pub registry: Registry,
-    pub recent: RecentRequests,
+    pub sessions: Sessions,
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership<NodeId, Node>,
     history: VecDeque<Change>,
@@ -163,7 +132,7 @@ impl StateMachineStore {
                 .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
             applied.history_floor = state.registry.revision;
             applied.registry = state.registry;
-            applied.recent = state.recent;
+            applied.sessions = state.sessions;
             applied.last_applied = stored.meta.last_log_id;
             applied.membership = stored.meta.last_membership.clone();
         }
@@ -200,7 +169,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             let applied = self.view.read();
             let state = SnapshotState {
                 registry: applied.registry.clone(),
-                recent: applied.recent.clone(),
+                sessions: applied.sessions.clone(),
             };
             let data = encode(&state)
                 .map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
@@ -250,10 +219,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 EntryPayload::Blank => Vec::new(),
                 EntryPayload::Normal(batch) => {
                     let mut entry_outcomes = Vec::with_capacity(batch.proposals.len());
+                    applied.sessions.advance(batch.stamp_ms);
                     for proposal in &batch.proposals {
                         // A retried proposal gets the outcome of its first application.
-                        if let Some(outcome) = applied.recent.get(&proposal.id) {
-                            entry_outcomes.push(outcome.clone());
+                        if let Admission::Answered(outcome) = applied.sessions.admit(&proposal.id) {
+                            entry_outcomes.push(outcome);
                             continue;
                         }
                         let position = LogPosition {
@@ -269,7 +239,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                             let accepted = matches!(outcome, Outcome::Applied { .. });
                             probe.plan_applied(*id, *term, position, accepted);
                         }
-                        applied.recent.remember(proposal.id, outcome.clone());
+                        applied.sessions.record(
+                            &proposal.id,
+                            proposal.floor,
+                            outcome.clone(),
+                            session_window(),
+                        );
                         if let Some(change) = change {
                             if applied.history.len() >= WATCH_HISTORY_LEN {
                                 if let Some(dropped) = applied.history.pop_front() {
@@ -324,7 +299,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         applied.history.clear();
         applied.history_floor = state.registry.revision;
         applied.registry = state.registry;
-        applied.recent = state.recent;
+        applied.sessions = state.sessions;
         applied.last_applied = meta.last_log_id;
         applied.membership = meta.last_membership.clone();
         let _ = self.changes().send(WatchMessage::Reset);
@@ -358,6 +333,16 @@ impl StateMachineStore {
 
     fn changes(&self) -> &broadcast::Sender<WatchMessage> {
         &self.view.changes
+    }
+}
+
+/// How client sessions forget. The ShrinkSessionWindow bug enters here: a session keeps
+/// only its last few outcomes, without raising its floor.
+fn session_window() -> Window {
+    if bugs::active(Bug::ShrinkSessionWindow) {
+        Window::Forgetful(8)
+    } else {
+        Window::default()
     }
 }
 

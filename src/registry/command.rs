@@ -171,4 +171,6 @@ pub enum RegistryError {
     InvalidSession { reason: String },
     #[error("session {id:?} not found")]
     SessionNotFound { id: String },
+    #[error("write {seq} of this node was answered before; a late copy is not applied")]
+    StaleRequest { seq: u64 },
 }
