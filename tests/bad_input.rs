@@ -234,6 +234,29 @@ fn bad_serve_flags_and_data_dirs_are_refused() -> Result<()> {
     ]);
     assert_refused(&output, "corrupt")?;
 
+    // A data dir written in another format version (here: said to be version 1).
+    let older = dir.path().join("older");
+    std::fs::create_dir_all(&older)?;
+    copy_dir(&data, &older)?;
+    tokio::runtime::Builder::new_current_thread()
+        .build()?
+        .block_on(async {
+            use mcpfleet::env::Disk;
+            let disk = mcpfleet::env::SledDisk::open(&older)?;
+            disk.put_meta("format", 1u32.to_be_bytes().to_vec()).await?;
+            disk.sync().await
+        })?;
+    let older_arg = older.display().to_string();
+    let output = serve(&[
+        "--id",
+        "1",
+        "--listen",
+        &second_listen,
+        "--data",
+        &older_arg,
+    ]);
+    assert_refused(&output, "written in format version 1")?;
+
     // A data dir that is a file.
     let file = dir.path().join("file");
     std::fs::write(&file, b"not a directory")?;

@@ -64,6 +64,10 @@ pub async fn run(
             config.data_dir.display()
         ))
     };
+    // Before anything is decoded: a data dir of another format would be misread.
+    crate::raft::format::check_or_record(env.disk.as_ref())
+        .await
+        .map_err(|e| NodeError::Storage(format!("data dir {}: {e}", config.data_dir.display())))?;
     let log_store = LogStore::open(env.disk.clone()).map_err(corrupt)?;
     let mut state_machine = StateMachineStore::open(env.disk.clone()).map_err(corrupt)?;
     if let Some(probe) = &env.probe {

@@ -7,6 +7,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod codec;
+pub mod format;
 pub mod incarnation;
 pub mod log_store;
 pub mod network;
