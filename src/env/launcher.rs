@@ -224,17 +224,51 @@ impl McpLauncher for ProcessLauncher {
 }
 
 /// Reads a server's stderr to the end (so it never blocks on a full pipe), keeping the
-/// last few lines.
-async fn keep_stderr_tail(stderr: tokio::process::ChildStderr, tail: Arc<Mutex<VecDeque<String>>>) {
-    let mut lines = BufReader::new(stderr).lines();
-    while let Ok(Some(mut line)) = lines.next_line().await {
-        tracing::debug!(target: "mcpfleet::mcp_stderr", "{line}");
-        crate::registry::truncate_utf8(&mut line, STDERR_LINE_BYTES);
-        let Ok(mut tail) = tail.lock() else { return };
-        if tail.len() == STDERR_TAIL_LINES {
-            tail.pop_front();
+/// last few lines. However long a line is, at most `STDERR_LINE_BYTES` of it are held
+/// (the rest is skipped, and the kept part ends in "..."); bytes that are not UTF-8
+/// become U+FFFD. (tokio's line readers would either hold a whole line or stop reading
+/// at the first invalid byte, and a server that is not read blocks.)
+async fn keep_stderr_tail(
+    stderr: impl AsyncRead + Unpin,
+    tail: Arc<Mutex<VecDeque<String>>>,
+) {
+    let keep = |line: &[u8], cut: bool| {
+        let mut text = String::from_utf8_lossy(line).into_owned();
+        crate::registry::truncate_utf8(&mut text, STDERR_LINE_BYTES);
+        if cut {
+            text.push_str("...");
         }
-        tail.push_back(line);
+        tracing::debug!(target: "mcpfleet::mcp_stderr", "{text}");
+        if let Ok(mut tail) = tail.lock() {
+            if tail.len() == STDERR_TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(text);
+        }
+    };
+    let mut reader = BufReader::new(stderr);
+    let mut line = Vec::with_capacity(STDERR_LINE_BYTES);
+    let mut cut = false;
+    loop {
+        let buffer = match reader.fill_buf().await {
+            Ok([]) | Err(_) => break,
+            Ok(buffer) => buffer,
+        };
+        let newline = buffer.iter().position(|b| *b == b'\n');
+        let chunk = &buffer[..newline.unwrap_or(buffer.len())];
+        let room = STDERR_LINE_BYTES.saturating_sub(line.len());
+        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        cut |= chunk.len() > room;
+        let used = newline.map_or(buffer.len(), |i| i + 1);
+        reader.consume(used);
+        if newline.is_some() {
+            keep(&line, cut);
+            line.clear();
+            cut = false;
+        }
+    }
+    if !line.is_empty() {
+        keep(&line, cut);
     }
 }
 
@@ -631,5 +665,36 @@ async fn kill_tree(cgroup: Option<&super::process_tree::ReplicaCgroup>, signal: 
                 process_tree::signal_descendants(signal);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn stderr_lines_of_any_length_or_encoding_are_kept_short_and_read_to_the_end() {
+        let mut stderr = vec![b'x'; 4 * 1024 * 1024];
+        stderr.extend_from_slice(b"\nbad \xff\xfe bytes\n");
+        for n in 0..10 {
+            stderr.extend_from_slice(format!("line {n}\n").as_bytes());
+        }
+        stderr.extend_from_slice(b"last words, no newline");
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        keep_stderr_tail(stderr.as_slice(), tail.clone()).await;
+        let tail: Vec<String> = tail.lock().unwrap().iter().cloned().collect();
+        assert_eq!(
+            tail,
+            ["line 6", "line 7", "line 8", "line 9", "last words, no newline"]
+        );
+
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let mut stderr = vec![b'y'; 100_000];
+        stderr.extend_from_slice(b"\nbad \xff bytes\n");
+        keep_stderr_tail(stderr.as_slice(), tail.clone()).await;
+        let tail: Vec<String> = tail.lock().unwrap().iter().cloned().collect();
+        assert_eq!(tail.len(), 2);
+        assert_eq!(tail[0], format!("{}...", "y".repeat(STDERR_LINE_BYTES)));
+        assert_eq!(tail[1], "bad \u{fffd} bytes");
     }
 }
