@@ -228,10 +228,7 @@ impl McpLauncher for ProcessLauncher {
 /// (the rest is skipped, and the kept part ends in "..."); bytes that are not UTF-8
 /// become U+FFFD. (tokio's line readers would either hold a whole line or stop reading
 /// at the first invalid byte, and a server that is not read blocks.)
-async fn keep_stderr_tail(
-    stderr: impl AsyncRead + Unpin,
-    tail: Arc<Mutex<VecDeque<String>>>,
-) {
+async fn keep_stderr_tail(stderr: impl AsyncRead + Unpin, tail: Arc<Mutex<VecDeque<String>>>) {
     let keep = |line: &[u8], cut: bool| {
         let mut text = String::from_utf8_lossy(line).into_owned();
         crate::registry::truncate_utf8(&mut text, STDERR_LINE_BYTES);
@@ -685,7 +682,13 @@ mod tests {
         let tail: Vec<String> = tail.lock().unwrap().iter().cloned().collect();
         assert_eq!(
             tail,
-            ["line 6", "line 7", "line 8", "line 9", "last words, no newline"]
+            [
+                "line 6",
+                "line 7",
+                "line 8",
+                "line 9",
+                "last words, no newline"
+            ]
         );
 
         let tail = Arc::new(Mutex::new(VecDeque::new()));

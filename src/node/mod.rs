@@ -218,6 +218,15 @@ pub async fn run(
                     break Err(error);
                 }
             }
+            fatal = raft_stopped(raft.clone()) => {
+                tracing::error!(%fatal, "Raft stopped");
+                // sled flushes when its database is dropped, and on a full or failing
+                // disk that flush waits for ever: this disk is never dropped.
+                std::mem::forget(env.disk.clone());
+                break Err(NodeError::Storage(format!(
+                    "Raft stopped: {fatal}; the node exits so that it can be restarted"
+                )));
+            }
             reason = incarnations.replaced() => {
                 tracing::error!(%reason, "this node was refused by the cluster");
                 break Err(NodeError::Rejected(reason));
@@ -228,6 +237,21 @@ pub async fn run(
     tracing::info!(id, "shutting down");
     stop(&control, &shutdown_token, &tasks).await;
     result
+}
+
+/// Resolves when Raft's core has stopped on a fatal error (a disk that fails or is
+/// full): the node can then neither vote nor apply, and must not linger as if alive.
+async fn raft_stopped(raft: crate::raft::Raft) -> String {
+    let mut metrics = raft.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow_and_update().running_state {
+            return fatal.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            // Raft shut down (the node is stopping): nothing to report.
+            return std::future::pending().await;
+        }
+    }
 }
 
 /// Stops every task the node started (the agent stops every MCP server it runs before

@@ -14,7 +14,6 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_mcpfleet")
 }
 
-/// A port that was free a moment ago (the kernel picks it).
 /// A port that was free a moment ago, for a process the test starts. It comes from
 /// below Linux's ephemeral range (32768 and up by default), so that no outgoing
 /// connection of the tests' many clients takes it before the process binds it; each
