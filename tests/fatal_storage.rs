@@ -54,7 +54,7 @@ fn a_node_whose_disk_fills_up_exits_with_one_line() -> Result<()> {
             let stderr = String::from_utf8_lossy(&output.stderr);
             let last: Vec<&str> = stderr.lines().rev().take(6).collect();
             bail!(
-                "the node still runs after {written} writes of 60 KiB onto 8 MiB and                  {failed} refused ones; its last lines: {}",
+                "the node still runs after {written} writes of 60 KiB onto 8 MiB and {failed} refused ones; its last lines: {}",
                 last.join(" | ")
             );
         }

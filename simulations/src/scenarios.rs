@@ -712,6 +712,12 @@ async fn observe_leaders(nodes: &[u64]) -> Vec<(u64, u64)> {
 /// a leader and acknowledge a write; a write sent to the old leader must not be
 /// acknowledged while it is cut off. After the partition heals, every node must hold
 /// every acknowledged write, and no term may ever have had two leaders.
+/// How long the leader stays cut off in `leader-partition`.
+const MINORITY_PARTITION: Duration = Duration::from_secs(8);
+/// By when, after the cut, the cut-off leader must answer the write sent to it (its
+/// request deadline is 5 s).
+const MINORITY_ANSWER_BOUND: Duration = Duration::from_millis(6_500);
+
 pub fn leader_partition(seed: u64) -> Result<Report, String> {
     let mut sim = lan_sim(seed);
     let disks = add_nodes(&mut sim, seed, cluster_configs(3), Duration::ZERO).disks;
@@ -722,9 +728,10 @@ pub fn leader_partition(seed: u64) -> Result<Report, String> {
     for other in &majority {
         sim.partition(host_name(isolated), host_name(*other));
     }
+    let cut_at = sim.elapsed();
     events
         .borrow_mut()
-        .push(format!("cut node {isolated} off at {:?}", sim.elapsed()));
+        .push(format!("cut node {isolated} off at {cut_at:?}"));
 
     let acknowledged = Rc::new(RefCell::new(vec!["before".to_string()]));
     let (log, done, seen, acked) = (
@@ -748,10 +755,15 @@ pub fn leader_partition(seed: u64) -> Result<Report, String> {
         Ok(())
     });
     let (log, acked) = (events.clone(), acknowledged.clone());
+    let minority_answered = Rc::new(std::cell::Cell::new(None::<Duration>));
+    let answered = minority_answered.clone();
     sim.client("client-minority", async move {
         // One attempt through the cut-off node: it cannot reach a quorum, so it must
-        // not acknowledge while the partition lasts.
-        match client(isolated).put_server(spec("minority")).await {
+        // not acknowledge while the partition lasts, and must answer within its
+        // request deadline rather than hold the write until the partition heals.
+        let attempt = client(isolated).put_server(spec("minority")).await;
+        answered.set(Some(turmoil::sim_elapsed().unwrap_or_default()));
+        match attempt {
             Ok(response) => {
                 acked.borrow_mut().push("minority".into());
                 log.borrow_mut().push(format!(
@@ -770,10 +782,27 @@ pub fn leader_partition(seed: u64) -> Result<Report, String> {
         || *done.borrow(),
         "before the majority acknowledged a write",
     )?;
+    // The partition lasts past the cut-off node's 5 s request deadline.
+    while sim.elapsed() < cut_at + MINORITY_PARTITION {
+        sim.step().map_err(|e| e.to_string())?;
+    }
     if acknowledged.borrow().iter().any(|n| n == "minority") {
         return Err(format!(
             "node {isolated} acknowledged a write while cut off from the majority"
         ));
+    }
+    match minority_answered.get() {
+        Some(at) if at <= cut_at + MINORITY_ANSWER_BOUND => {}
+        answered => {
+            return Err(format!(
+                "node {isolated}, cut off, held a write for {:?} with {}: its write path has no deadline",
+                MINORITY_PARTITION,
+                match answered {
+                    Some(at) => format!("an answer only after {:?}", at - cut_at),
+                    None => "no answer".to_string(),
+                }
+            ))
+        }
     }
     for other in &majority {
         sim.repair(host_name(isolated), host_name(*other));

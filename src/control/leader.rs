@@ -114,7 +114,14 @@ impl ControlPlane {
         let mut last_hint = self.known_leader();
         loop {
             let attempt = match self.known_leader() {
-                Some((id, _)) if id == self.id() => self.execute_local(op.clone()).await,
+                // A leader cut off from its quorum would hold its own write until the
+                // partition heals: it gets the request's time, no more.
+                Some((id, _)) if id == self.id() => {
+                    match tokio::time::timeout_at(deadline, self.execute_local(op.clone())).await {
+                        Ok(result) => result,
+                        Err(_) => Err(LeaderError::NotLeader { leader: None }),
+                    }
+                }
                 Some((id, addr)) => {
                     last_hint = Some((id, addr.clone()));
                     // A leader that is cut off but alive would hold the call until the

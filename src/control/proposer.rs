@@ -6,6 +6,7 @@
 //! flight. A lone write is submitted at once, so batching adds no delay.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::error::ClientWriteError;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -42,14 +43,24 @@ impl Proposer {
     /// Starts the proposer task for `raft` on `tasks`; it stops at `shutdown` (writes
     /// waiting then fail with "shutting down"), or when every handle is dropped.
     /// Each entry is stamped with `clock`'s time.
+    /// A batch not committed within `commit_timeout` is given up on (its writers
+    /// hear "not the leader"), so that a leader cut off from its quorum does not hold
+    /// its places for batches in flight until the partition heals.
     pub fn start(
         raft: Raft,
         clock: Arc<dyn Clock>,
+        commit_timeout: Duration,
         tasks: &TaskTracker,
         shutdown: CancellationToken,
     ) -> Proposer {
         let (queue, pending) = mpsc::channel(MAX_PENDING_PROPOSALS);
-        tasks.spawn(run(raft, clock, pending, tasks.clone(), shutdown));
+        let batches = Batches {
+            raft,
+            clock,
+            commit_timeout,
+            tasks: tasks.clone(),
+        };
+        tasks.spawn(run(batches, pending, shutdown));
         Proposer { queue }
     }
 
@@ -66,13 +77,21 @@ impl Proposer {
     }
 }
 
-async fn run(
+/// What the proposer task submits batches with.
+struct Batches {
     raft: Raft,
     clock: Arc<dyn Clock>,
-    mut pending: mpsc::Receiver<Pending>,
+    commit_timeout: Duration,
     tasks: TaskTracker,
-    shutdown: CancellationToken,
-) {
+}
+
+async fn run(batches: Batches, mut pending: mpsc::Receiver<Pending>, shutdown: CancellationToken) {
+    let Batches {
+        raft,
+        clock,
+        commit_timeout,
+        tasks,
+    } = batches;
     let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
     let mut waiting = Vec::with_capacity(MAX_BATCH_COMMANDS);
     loop {
@@ -102,11 +121,15 @@ async fn run(
                 tasks.spawn(async move {
                     // At shutdown the callers hear "shutting down" (their replies drop).
                     let result = tokio::select! {
-                        result = response => result,
+                        result = tokio::time::timeout(commit_timeout, response) => result,
                         _ = shutdown.cancelled() => return,
                     };
                     drop(permit);
-                    deliver(result, replies);
+                    match result {
+                        Ok(result) => deliver(result, replies),
+                        // It may still commit; the writers retry under their ids.
+                        Err(_) => fail_all(replies, LeaderError::NotLeader { leader: None }),
+                    }
                 });
             }
             Err(fatal) => fail_all(replies, LeaderError::Failed(fatal.to_string())),

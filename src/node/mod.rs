@@ -112,6 +112,7 @@ pub async fn run(
         proposer: Proposer::start(
             raft.clone(),
             env.clock.clone(),
+            Duration::from_millis(config.request_timeout_ms),
             &tasks,
             shutdown_token.clone(),
         ),
