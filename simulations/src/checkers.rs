@@ -54,18 +54,18 @@ pub struct AppliedStates {
 }
 
 impl AppliedStates {
-    /// Records that `node` has applied up to `index`; `fingerprint` hashes its state and
-    /// is called only when the index moved.
+    /// Records that `node` has applied up to `index`; `fingerprint` checks its state
+    /// and hashes it, and is called only when the index moved.
     pub fn observe(
         &mut self,
         node: u64,
         index: u64,
-        fingerprint: impl FnOnce() -> u64,
+        fingerprint: impl FnOnce() -> Result<u64, String>,
     ) -> Result<(), String> {
         if self.last_index.insert(node, index) == Some(index) {
             return Ok(());
         }
-        let hash = fingerprint();
+        let hash = fingerprint()?;
         match self.by_index.get(&index) {
             Some((first, expected)) if *expected != hash && *first == node => Err(format!(
                 "node {node} applied index {index} twice with different results (its log \

@@ -971,7 +971,15 @@ fn observe(
             }
             let applied = window.view.read();
             let index = applied.last_applied.map_or(0, |log_id| log_id.index);
-            states.observe(*id, index, || registry_fingerprint(&applied.registry))?;
+            states.observe(*id, index, || {
+                // DESIGN's invariant 4, among the registry's own: checked on every
+                // state each node applies, in release builds too.
+                applied
+                    .registry
+                    .check_invariants()
+                    .map_err(|broken| format!("node {id} at applied index {index}: {broken}"))?;
+                Ok(registry_fingerprint(&applied.registry))
+            })?;
         }
         Ok(leader.map(|(_, id)| id))
     })

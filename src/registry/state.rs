@@ -507,12 +507,15 @@ impl Registry {
                 .or_default()
                 .push(assignment.node_id);
         }
+        // The scheduler leaves a slot unplaced rather than double up (DESIGN invariant
+        // 4), and a plan that doubles up is refused: never two on one node.
         for (server, mut nodes) in nodes_per_server {
-            let count = nodes.len();
             nodes.sort_unstable();
-            nodes.dedup();
-            if nodes.len() != count && nodes.len() < self.nodes.len() {
-                return Err(format!("server {server:?} has two replicas on one node"));
+            if let Some(pair) = nodes.windows(2).find(|pair| pair[0] == pair[1]) {
+                return Err(format!(
+                    "server {server:?} has two replicas on node {}",
+                    pair[0]
+                ));
             }
         }
         Ok(())

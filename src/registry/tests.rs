@@ -435,6 +435,34 @@ fn plans_apply_only_in_the_term_that_made_them() {
     registry.check_invariants().unwrap();
 }
 
+#[test]
+fn the_invariant_check_refuses_two_replicas_of_a_server_on_one_node() {
+    // Two nodes and three replicas: the scheduler leaves the third unplaced rather than
+    // doubling up, so a registry that doubles up is wrong even with every node in use.
+    let mut registry = Registry::default();
+    registry.apply(&Command::PutNode { node: node(1) });
+    registry.apply(&Command::PutNode { node: node(2) });
+    registry.apply(&put(with(echo("a"), |s| s.replicas = 3)));
+    let at = LogPosition { term: 1, index: 10 };
+    let plan = Command::ApplyPlan {
+        term: 1,
+        placements: vec![place("a", 0, Some(1)), place("a", 1, Some(2))],
+    };
+    assert!(matches!(
+        registry.apply_at(&plan, at).0,
+        Outcome::Applied { .. }
+    ));
+    registry.check_invariants().unwrap();
+    let mut doubled = registry.clone();
+    let mut third = doubled.assignments[&("a".to_string(), 0)].clone();
+    third.epoch += 1;
+    doubled.assignments.insert(("a".into(), 2), third);
+    assert_eq!(
+        doubled.check_invariants(),
+        Err("server \"a\" has two replicas on node 1".to_string())
+    );
+}
+
 fn healthy_on(node_id: NodeId) -> ReplicaHealth {
     ReplicaHealth {
         node_id,
