@@ -611,42 +611,195 @@ fn nodes_register_and_report_health_only_for_their_current_assignment() {
     registry.check_invariants().unwrap();
 }
 
-fn arbitrary_command() -> impl Strategy<Value = Command> {
+/// One step of a fuzzed log: a command of any kind production proposes (`PutNode`
+/// only in tests, so not here), and the term of the entry that carries it. A report
+/// may name the epoch of the slot's current assignment, found when it is applied, so
+/// that reports are not all stale.
+#[derive(Clone, Debug)]
+struct Step {
+    term: u64,
+    command: Command,
+    current_epoch: bool,
+}
+
+fn arbitrary_step() -> impl Strategy<Value = Step> {
     let name = prop::sample::select(vec!["a", "b", "c", "bad name", ""]);
-    prop_oneof![
-        (name.clone(), 0u32..4, prop::option::of(0u64..6)).prop_map(|(n, replicas, cas)| {
-            Command::PutServer {
-                spec: with(echo(n), |s| s.replicas = replicas),
+    let node_id = 1u64..5;
+    let slot = 0u32..3;
+    let status = prop_oneof![Just(NodeStatus::Up), Just(NodeStatus::Down)];
+    let admin = prop_oneof![Just(AdminState::Active), Just(AdminState::Draining)];
+    let health = (node_id.clone(), any::<bool>()).prop_map(|(id, healthy)| {
+        let mut health = healthy_on(id);
+        if !healthy {
+            health.state = ReplicaState::CrashLoop;
+            health.last_error = Some("exited".into());
+        }
+        health
+    });
+    let catalog = (0u64..4, 0usize..3).prop_map(|(transport_revision, tools)| Catalog {
+        transport_revision,
+        server_info: "s 1.0".into(),
+        tools: format!(
+            "[{}]",
+            vec![r#"{"name":"t","inputSchema":{"type":"object"}}"#; tools].join(",")
+        ),
+        prompts: "[]".into(),
+        resources: "[]".into(),
+    });
+    let placement = (
+        name.clone(),
+        slot.clone(),
+        prop::option::of(node_id.clone()),
+    )
+        .prop_map(|(server, slot, node)| place(server, slot, node));
+    let command = prop_oneof![
+        (
+            name.clone(),
+            0u32..4,
+            prop::option::of(0u64..6),
+            any::<bool>()
+        )
+            .prop_map(|(n, replicas, cas, tagged)| Command::PutServer {
+                spec: with(echo(n), |s| {
+                    s.replicas = replicas;
+                    if tagged {
+                        s.node_tags = vec!["gpu".into()];
+                    }
+                }),
                 expected_revision: cas,
-            }
-        }),
-        (name, prop::option::of(0u64..6)).prop_map(|(n, cas)| Command::DeleteServer {
+            }),
+        (name.clone(), prop::option::of(0u64..6)).prop_map(|(n, cas)| Command::DeleteServer {
             name: n.into(),
             expected_revision: cas,
         }),
-        (1u64..4).prop_map(|id| Command::PutNode { node: node(id) }),
-        (1u64..4).prop_map(|id| Command::RemoveNode { id }),
-    ]
+        node_id.clone().prop_map(|id| Command::RemoveNode { id }),
+        (
+            node_id.clone(),
+            any::<bool>(),
+            1u64..3,
+            prop::option::of(0u32..3)
+        )
+            .prop_map(
+                |(id, tagged, incarnation, capacity)| Command::RegisterNode {
+                    id,
+                    addr: format!("127.0.0.1:{}", 7000 + id),
+                    tags: if tagged { vec!["gpu".into()] } else { vec![] },
+                    capacity,
+                    incarnation,
+                }
+            ),
+        (node_id.clone(), status).prop_map(|(id, status)| Command::SetNodeStatus { id, status }),
+        (node_id.clone(), admin).prop_map(|(id, admin)| Command::SetNodeAdmin { id, admin }),
+        (name.clone(), slot.clone(), 0u64..60, health).prop_map(|(n, slot, epoch, health)| {
+            Command::ReportHealth {
+                server: n.into(),
+                slot,
+                epoch,
+                health,
+            }
+        }),
+        (name.clone(), slot, 0u64..60, node_id, catalog).prop_map(
+            |(n, slot, epoch, node_id, catalog)| Command::ReportCatalog {
+                server: n.into(),
+                slot,
+                epoch,
+                node_id,
+                catalog,
+            }
+        ),
+        (prop::sample::select(vec!["s1", "s2", ""]), any::<bool>()).prop_map(|(id, open)| {
+            if open {
+                Command::PutSession {
+                    id: id.into(),
+                    initialize: "{}".into(),
+                }
+            } else {
+                Command::DeleteSession { id: id.into() }
+            }
+        }),
+        (1u64..4, prop::collection::vec(placement, 0..4))
+            .prop_map(|(term, placements)| Command::ApplyPlan { term, placements }),
+    ];
+    (1u64..4, command, any::<bool>()).prop_map(|(term, command, current_epoch)| Step {
+        term,
+        command,
+        current_epoch,
+    })
+}
+
+/// The step's command as it is to be applied to `registry`: a report that asks for
+/// it is about the first current assignment, with its epoch and node.
+fn concrete(step: &Step, registry: &Registry) -> Command {
+    let mut command = step.command.clone();
+    let first = registry.assignments.keys().next().cloned();
+    let (true, Some((first_server, first_slot))) = (step.current_epoch, first) else {
+        return command;
+    };
+    match &mut command {
+        Command::ReportHealth { server, slot, .. }
+        | Command::ReportCatalog { server, slot, .. } => {
+            *server = first_server;
+            *slot = first_slot;
+        }
+        _ => return command,
+    }
+    match &mut command {
+        Command::ReportHealth {
+            server,
+            slot,
+            epoch,
+            health,
+        } => {
+            if let Some(assignment) = registry.assignments.get(&(server.clone(), *slot)) {
+                *epoch = assignment.epoch;
+                health.node_id = assignment.node_id;
+            }
+            if let Some(record) = registry.servers.get(server) {
+                health.transport_revision = record.transport_revision;
+            }
+        }
+        Command::ReportCatalog {
+            server,
+            slot,
+            epoch,
+            node_id,
+            catalog,
+        } => {
+            if let Some(assignment) = registry.assignments.get(&(server.clone(), *slot)) {
+                *epoch = assignment.epoch;
+                *node_id = assignment.node_id;
+            }
+            if let Some(record) = registry.servers.get(server) {
+                catalog.transport_revision = record.transport_revision;
+            }
+        }
+        _ => {}
+    }
+    command
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
     #[test]
     fn replaying_the_same_commands_gives_the_same_state(
-        commands in prop::collection::vec(arbitrary_command(), 0..60)
+        steps in prop::collection::vec(arbitrary_step(), 0..80)
     ) {
         let mut first = Registry::default();
-        let mut second = Registry::default();
-        let mut outcomes = Vec::new();
-        for command in &commands {
-            outcomes.push(first.apply(command).0);
-            prop_assert_eq!(first.check_invariants(), Ok(()));
+        let mut log = Vec::new();
+        for (index, step) in steps.iter().enumerate() {
+            let command = concrete(step, &first);
+            let at = LogPosition { term: step.term, index: index as u64 + 1 };
+            let outcome = first.apply_at(&command, at).0;
+            prop_assert_eq!(first.check_invariants(), Ok(()), "after {:?}", command);
+            log.push((command, at, outcome));
         }
-        for (command, outcome) in commands.iter().zip(&outcomes) {
-            prop_assert_eq!(&second.apply(command).0, outcome);
+        let mut second = Registry::default();
+        for (command, at, outcome) in &log {
+            prop_assert_eq!(&second.apply_at(command, *at).0, outcome);
         }
         prop_assert_eq!(&first, &second);
         // The revision counts exactly the applied commands.
-        let applied = outcomes.iter().filter(|o| matches!(o, Outcome::Applied { .. })).count();
+        let applied = log.iter().filter(|(_, _, o)| matches!(o, Outcome::Applied { .. })).count();
         prop_assert_eq!(first.revision, applied as u64);
         // A snapshot round trip (as Raft does) gives the same state.
         let bytes = bincode::serde::encode_to_vec(&first, bincode::config::standard()).unwrap();
@@ -654,6 +807,50 @@ proptest! {
             bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
         prop_assert_eq!(decoded, first);
     }
+}
+
+/// The fuzzed logs reach every kind of command's success, not only its refusals.
+#[test]
+fn fuzzed_logs_apply_every_kind_of_command() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let mut applied = std::collections::BTreeSet::new();
+    for _ in 0..300 {
+        let steps = prop::collection::vec(arbitrary_step(), 80)
+            .new_tree(&mut runner)
+            .unwrap()
+            .current();
+        let mut registry = Registry::default();
+        for (index, step) in steps.iter().enumerate() {
+            let command = concrete(step, &registry);
+            let at = LogPosition {
+                term: step.term,
+                index: index as u64 + 1,
+            };
+            let outcome = registry.apply_at(&command, at).0;
+            if matches!(outcome, Outcome::Applied { .. }) {
+                applied.insert(command.kind());
+            }
+        }
+    }
+    let every: std::collections::BTreeSet<&str> = [
+        "put-server",
+        "delete-server",
+        "remove-node",
+        "register-node",
+        "set-node-status",
+        "set-node-admin",
+        "report-health",
+        "report-catalog",
+        "put-session",
+        "delete-session",
+        "apply-plan",
+    ]
+    .into_iter()
+    .collect();
+    let missing: Vec<_> = every.difference(&applied).collect();
+    assert!(missing.is_empty(), "never applied: {missing:?}");
 }
 
 #[test]
