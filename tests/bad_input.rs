@@ -5,7 +5,7 @@ mod common;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use common::*;
 use mcpfleet::proto::v1 as pb;
 
@@ -204,6 +204,15 @@ fn bad_serve_flags_and_data_dirs_are_refused() -> Result<()> {
         "1=nowhere",
     ]);
     assert_refused(&output, "expected HOST:PORT")?;
+    let output = serve(&[
+        "--listen",
+        &listen,
+        "--data",
+        &data_arg,
+        "--max-watches",
+        "0",
+    ]);
+    assert_refused(&output, "max watches must be 1..=65536, got 0")?;
 
     // A data dir held by a running node.
     let mut node = NodeProcess::start(1, &listen, &data, &[])?;
@@ -303,4 +312,64 @@ fn garble(dir: &std::path::Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[test]
+fn watches_past_the_cap_are_refused_and_a_closed_one_frees_its_place() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _node = NodeProcess::start(
+        1,
+        &addr,
+        &dir.path().join("data"),
+        &["--max-watches".into(), "2".into()],
+    )?;
+    wait_for_leader(&addr, Duration::from_secs(20))?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let mut api =
+                pb::registry_client::RegistryClient::connect(format!("http://{addr}")).await?;
+            let watch = || pb::WatchServersRequest { from_revision: 0 };
+            let first = api.watch_servers(watch()).await?;
+            let _second = api.watch_servers(watch()).await?;
+            let refused = api
+                .watch_servers(watch())
+                .await
+                .err()
+                .context("a third watch")?;
+            ensure!(
+                refused.code() == tonic::Code::ResourceExhausted
+                    && refused.message().contains("at most 2 watches"),
+                "{refused:?}"
+            );
+            // Dropping a stream ends its watch on the node, which frees the place.
+            drop(first);
+            eventually_async(Duration::from_secs(5), || {
+                let mut api = api.clone();
+                async move { Ok(api.watch_servers(watch()).await?) }
+            })
+            .await?;
+            Ok::<_, anyhow::Error>(())
+        })?;
+    // The node serves everything else as before.
+    ensure!(server_names(&addr, false)?.is_empty());
+    Ok(())
+}
+
+/// Retries `check` until it succeeds or `limit` passes.
+async fn eventually_async<T, F, Fut>(limit: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match check().await {
+            Ok(value) => return Ok(value),
+            Err(error) if std::time::Instant::now() > deadline => return Err(error),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
 }

@@ -21,11 +21,18 @@ use crate::registry::{AdminState, Change, Command, Outcome, RegistryError};
 pub struct ClientApi {
     node: Arc<ControlPlane>,
     gateway: FleetServer,
+    /// One permit per watch stream served (`max_watches` of them).
+    watches: Arc<tokio::sync::Semaphore>,
 }
 
 impl ClientApi {
     pub fn new(node: Arc<ControlPlane>, gateway: FleetServer) -> ClientApi {
-        ClientApi { node, gateway }
+        let watches = Arc::new(tokio::sync::Semaphore::new(node.config.max_watches));
+        ClientApi {
+            node,
+            gateway,
+            watches,
+        }
     }
 
     /// Commits a command; a rejection becomes the status that fits it.
@@ -266,6 +273,12 @@ impl Registry for ClientApi {
         request: Request<pb::WatchServersRequest>,
     ) -> Result<Response<Self::WatchServersStream>, Status> {
         let from = request.into_inner().from_revision;
+        let permit = self.watches.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "this node serves at most {} watches at once (serve --max-watches)",
+                self.node.config.max_watches
+            ))
+        })?;
         let (history, mut live) = self.node.view().watch(from).ok_or_else(|| {
             Status::out_of_range(format!(
                 "revision {from} is compacted on this node: list the servers and watch from the list's revision"
@@ -274,6 +287,8 @@ impl Registry for ClientApi {
         let (tx, rx) = mpsc::channel(WATCH_STREAM_BUFFER);
         let shutdown = self.node.shutdown_signal();
         self.node.tasks().spawn(async move {
+            // Held while the stream lives.
+            let _permit = permit;
             let mut last_sent = from;
             for change in history {
                 last_sent = change.revision();

@@ -83,6 +83,9 @@ pub struct ServeArgs {
     /// How long a tool call may take.
     #[arg(long, default_value_t = crate::gateway::DEFAULT_CALL_TIMEOUT_MS)]
     pub call_timeout_ms: u64,
+    /// Most watch streams this node serves at once; one more gets RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = crate::config::DEFAULT_MAX_WATCHES)]
+    pub max_watches: usize,
 }
 
 impl ServeArgs {
@@ -132,6 +135,7 @@ impl ServeArgs {
                 separator: self.tool_separator.clone(),
                 call_timeout_ms: self.call_timeout_ms,
             }),
+            max_watches: self.max_watches,
             ..Config::default()
         };
         config.validate().map_err(usage)?;

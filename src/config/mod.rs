@@ -73,6 +73,8 @@ pub struct Config {
     pub lease_ms: u64,
     /// The MCP endpoint (`/mcp` over streamable HTTP); `None`: not served.
     pub http: Option<HttpConfig>,
+    /// Most watch streams this node serves at once; one more is refused.
+    pub max_watches: usize,
 }
 
 pub mod timing;
@@ -103,6 +105,8 @@ pub enum ConfigError {
     Tags,
     #[error("capacity must be at least 1 (leave it out for no limit)")]
     Capacity,
+    #[error("max watches must be 1..={MAX_MAX_WATCHES}, got {0}")]
+    MaxWatches(usize),
     #[error("MCP endpoint: {0}")]
     Http(String),
 }
@@ -130,9 +134,15 @@ impl Default for Config {
             node_timeout_ms: 1_800,
             lease_ms: 1_100,
             http: None,
+            max_watches: DEFAULT_MAX_WATCHES,
         }
     }
 }
+
+/// Watch streams one node serves at once, by default.
+pub const DEFAULT_MAX_WATCHES: usize = 1_024;
+/// The most `max_watches` may be.
+pub const MAX_MAX_WATCHES: usize = 65_536;
 
 /// Checks "host:port" with a numeric port.
 pub fn validate_address(addr: &str) -> Result<(), ConfigError> {
@@ -216,6 +226,9 @@ impl Config {
         }
         if self.capacity == Some(0) {
             return Err(ConfigError::Capacity);
+        }
+        if self.max_watches == 0 || self.max_watches > MAX_MAX_WATCHES {
+            return Err(ConfigError::MaxWatches(self.max_watches));
         }
         if self.max_voters == 0 || self.max_voters > 7 {
             return Err(ConfigError::MaxVoters(self.max_voters));
