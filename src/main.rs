@@ -101,8 +101,10 @@ fn parse_command_line() -> Cli {
 
 fn main() {
     let cli = parse_command_line();
-    // One scheduler thread: node logic never blocks (fsync runs on a blocking-pool
-    // thread), and on small hosts a single thread avoids cross-thread wake-ups.
+    // One scheduler thread: on small hosts a single thread avoids cross-thread
+    // wake-ups. Storage I/O (sled's inserts, reads and fsync, and snapshot encoding)
+    // runs on it too, inline: a slow disk stalls the whole node, Raft heartbeats
+    // included (see src/env/disk.rs).
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

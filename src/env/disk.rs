@@ -1,9 +1,11 @@
 //! The disk seam: what the Raft stores need from durable storage.
 //!
 //! A `Disk` holds the Raft log (index -> encoded entry) and a few named metadata
-//! values (vote, committed index, snapshot). Every mutating call returns only once its
-//! effect is durable. `SledDisk` is production (one sled database per node);
-//! `MemoryDisk` is the in-memory stand-in for tests and the simulator.
+//! values (vote, committed index, snapshot). `truncate_log` and `put_meta` return once
+//! their effect is durable; `append_log` and `purge_log` are durable only after the
+//! next `sync` (or any later durable call). `SledDisk` is production (one sled database
+//! per node), and every call of it runs inline on the calling thread, the node's only
+//! runtime thread; `MemoryDisk` is the in-memory stand-in for tests and the simulator.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
