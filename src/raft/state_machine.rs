@@ -57,9 +57,11 @@ pub struct Applied {
 }
 
 impl Applied {
-    /// The changes after `from_revision`, or `None` if some were already dropped.
+    /// The changes after `from_revision`, or `None` if some were already dropped. 0
+    /// means from the oldest change this node keeps (after a restart from a snapshot,
+    /// none: the snapshot holds no history).
     pub fn changes_since(&self, from_revision: u64) -> Option<Vec<Change>> {
-        if from_revision < self.history_floor {
+        if from_revision != 0 && from_revision < self.history_floor {
             return None;
         }
         Some(

@@ -150,3 +150,26 @@ async fn a_write_retried_after_thousands_of_others_is_still_applied_once(
     assert_eq!(state_machine.view().read().registry.revision, revision);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_watch_from_zero_works_after_a_restart_from_a_snapshot() -> Result<(), StorageError> {
+    use openraft::RaftSnapshotBuilder;
+    let disk: Arc<dyn Disk> = Arc::new(MemoryDisk::new());
+    let mut state_machine = StateMachineStore::open(disk.clone())?;
+    state_machine
+        .apply([entry(1, vec![put(0, "a"), put(1, "b")])])
+        .await?;
+    state_machine.build_snapshot().await?;
+    // The node restarts: its state comes from the snapshot, with no history.
+    let mut restarted = StateMachineStore::open(disk)?;
+    let view = restarted.view();
+    let (history, mut live) = view.watch(0).expect("0 means: from the oldest change kept");
+    assert!(history.is_empty());
+    assert!(view.watch(1).is_none(), "revision 1 itself was compacted");
+    restarted.apply([entry(2, vec![put(2, "c")])]).await?;
+    assert!(matches!(
+        live.recv().await,
+        Ok(super::WatchMessage::Change(change)) if change.revision() == 3
+    ));
+    Ok(())
+}
