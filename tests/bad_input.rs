@@ -166,15 +166,6 @@ fn bad_client_input_is_refused_and_changes_nothing() -> Result<()> {
 #[test]
 fn bad_serve_flags_and_data_dirs_are_refused() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let serve = |args: &[&str]| -> Output {
-        Command::new(binary())
-            .arg("serve")
-            .args(["--http", "off"])
-            .args(args)
-            .env("RUST_LOG", "off")
-            .output()
-            .expect("run mcpfleet serve")
-    };
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let data = dir.path().join("data");
@@ -228,42 +219,23 @@ fn bad_serve_flags_and_data_dirs_are_refused() -> Result<()> {
     assert_refused(&output, "belongs to node 1")?;
 
     // A corrupt data dir: every file overwritten with garbage.
-    let corrupt = dir.path().join("corrupt");
-    std::fs::create_dir_all(&corrupt)?;
-    copy_dir(&data, &corrupt)?;
-    garble(&corrupt)?;
-    let corrupt_arg = corrupt.display().to_string();
-    let output = serve(&[
-        "--id",
-        "1",
-        "--listen",
-        &second_listen,
-        "--data",
-        &corrupt_arg,
-    ]);
+    let output = serve_changed_copy(&data, &dir.path().join("corrupt"), &second_listen, garble)?;
     assert_refused(&output, "corrupt")?;
 
     // A data dir written in another format version (here: said to be version 1).
+    let said_older = |older: &std::path::Path| -> Result<()> {
+        tokio::runtime::Builder::new_current_thread()
+            .build()?
+            .block_on(async {
+                use mcpfleet::env::Disk;
+                let disk = mcpfleet::env::SledDisk::open(older)?;
+                disk.put_meta("format", 1u32.to_be_bytes().to_vec()).await?;
+                disk.sync().await
+            })?;
+        Ok(())
+    };
     let older = dir.path().join("older");
-    std::fs::create_dir_all(&older)?;
-    copy_dir(&data, &older)?;
-    tokio::runtime::Builder::new_current_thread()
-        .build()?
-        .block_on(async {
-            use mcpfleet::env::Disk;
-            let disk = mcpfleet::env::SledDisk::open(&older)?;
-            disk.put_meta("format", 1u32.to_be_bytes().to_vec()).await?;
-            disk.sync().await
-        })?;
-    let older_arg = older.display().to_string();
-    let output = serve(&[
-        "--id",
-        "1",
-        "--listen",
-        &second_listen,
-        "--data",
-        &older_arg,
-    ]);
+    let output = serve_changed_copy(&data, &older, &second_listen, said_older)?;
     assert_refused(&output, "written in format version 1")?;
 
     // A data dir that is a file.
@@ -284,6 +256,32 @@ fn bad_serve_flags_and_data_dirs_are_refused() -> Result<()> {
         Ok(())
     })?;
     Ok(())
+}
+
+/// Runs `mcpfleet serve` with `args` (and no MCP endpoint) and waits for it to end.
+fn serve(args: &[&str]) -> Output {
+    Command::new(binary())
+        .arg("serve")
+        .args(["--http", "off"])
+        .args(args)
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run mcpfleet serve")
+}
+
+/// Serves node 1 on `listen` from a copy of `data` at `copy`, changed by `change`
+/// first.
+fn serve_changed_copy(
+    data: &std::path::Path,
+    copy: &std::path::Path,
+    listen: &str,
+    change: impl FnOnce(&std::path::Path) -> Result<()>,
+) -> Result<Output> {
+    std::fs::create_dir_all(copy)?;
+    copy_dir(data, copy)?;
+    change(copy)?;
+    let copy = copy.display().to_string();
+    Ok(serve(&["--id", "1", "--listen", listen, "--data", &copy]))
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> Result<()> {

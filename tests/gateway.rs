@@ -54,6 +54,48 @@ fn cluster_with_everything(replicas: &str) -> Result<(Cluster, Vec<u64>)> {
     Ok((cluster, hosts))
 }
 
+/// Registers `modern` (tests/servers/modern.py, the Python SDK's own server, on the
+/// 2026-07-28 protocol over stdio) with `replicas` replicas, its processes marked.
+fn add_modern(cluster: &Cluster, replicas: &str, marker: &str) -> Result<()> {
+    let servers = mcp_servers()?;
+    add_server(
+        &cluster.addr(1),
+        "modern",
+        &[
+            "--command",
+            &servers.python,
+            "--arg",
+            &test_server("modern.py"),
+            "--replicas",
+            replicas,
+            "--env",
+            &process_marker(marker),
+        ],
+    )
+}
+
+/// A three-node cluster whose server `modern` runs `replicas` healthy replicas, once
+/// every node lists its tools; and the nodes that run them.
+fn cluster_with_modern(replicas: &str, marker: &str) -> Result<(Cluster, Vec<u64>)> {
+    let cluster = Cluster::start(3)?;
+    wait_for_leader(&cluster.addr(1), Duration::from_secs(20))?;
+    add_modern(&cluster, replicas, marker)?;
+    let want: usize = replicas.parse()?;
+    let hosts = eventually(Duration::from_secs(60), || {
+        let healthy = healthy_slots(&cluster.addr(1), "modern")?;
+        ensure!(healthy.len() == want, "healthy: {healthy:?}");
+        Ok(healthy.iter().map(|(_, node)| *node).collect::<Vec<_>>())
+    })?;
+    for id in 1..=3 {
+        eventually(Duration::from_secs(20), || {
+            let tools = cli_json(&cluster.addr(id), &["tools"])?;
+            ensure!(tools.to_string().contains("modern__hello"), "{tools}");
+            Ok(())
+        })?;
+    }
+    Ok((cluster, hosts))
+}
+
 fn stdout_of(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
@@ -482,20 +524,8 @@ fn upstreams_of_either_protocol_era_are_reached() -> Result<()> {
     let servers = mcp_servers()?;
     let cluster = Cluster::start(3)?;
     wait_for_leader(&cluster.addr(1), Duration::from_secs(20))?;
-    let marker = process_marker("gateway-eras");
     // Protocol 2026-07-28 over stdio: the Python SDK's own server.
-    add_server(
-        &cluster.addr(1),
-        "modern",
-        &[
-            "--command",
-            &servers.python,
-            "--arg",
-            &test_server("modern.py"),
-            "--env",
-            &marker,
-        ],
-    )?;
+    add_modern(&cluster, "1", "gateway-eras")?;
     // 2025-11-25 and older over streamable HTTP, with sessions: the npm reference
     // server in HTTP mode, pinned to loopback.
     let port = free_port();
@@ -640,37 +670,9 @@ fn progress_comes_back_through_any_node_in_both_protocol_eras() -> Result<()> {
 #[test]
 fn a_request_that_asks_for_input_resumes_at_its_replica_through_any_node() -> Result<()> {
     let servers = mcp_servers()?;
-    let cluster = Cluster::start(3)?;
-    wait_for_leader(&cluster.addr(1), Duration::from_secs(20))?;
-    let marker = process_marker("gateway-input");
     // The Python SDK's server seals its requestState with a key of its own process:
     // a retry that reached the other replica would be refused.
-    add_server(
-        &cluster.addr(1),
-        "modern",
-        &[
-            "--command",
-            &servers.python,
-            "--arg",
-            &test_server("modern.py"),
-            "--replicas",
-            "2",
-            "--env",
-            &marker,
-        ],
-    )?;
-    let hosts = eventually(Duration::from_secs(60), || {
-        let healthy = healthy_slots(&cluster.addr(1), "modern")?;
-        ensure!(healthy.len() == 2, "healthy: {healthy:?}");
-        Ok(healthy.iter().map(|(_, node)| *node).collect::<Vec<_>>())
-    })?;
-    for id in 1..=3 {
-        eventually(Duration::from_secs(20), || {
-            let tools = cli_json(&cluster.addr(id), &["tools"])?;
-            ensure!(tools.to_string().contains("modern__paint"), "{tools}");
-            Ok(())
-        })?;
-    }
+    let (cluster, hosts) = cluster_with_modern("2", "gateway-input")?;
     // Each node prefers its own replica: the first round runs on the replica of
     // hosts[0], and without the fleet's envelope the retry through hosts[1] would
     // reach the other one.
@@ -709,26 +711,8 @@ fn a_request_that_asks_for_input_resumes_at_its_replica_through_any_node() -> Re
 #[test]
 fn a_client_that_gives_up_cancels_the_call_upstream_through_any_node() -> Result<()> {
     let servers = mcp_servers()?;
-    let cluster = Cluster::start(3)?;
-    wait_for_leader(&cluster.addr(1), Duration::from_secs(20))?;
-    let marker = process_marker("gateway-cancel");
-    add_server(
-        &cluster.addr(1),
-        "modern",
-        &[
-            "--command",
-            &servers.python,
-            "--arg",
-            &test_server("modern.py"),
-            "--env",
-            &marker,
-        ],
-    )?;
-    let host = eventually(Duration::from_secs(60), || {
-        let healthy = healthy_slots(&cluster.addr(1), "modern")?;
-        ensure!(healthy.len() == 1, "healthy: {healthy:?}");
-        Ok(healthy[0].1)
-    })?;
+    let (cluster, hosts) = cluster_with_modern("1", "gateway-cancel")?;
+    let host = hosts[0];
     let remote = (1..=3)
         .find(|id| *id != host)
         .context("a node without it")?;
@@ -738,11 +722,6 @@ fn a_client_that_gives_up_cancels_the_call_upstream_through_any_node() -> Result
         "/tests/clients/python_cancel.py"
     );
     for via in [host, remote] {
-        eventually(Duration::from_secs(20), || {
-            let tools = cli_json(&cluster.addr(via), &["tools"])?;
-            ensure!(tools.to_string().contains("modern__sleep"), "{tools}");
-            Ok(())
-        })?;
         for mode in ["auto", "legacy"] {
             let note = notes.path().join(format!("{via}-{mode}"));
             let args = serde_json::json!({"seconds": 60, "note": note}).to_string();
