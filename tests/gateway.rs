@@ -722,25 +722,32 @@ fn a_client_that_gives_up_cancels_the_call_upstream_through_any_node() -> Result
         "/tests/clients/python_cancel.py"
     );
     for via in [host, remote] {
-        for mode in ["auto", "legacy"] {
-            let note = notes.path().join(format!("{via}-{mode}"));
+        // With progress asked for, a call between nodes takes the streaming RPC.
+        for (mode, progress) in [
+            ("auto", "plain"),
+            ("legacy", "plain"),
+            ("auto", "progress"),
+            ("legacy", "progress"),
+        ] {
+            let note = notes.path().join(format!("{via}-{mode}-{progress}"));
             let args = serde_json::json!({"seconds": 60, "note": note}).to_string();
+            let url = cluster.mcp_url(via);
             let output = Command::new(&servers.python)
-                .args([script, mode, &cluster.mcp_url(via), "modern__sleep", &args])
+                .args([script, mode, &url, "modern__sleep", &args, progress])
                 .output()
                 .context("run the Python SDK client")?;
             ensure!(output.status.success(), "{}", stderr_of(&output));
             let line: serde_json::Value = serde_json::from_str(&stdout_of(&output))?;
             ensure!(
                 line["gave_up"] == true,
-                "through node {via} ({mode}): {line}"
+                "through node {via} ({mode}, {progress}): {line}"
             );
             // The server hears of it and stops the call.
             eventually(Duration::from_secs(15), || {
                 let written = std::fs::read_to_string(&note).unwrap_or_default();
                 ensure!(
                     written == "cancelled",
-                    "through node {via} ({mode}): no note"
+                    "through node {via} ({mode}, {progress}): no note"
                 );
                 Ok(())
             })?;

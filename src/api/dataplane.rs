@@ -83,6 +83,8 @@ impl ToolCalls for DataPlaneApi {
             let outcome = loop {
                 tokio::select! {
                     outcome = &mut call => break outcome,
+                    // The caller went away: dropping the call cancels it upstream.
+                    _ = events.closed() => return,
                     Some(params) = progressed.recv() => {
                         let Ok(json) = serde_json::to_string(&params) else { continue };
                         let event = pb::call_event::Event::ProgressJson(json);
