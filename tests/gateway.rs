@@ -31,26 +31,7 @@ fn cluster_with_everything(replicas: &str) -> Result<(Cluster, Vec<u64>)> {
             &marker,
         ],
     )?;
-    let want: usize = replicas.parse()?;
-    let hosts = eventually(Duration::from_secs(60), || {
-        let healthy = healthy_slots(&cluster.addr(1), "everything")?;
-        ensure!(healthy.len() == want, "healthy: {healthy:?}");
-        Ok(healthy.iter().map(|(_, node)| *node).collect::<Vec<_>>())
-    })?;
-    // Every node has the catalog once it lists the tool.
-    for id in 1..=3 {
-        eventually(Duration::from_secs(20), || {
-            let tools = cli_json(&cluster.addr(id), &["tools"])?;
-            let names: Vec<&str> = tools
-                .as_array()
-                .context("a list")?
-                .iter()
-                .filter_map(|t| t["name"].as_str())
-                .collect();
-            ensure!(names.contains(&"everything__echo"), "tools: {names:?}");
-            Ok(())
-        })?;
-    }
+    let hosts = serving(&cluster, "everything", replicas, "everything__echo")?;
     Ok((cluster, hosts))
 }
 
@@ -80,20 +61,33 @@ fn cluster_with_modern(replicas: &str, marker: &str) -> Result<(Cluster, Vec<u64
     let cluster = Cluster::start(3)?;
     wait_for_leader(&cluster.addr(1), Duration::from_secs(20))?;
     add_modern(&cluster, replicas, marker)?;
+    let hosts = serving(&cluster, "modern", replicas, "modern__hello")?;
+    Ok((cluster, hosts))
+}
+
+/// Waits until `server` runs `replicas` healthy replicas and every node lists its
+/// `tool` (so every node has its catalog); returns the nodes that run them.
+fn serving(cluster: &Cluster, server: &str, replicas: &str, tool: &str) -> Result<Vec<u64>> {
     let want: usize = replicas.parse()?;
     let hosts = eventually(Duration::from_secs(60), || {
-        let healthy = healthy_slots(&cluster.addr(1), "modern")?;
+        let healthy = healthy_slots(&cluster.addr(1), server)?;
         ensure!(healthy.len() == want, "healthy: {healthy:?}");
         Ok(healthy.iter().map(|(_, node)| *node).collect::<Vec<_>>())
     })?;
     for id in 1..=3 {
         eventually(Duration::from_secs(20), || {
             let tools = cli_json(&cluster.addr(id), &["tools"])?;
-            ensure!(tools.to_string().contains("modern__hello"), "{tools}");
+            let names: Vec<&str> = tools
+                .as_array()
+                .context("a list")?
+                .iter()
+                .filter_map(|t| t["name"].as_str())
+                .collect();
+            ensure!(names.contains(&tool), "tools: {names:?}");
             Ok(())
         })?;
     }
-    Ok((cluster, hosts))
+    Ok(hosts)
 }
 
 fn stdout_of(output: &std::process::Output) -> String {

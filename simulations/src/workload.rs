@@ -95,7 +95,8 @@ fn now() -> Duration {
     turmoil::sim_elapsed().unwrap_or_default()
 }
 
-fn spec(name: &str, value: &str) -> pb::ServerSpec {
+/// The spec a client writes for key `name`, carrying `value`.
+pub(crate) fn spec(name: &str, value: &str) -> pb::ServerSpec {
     pb::ServerSpec {
         name: name.to_string(),
         transport: Some(pb::server_spec::Transport::Stdio(pb::StdioTransport {

@@ -110,7 +110,13 @@ impl Sessions {
         session.outcomes.insert(id.seq, outcome);
         if floor > session.floor {
             session.floor = floor;
-            session.outcomes = session.outcomes.split_off(&floor);
+            while session
+                .outcomes
+                .first_key_value()
+                .is_some_and(|(seq, _)| *seq < floor)
+            {
+                session.outcomes.pop_first();
+            }
         }
         let (cap, raise_floor) = match window {
             Window::Capped(cap) => (cap, true),

@@ -37,18 +37,12 @@ const CUT: Duration = Duration::from_millis(1_300);
 /// Time from one cut's start to the next one's.
 const CUT_EVERY: Duration = Duration::from_millis(2_500);
 
-/// A spec no node may run (no node has the tag): the writes churn only the registry.
+/// The workload's spec, but for no node (no node has the tag): the writes churn only
+/// the registry.
 fn spec(key: &str, value: &str) -> pb::ServerSpec {
     pb::ServerSpec {
-        name: key.to_string(),
-        transport: Some(pb::server_spec::Transport::Stdio(pb::StdioTransport {
-            command: "mcp-server-time".into(),
-            args: vec![value.to_string()],
-            ..Default::default()
-        })),
-        replicas: 1,
         node_tags: vec!["nowhere".into()],
-        ..Default::default()
+        ..workload::spec(key, value)
     }
 }
 
