@@ -15,6 +15,7 @@ use crate::faults::Nemesis;
 use crate::workload::{self, Event, EventKind, History, Ret, CLIENT_TIMEOUT};
 use crate::{add_nodes, client, cluster_configs, host_name, SimCluster};
 
+mod slow_disk;
 mod storm;
 
 /// What a finished scenario reports.
@@ -865,7 +866,7 @@ pub fn leader_partition(seed: u64) -> Result<Report, String> {
 }
 
 /// The scenarios by name, for the command line; the first is the default.
-pub const SCENARIOS: [&str; 8] = [
+pub const SCENARIOS: [&str; 9] = [
     "chaos",
     "leader-crash",
     "leader-partition",
@@ -874,6 +875,7 @@ pub const SCENARIOS: [&str; 8] = [
     "stuck-calls",
     "crash-mid-call",
     "write-storm",
+    "slow-disk",
 ];
 
 /// The scenario that catches `bug` (chaos, unless a bug needs a fault schedule of its
@@ -910,6 +912,7 @@ pub fn run(name: &str, seed: u64, nodes: u64) -> Report {
         "stuck-calls" => fixed(faulty_replica(seed, ReplicaFault::Stuck)),
         "crash-mid-call" => fixed(faulty_replica(seed, ReplicaFault::CrashMidCall)),
         "write-storm" => storm::write_storm(seed),
+        "slow-disk" => slow_disk::slow_disk(seed),
         other => fixed(Err(format!(
             "unknown scenario {other:?}; known: {}",
             SCENARIOS.join(", ")
