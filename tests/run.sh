@@ -20,6 +20,7 @@ cargo build --release -p mcpfleet-sim
 sim=./target/release/mcpfleet-sim
 "$sim" --seeds "$SIM_SEEDS"
 "$sim" --scenario write-storm --seeds "$STORM_SEEDS"
+"$sim" --scenario slow-disk --seeds "$STORM_SEEDS"
 
 for bug in $("$sim" --inject-bug list); do
     if output=$("$sim" --inject-bug "$bug" --seeds "$BUG_SEEDS" 2>&1); then

@@ -282,6 +282,20 @@ mod tests {
     }
 
     #[test]
+    fn a_leader_with_a_slow_disk_keeps_its_followers_quiet() {
+        use crate::control::{MAX_BATCHES_IN_FLIGHT, TOLERATED_FSYNC};
+        // A follower's election timer (openraft 0.9) is the lease, which is the
+        // maximum election timeout, plus an election timeout drawn from the range. The
+        // leader's core sends no heartbeat while it appends the batches in its queue,
+        // one fsync each, and a heartbeat is due up to an interval later.
+        let config = Config::default();
+        let quiet = config.election_timeout_max_ms + config.election_timeout_min_ms;
+        let stall = MAX_BATCHES_IN_FLIGHT as u64 * TOLERATED_FSYNC.as_millis() as u64
+            + config.heartbeat_interval_ms;
+        assert!(stall < quiet, "stall {stall} ms, followers wait {quiet} ms");
+    }
+
+    #[test]
     fn config_errors() {
         let parsed = parse_initial_cluster("1=127.0.0.1:1,2=127.0.0.1:2").unwrap();
         assert_eq!(parsed.len(), 2);

@@ -10,8 +10,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 
+/// The mcpfleet binary: this build's, or `MCPFLEET_BIN` when set (benchmarks use it to
+/// compare builds side by side).
 pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_mcpfleet")
+    static BINARY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| {
+        std::env::var("MCPFLEET_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_mcpfleet").into())
+    })
 }
 
 /// A port that was free a moment ago, for a process the test starts. It comes from

@@ -17,8 +17,8 @@ const SLOW_FROM: Duration = Duration::from_secs(3);
 const SLOW_UNTIL: Duration = Duration::from_secs(9);
 /// No operation starts after this.
 const END: Duration = Duration::from_secs(11);
-/// How long each fsync of the slow disk takes.
-pub const FSYNC: Duration = Duration::from_millis(100);
+/// How long each fsync of the slow disk takes: the slowest the nodes promise to bear.
+pub const FSYNC: Duration = mcpfleet::control::TOLERATED_FSYNC;
 
 /// The highest term any node is in.
 fn highest_term(cluster: &crate::SimCluster) -> u64 {
