@@ -101,10 +101,7 @@ impl Etcd {
             for member in members {
                 let id = &member["Status"]["header"]["member_id"];
                 if !id.is_null() && *id == member["Status"]["leader"] {
-                    return Ok(member["Endpoint"]
-                        .as_str()
-                        .context("endpoint")?
-                        .to_string());
+                    return Ok(member["Endpoint"].as_str().context("endpoint")?.to_string());
                 }
             }
             bail!("no etcd leader yet: {status}")
