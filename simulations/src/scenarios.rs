@@ -990,6 +990,37 @@ fn observe(
 
 /// Every node runs, follows one leader in one term, and has applied its whole log,
 /// which is the leader's.
+/// Whether a scenario whose clients stop at `end` is over: its clients are done and
+/// the cluster has converged. An error names `after` once that took too long.
+fn settled(
+    now: Duration,
+    end: Duration,
+    clients_done: bool,
+    cluster: &SimCluster,
+    after: &str,
+) -> Result<bool, String> {
+    if now > end + CLIENT_TIMEOUT && clients_done && converged(cluster, 3) {
+        return Ok(true);
+    }
+    if now > end + CLIENT_TIMEOUT + phases::CONVERGENCE_BOUND {
+        return Err(format!(
+            "the cluster did not converge after {after}: {}",
+            describe_nodes(cluster)
+        ));
+    }
+    Ok(false)
+}
+
+/// Checks the workload's `history` against the cluster's final state; an undecided
+/// history fails. Returns how many operations it held.
+fn checked_operations(history: &History, cluster: &SimCluster) -> Result<usize, String> {
+    let stats = check_history(&history.borrow(), Some(&final_state(cluster)))?;
+    if let Some(reason) = &stats.inconclusive {
+        return Err(format!("the history could not be decided: {reason}"));
+    }
+    Ok(stats.operations)
+}
+
 fn converged(cluster: &SimCluster, nodes: u64) -> bool {
     cluster.probe.with_nodes(|windows| {
         if windows.len() as u64 != nodes {

@@ -6,9 +6,9 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use super::{converged, describe_nodes, final_state, lan_sim, observe, phases, report};
-use crate::checkers::{check_history, AppliedStates, LeadersPerTerm};
-use crate::workload::{self, History, CLIENT_TIMEOUT};
+use super::{checked_operations, describe_nodes, lan_sim, observe, phases, report, settled};
+use crate::checkers::{AppliedStates, LeadersPerTerm};
+use crate::workload::{self, History};
 use crate::{add_nodes, cluster_configs};
 
 /// The disk becomes slow.
@@ -89,26 +89,17 @@ pub fn slow_disk(seed: u64) -> super::Report {
             slow = Some((node, term, leader));
             slowed = true;
         }
-        if now > END + CLIENT_TIMEOUT && clients_done && converged(&cluster, 3) {
+        if settled(now, END, clients_done, &cluster, "the slow disk")? {
             return Ok(());
-        }
-        if now > END + CLIENT_TIMEOUT + phases::CONVERGENCE_BOUND {
-            return Err(format!(
-                "the cluster did not converge after the slow disk: {}",
-                describe_nodes(&cluster)
-            ));
         }
         clients_done = sim.step().map_err(|e| e.to_string())? || clients_done;
     })();
     let outcome = outcome.and_then(|()| {
-        let stats = check_history(&history.borrow(), Some(&final_state(&cluster)))?;
-        if let Some(reason) = &stats.inconclusive {
-            return Err(format!("the history could not be decided: {reason}"));
-        }
+        let operations = checked_operations(&history, &cluster)?;
         events.push(format!(
             "no election while the disk was slow; checked clients: {} operations, \
              linearizable, nothing lost",
-            stats.operations
+            operations
         ));
         Ok(())
     });
