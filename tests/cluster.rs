@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use common::*;
 
 #[test]
@@ -158,5 +158,74 @@ fn a_node_joins_as_voter_is_removed_and_nodes_stop_on_sigterm() -> Result<()> {
     ensure!(status.success(), "SIGTERM exit status {status:?}");
     let status = first.terminate(Duration::from_secs(10))?;
     ensure!(status.success(), "SIGTERM exit status {status:?}");
+    Ok(())
+}
+
+/// 5,120 servers: more than ten pages of `server ls` and `status`, a registry that is
+/// snapshotted (every 1,000 log entries here) and whose log is purged, read back after
+/// a restart, and installed from the snapshot by a node that joins afterwards.
+#[test]
+fn five_thousand_servers_list_in_pages_and_survive_snapshot_restart_and_install() -> Result<()> {
+    const SERVERS: usize = 320 * 16;
+    let dir = tempfile::tempdir()?;
+    let first_addr = format!("127.0.0.1:{}", free_port());
+    let snapshots = ["--snapshot-after-logs".to_string(), "1000".into()];
+    let mut first = NodeProcess::start(1, &first_addr, &dir.path().join("n1"), &snapshots)?;
+    wait_for_leader(&first_addr, Duration::from_secs(20))?;
+    let bench = |args: &[&str]| -> Result<()> {
+        let mut all = vec!["bench", "put", "--duration", "300", "--json"];
+        all.extend(args);
+        let output = cli(&first_addr, &all);
+        ensure!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let summary: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+        ensure!(summary["errors"] == 0, "{summary}");
+        Ok(())
+    };
+    // `bench put` writes 16 servers per client, `bench-{client}-{0..16}`.
+    bench(&["--clients", "320", "--max-writes", "5120"])?;
+    // Concurrent writes share log entries; 1,500 writes one at a time (rewriting
+    // client 0's servers) take an entry each, so a snapshot is taken and the log purged.
+    bench(&["--max-writes", "1500"])?;
+    let count = |addr: &str, stale: bool| -> Result<usize> {
+        let names = server_names(addr, stale)?;
+        let unique: std::collections::BTreeSet<&String> = names.iter().collect();
+        ensure!(unique.len() == names.len(), "a name is listed twice");
+        Ok(names.len())
+    };
+    ensure!(count(&first_addr, false)? == SERVERS);
+    let status = cli_json(&first_addr, &["status"])?;
+    ensure!(status["servers"].as_array().map(Vec::len) == Some(SERVERS));
+
+    first.terminate(Duration::from_secs(10))?;
+    first.restart()?;
+    wait_for_leader(&first_addr, Duration::from_secs(30))?;
+    ensure!(count(&first_addr, false)? == SERVERS);
+
+    let second_addr = format!("127.0.0.1:{}", free_port());
+    let second_data = dir.path().join("n2");
+    let mut second = NodeProcess::start(
+        2,
+        &second_addr,
+        &second_data,
+        &["--join".into(), first_addr.clone()],
+    )?;
+    eventually(Duration::from_secs(60), || {
+        let listed = count(&second_addr, true)?;
+        ensure!(listed == SERVERS, "node 2 lists {listed} servers");
+        Ok(())
+    })?;
+    let log_path = second_data.with_extension("log");
+    let log = std::fs::read_to_string(&log_path)
+        .with_context(|| format!("read {}", log_path.display()))?;
+    ensure!(
+        log.contains("installing a snapshot from the leader"),
+        "node 2 caught up without a snapshot; its log:\n{log}"
+    );
+    second.terminate(Duration::from_secs(10))?;
+    first.terminate(Duration::from_secs(10))?;
     Ok(())
 }

@@ -5,13 +5,11 @@
 //! - `AppliedStates`: all nodes' state machines are equal at the same applied index.
 //! - `check_history`: on the workload's history, every read sees every write
 //!   acknowledged before it, no acknowledged write is lost, and the operations on each
-//!   server name are linearizable (stateright's `LinearizabilityTester`).
+//!   server name are linearizable (`linearizability::search`, on a budget of steps).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use stateright::semantics::{ConsistencyTester, LinearizabilityTester, SequentialSpec};
-
+use crate::linearizability::{search, Span, Verdict};
 use crate::workload::{Event, EventKind, Op, Ret};
 
 /// At most one leader per term.
@@ -102,8 +100,8 @@ pub struct HistoryStats {
     pub operations: usize,
     pub acknowledged_writes: usize,
     pub unknown_outcomes: usize,
-    /// Set if the linearizability search gave up (see `check_linearizable`).
-    pub inconclusive: Option<String>,
+    /// The steps the linearizability search took to decide.
+    pub linearizability_steps: u64,
 }
 
 /// One operation of the history with its outcome.
@@ -199,16 +197,16 @@ pub fn check_history(
             .iter()
             .filter(|o| o.ret.is_none() && !o.failed)
             .count(),
-        inconclusive: None,
+        linearizability_steps: 0,
     };
     check_read_revisions(&operations)?;
     check_stale_reads(&operations)?;
     if let Some(final_state) = final_state {
         check_lost_writes(&operations, final_state)?;
     }
-    let inconclusive = check_linearizable(&operations)?;
+    let linearizability_steps = check_linearizable(&operations)?;
     Ok(HistoryStats {
-        inconclusive,
+        linearizability_steps,
         ..stats
     })
 }
@@ -343,7 +341,7 @@ fn check_lost_writes(operations: &[Operation], final_state: &FinalState) -> Resu
 /// The sequential specification of one server name: what a single copy of the registry
 /// would answer. Revisions are global, so a write's revision is not known in advance;
 /// the model only requires that the writes to one name take effect in revision order.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 struct NameSpec {
     /// The current value and its revision, if known (a write whose outcome was unknown
     /// took effect at a revision nobody saw).
@@ -362,38 +360,28 @@ impl NameSpec {
     }
 }
 
-impl SequentialSpec for NameSpec {
-    type Op = Op;
-    type Ret = Ret;
-
-    /// An operation whose outcome is unknown, taking effect here.
-    fn invoke(&mut self, op: &Op) -> Ret {
+impl NameSpec {
+    /// An operation whose outcome is unknown takes effect here; false if that would
+    /// change nothing (leaving it out explains the same).
+    fn take_effect(&mut self, op: &Op) -> bool {
         match op {
             Op::Put { value } => {
                 self.current = Some((value.clone(), None));
-                Ret::Written { revision: 0 }
+                true
             }
-            Op::CompareAndSet { value, expected } => {
-                if self.current_revision_is(*expected) {
-                    self.current = Some((value.clone(), None));
-                    Ret::Written { revision: 0 }
-                } else {
-                    Ret::Mismatch
-                }
+            Op::CompareAndSet { value, expected } if self.current_revision_is(*expected) => {
+                self.current = Some((value.clone(), None));
+                true
             }
-            Op::Delete => match self.current.take() {
-                Some(_) => Ret::Deleted { revision: 0 },
-                None => Ret::NotFound,
-            },
-            Op::Get => Ret::Read {
-                value: self
-                    .current
-                    .as_ref()
-                    .map(|(v, r)| (v.clone(), r.unwrap_or(0))),
-            },
+            Op::Delete if self.current.is_some() => {
+                self.current = None;
+                true
+            }
+            Op::CompareAndSet { .. } | Op::Delete | Op::Get => false,
         }
     }
 
+    /// An operation with outcome `ret` takes effect here; false if it could not have.
     fn is_valid_step(&mut self, op: &Op, ret: &Ret) -> bool {
         match (op, ret) {
             (Op::Put { value }, Ret::Written { revision }) if *revision > self.floor => {
@@ -441,8 +429,9 @@ impl SequentialSpec for NameSpec {
     }
 }
 
-/// How long the linearizability search may take for one run before it gives up.
-pub const LINEARIZABILITY_BUDGET: Duration = Duration::from_secs(20);
+/// How many steps the linearizability search may take for one run's history (all its
+/// server names together). A run whose history it cannot decide within them fails.
+pub const LINEARIZABILITY_STEPS: u64 = 20_000_000;
 
 /// A write whose outcome is unknown but whose value a read returned took effect, at
 /// the revision the read saw and before that read returned: record it so. This changes
@@ -473,93 +462,41 @@ fn resolve_observed_writes(operations: &[Operation]) -> Vec<Operation> {
     resolved
 }
 
-/// The operations on each server name are linearizable. The search is stateright's,
-/// which can take exponential time on long histories with many overlapping or
-/// unknown operations: it runs on its own thread, and a search still going after
-/// `LINEARIZABILITY_BUDGET` is reported as inconclusive (`Ok(Some(..))`), not passed.
-fn check_linearizable(operations: &[Operation]) -> Result<Option<String>, String> {
-    let operations = &resolve_observed_writes(operations);
-    // A client runs one operation at a time, but after an unknown outcome its next
-    // operation may overlap the unknown one: each unknown outcome starts a new thread
-    // of that client. Threads that end with an unknown outcome get the highest ids, so
-    // the search places completed operations first.
-    let mut generation: BTreeMap<u32, u64> = BTreeMap::new();
-    let mut ends_unknown: BTreeMap<(u32, u64), bool> = BTreeMap::new();
-    let mut thread_of = Vec::with_capacity(operations.len());
-    for operation in operations {
-        let current = generation.entry(operation.client).or_insert(0);
-        thread_of.push((operation.client, *current));
-        // A resolved unknown operation still overlaps what its client did next.
-        if operation.unknown {
-            if operation.ret.is_none() {
-                ends_unknown.insert((operation.client, *current), true);
-            }
-            *current += 1;
-        }
+/// The operations on each server name are linearizable (linearizability is
+/// compositional, so each name is searched on its own). Fails if no order exists, and
+/// if the search runs out of its budget of steps before it decides.
+fn check_linearizable(operations: &[Operation]) -> Result<u64, String> {
+    let operations = resolve_observed_writes(operations);
+    let mut by_key: BTreeMap<&str, Vec<&Operation>> = BTreeMap::new();
+    for operation in operations.iter().filter(|o| !o.failed) {
+        by_key.entry(&operation.key).or_default().push(operation);
     }
-    let thread_id = |(client, generation): (u32, u64)| {
-        let id = (u64::from(client) << 24) | generation;
-        if ends_unknown.contains_key(&(client, generation)) {
-            id | (1 << 56)
-        } else {
-            id
-        }
-    };
-    let mut testers: BTreeMap<&str, LinearizabilityTester<u64, NameSpec>> = BTreeMap::new();
-    // Invocations and returns reach the tester in the order they happened.
-    let mut steps: Vec<(usize, bool, usize)> = Vec::new();
-    for (index, operation) in operations.iter().enumerate() {
-        if operation.failed {
-            continue;
-        }
-        steps.push((operation.invoked_at, false, index));
-        if let Some(at) = operation.returned_at {
-            steps.push((at, true, index));
-        }
-    }
-    steps.sort_unstable();
-    for (_, is_return, index) in steps {
-        let operation = &operations[index];
-        let thread = thread_id(thread_of[index]);
-        let tester = testers
-            .entry(&operation.key)
-            .or_insert_with(|| LinearizabilityTester::new(NameSpec::default()));
-        let result = match (&operation.ret, is_return) {
-            (Some(ret), true) => tester.on_return(thread, ret.clone()).map(|_| ()),
-            _ => tester.on_invoke(thread, operation.op.clone()).map(|_| ()),
-        };
-        result.map_err(|e| format!("history is malformed: {e}"))?;
-    }
-    let keys: Vec<String> = testers.keys().map(|k| k.to_string()).collect();
-    let testers: Vec<(String, LinearizabilityTester<u64, NameSpec>)> = testers
-        .into_iter()
-        .map(|(key, tester)| (key.to_string(), tester))
-        .collect();
-    let (sender, verdicts) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for (key, tester) in testers {
-            if sender.send((key, tester.is_consistent())).is_err() {
-                return;
-            }
-        }
-    });
-    let deadline = std::time::Instant::now() + LINEARIZABILITY_BUDGET;
-    for key in keys {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let Ok((key, consistent)) = verdicts.recv_timeout(left) else {
-            return Ok(Some(format!(
-                "linearizability search for {key:?} gave up after {LINEARIZABILITY_BUDGET:?} \
-                 ({} operations on it)",
-                operations
-                    .iter()
-                    .filter(|o| o.key == key && !o.failed)
-                    .count()
-            )));
-        };
-        if !consistent {
-            let lines: Vec<String> = operations
+    let mut steps = 0;
+    for (key, history) in by_key {
+        let spans: Vec<Span> = history
+            .iter()
+            .map(|o| Span {
+                invoked: o.invoked_at,
+                returned: o.ret.as_ref().and(o.returned_at),
+            })
+            .collect();
+        let outcome = search(
+            &spans,
+            NameSpec::default(),
+            LINEARIZABILITY_STEPS - steps,
+            |state, i| {
+                let mut next = state.clone();
+                let operation = history[i];
+                match &operation.ret {
+                    Some(ret) => next.is_valid_step(&operation.op, ret).then_some(next),
+                    None => next.take_effect(&operation.op).then_some(next),
+                }
+            },
+        );
+        steps += outcome.steps;
+        let describe = || -> String {
+            let lines: Vec<String> = history
                 .iter()
-                .filter(|o| o.key == key && !o.failed)
                 .map(|o| {
                     format!(
                         "  client {} {:?} at {:?} -> {:?} at {:?}",
@@ -568,14 +505,29 @@ fn check_linearizable(operations: &[Operation]) -> Result<Option<String>, String
                 })
                 .collect();
             let shown = lines.len().saturating_sub(40);
-            return Err(format!(
-                "not linearizable: the {} operations on {key:?} have no valid order; the last \
-                 {}:\n{}",
-                lines.len(),
+            format!(
+                "the last {} of its {} operations:\n{}",
                 lines.len() - shown,
+                lines.len(),
                 lines[shown..].join("\n")
-            ));
+            )
+        };
+        match outcome.verdict {
+            Verdict::Linearizable => {}
+            Verdict::NotLinearizable => {
+                return Err(format!(
+                    "not linearizable: the operations on {key:?} have no valid order; {}",
+                    describe()
+                ))
+            }
+            Verdict::Undecided => {
+                return Err(format!(
+                    "undecided: the linearizability search used its {LINEARIZABILITY_STEPS} \
+                     steps before it decided the operations on {key:?}; {}",
+                    describe()
+                ))
+            }
         }
     }
-    Ok(None)
+    Ok(steps)
 }

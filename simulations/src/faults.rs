@@ -331,7 +331,10 @@ impl Nemesis {
                 let mut client = crate::client(via(attempt));
                 let _ = client.set_node_status(set("up")).await;
                 let status = client
-                    .fleet_status(mcpfleet::proto::v1::FleetStatusRequest { stale: false })
+                    .fleet_status(mcpfleet::proto::v1::FleetStatusRequest {
+                        stale: false,
+                        ..Default::default()
+                    })
                     .await;
                 if let Ok(status) = status {
                     if status

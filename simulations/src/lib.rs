@@ -36,6 +36,7 @@ use tonic::transport::{Channel, Uri};
 pub mod calls;
 pub mod checkers;
 pub mod faults;
+pub mod linearizability;
 pub mod mcp;
 pub mod scenarios;
 pub mod workload;

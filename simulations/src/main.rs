@@ -170,12 +170,6 @@ fn run_one(args: &Args, seed: u64, bug: Option<Bug>) -> ExitCode {
             }
         }
     }
-    if args.quiet {
-        // A sweep shows what a passing seed could not check.
-        for event in report.events.iter().filter(|e| e.contains("INCONCLUSIVE")) {
-            println!("seed {seed}: {event}");
-        }
-    }
     if let Some(failure) = &report.failure {
         println!("seed {seed} FAILED: {failure}");
         println!("replay: {}", args.replay_command(seed));

@@ -8,6 +8,7 @@ use tokio::sync::{broadcast, mpsc};
 use tonic::{Request, Response, Status};
 
 use super::convert::{fleet_nodes_to_proto, record_to_proto, replicas_to_proto, spec_from_proto};
+use super::paging::page;
 use super::status_from_node_error;
 use crate::control::{ControlPlane, LeaderOp, Member};
 use crate::gateway::endpoint::FleetServer;
@@ -252,17 +253,19 @@ impl Registry for ClientApi {
         &self,
         request: Request<pb::ListServersRequest>,
     ) -> Result<Response<pb::ListServersResponse>, Status> {
-        self.barrier_unless_stale(request.into_inner().stale)
-            .await?;
+        let request = request.into_inner();
+        self.barrier_unless_stale(request.stale).await?;
         let applied = self.node.view().read();
+        let page = page(
+            &applied.registry.servers,
+            &request.page_token,
+            request.page_size,
+            record_to_proto,
+        )?;
         Ok(Response::new(pb::ListServersResponse {
-            servers: applied
-                .registry
-                .servers
-                .values()
-                .map(record_to_proto)
-                .collect(),
+            servers: page.items,
             revision: applied.registry.revision,
+            next_page_token: page.next_token,
         }))
     }
 
@@ -370,16 +373,17 @@ impl Registry for ClientApi {
         &self,
         request: Request<pb::FleetStatusRequest>,
     ) -> Result<Response<pb::FleetStatusResponse>, Status> {
-        self.barrier_unless_stale(request.into_inner().stale)
-            .await?;
+        let request = request.into_inner();
+        self.barrier_unless_stale(request.stale).await?;
         let cluster = self.cluster_summary().await?;
         let applied = self.node.view().read();
         let registry = &applied.registry;
         let plan = crate::scheduler::plan_registry(registry);
-        let servers = registry
-            .servers
-            .values()
-            .map(|record| {
+        let page = page(
+            &registry.servers,
+            &request.page_token,
+            request.page_size,
+            |record| {
                 let replicas = replicas_to_proto(registry, &plan, &record.spec.name);
                 pb::FleetServer {
                     name: record.spec.name.clone(),
@@ -388,12 +392,13 @@ impl Registry for ClientApi {
                     healthy: replicas.iter().filter(|r| r.state == "healthy").count() as u32,
                     replicas,
                 }
-            })
-            .collect();
+            },
+        )?;
         Ok(Response::new(pb::FleetStatusResponse {
             cluster: Some(cluster),
             nodes: fleet_nodes_to_proto(registry),
-            servers,
+            servers: page.items,
+            next_page_token: page.next_token,
         }))
     }
 

@@ -6,6 +6,7 @@ mod client;
 pub mod convert;
 mod dataplane;
 mod internal;
+pub mod paging;
 
 use std::sync::Arc;
 

@@ -398,15 +398,25 @@ async fn server_command(
             }
         }
         ServerCommand::Ls { stale } => {
-            let response = client
-                .list_servers(pb::ListServersRequest { stale })
-                .await?
-                .into_inner();
-            let servers = response
-                .servers
-                .into_iter()
-                .map(to_json)
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut servers = Vec::new();
+            let mut token = String::new();
+            loop {
+                let page = client
+                    .list_servers(pb::ListServersRequest {
+                        stale,
+                        page_size: 0,
+                        page_token: token.clone(),
+                    })
+                    .await?
+                    .into_inner();
+                for server in page.servers {
+                    servers.push(to_json(server)?);
+                }
+                token = next_page(&token, page.next_page_token)?;
+                if token.is_empty() {
+                    break;
+                }
+            }
             if json {
                 print_json(&servers).map_err(CliError::Failed)?;
             } else {
@@ -640,15 +650,43 @@ fn print_replicas(replicas: &[pb::Replica]) {
     print_table(&REPLICA_HEADER, &replica_rows(None, replicas));
 }
 
+/// The token of the page after the one fetched with `token`: names only grow, so a
+/// node that answers otherwise would have the listing loop forever.
+fn next_page(token: &str, next: String) -> Result<String, CliError> {
+    if !next.is_empty() && next.as_str() <= token {
+        return Err(CliError::Failed(format!(
+            "the node answered page {token:?} with next page {next:?}, which does not follow it"
+        )));
+    }
+    Ok(next)
+}
+
 async fn fleet_status(
     client: &mut RegistryClient<Channel>,
     stale: bool,
     json: bool,
 ) -> Result<(), CliError> {
-    let fleet = client
-        .fleet_status(pb::FleetStatusRequest { stale })
+    let mut fleet = client
+        .fleet_status(pb::FleetStatusRequest {
+            stale,
+            ..Default::default()
+        })
         .await?
         .into_inner();
+    // The cluster and nodes as of the first page; the servers of every page.
+    let mut token = next_page("", std::mem::take(&mut fleet.next_page_token))?;
+    while !token.is_empty() {
+        let page = client
+            .fleet_status(pb::FleetStatusRequest {
+                stale,
+                page_size: 0,
+                page_token: token.clone(),
+            })
+            .await?
+            .into_inner();
+        fleet.servers.extend(page.servers);
+        token = next_page(&token, page.next_page_token)?;
+    }
     let cluster = fleet.cluster.unwrap_or_default();
     if json {
         let nodes: Vec<serde_json::Value> = fleet

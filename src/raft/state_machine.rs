@@ -292,6 +292,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 e,
             )
         })?;
+        tracing::info!(
+            index = ?meta.last_log_id.map(|id| id.index),
+            bytes = data.len(),
+            "installing a snapshot from the leader"
+        );
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data,

@@ -42,7 +42,7 @@ pub fn slow_disk(seed: u64) -> super::Report {
             workload::run_client(id, seed, vec![1, 2, 3], END, history).await
         });
     }
-    let slow_leader = seed % 2 == 0;
+    let slow_leader = seed.is_multiple_of(2);
     let mut events = Vec::new();
     let mut leaders = LeadersPerTerm::default();
     let mut states = AppliedStates::default();
