@@ -14,6 +14,7 @@ pub mod control;
 pub mod controller;
 pub mod env;
 pub mod gateway;
+pub mod limits;
 pub mod mcp;
 pub mod node;
 pub mod raft;

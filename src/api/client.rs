@@ -100,7 +100,9 @@ fn status_from_registry_error(error: &RegistryError) -> Status {
             Status::not_found(message)
         }
         RegistryError::RevisionMismatch { .. } => Status::failed_precondition(message),
-        RegistryError::TooManyServers { .. } => Status::resource_exhausted(message),
+        RegistryError::TooManyServers { .. } | RegistryError::Full { .. } => {
+            Status::resource_exhausted(message)
+        }
         RegistryError::StalePlan { .. } => Status::failed_precondition(message),
         RegistryError::InvalidPlan { .. } | RegistryError::InvalidNode { .. } => {
             Status::invalid_argument(message)

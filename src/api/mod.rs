@@ -9,6 +9,7 @@ mod internal;
 pub mod paging;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tonic::transport::Server;
 
@@ -21,14 +22,22 @@ use crate::config::MAX_REQUEST_BYTES;
 use crate::control::{ControlPlane, NodeError};
 use crate::env::Incoming;
 use crate::gateway::endpoint::FleetServer;
-use crate::gateway::MAX_CALL_BYTES;
+use crate::gateway::{MAX_CALL_BYTES, MAX_CALL_TIMEOUT_MS};
 use crate::proto::dataplane::tool_calls_server::ToolCallsServer;
 use crate::proto::internal::raft_internal_server::RaftInternalServer;
 use crate::proto::v1::registry_server::RegistryServer;
 use crate::raft::network::MAX_RAFT_MESSAGE_BYTES;
 
-/// Most concurrent streams on one connection.
+/// Most concurrent streams on one connection, and most requests one connection has
+/// in service at once.
 const MAX_CONCURRENT_STREAMS: u32 = 1_024;
+/// A connection that answers no HTTP/2 ping within the timeout is closed, so that the
+/// streams of a peer that vanished (a partition, a killed host) do not linger.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest a request may take to be answered (a stream's answer is its first message):
+/// the longest tool call a client may ask for, and some slack.
+const REQUEST_TIMEOUT: Duration = Duration::from_millis(MAX_CALL_TIMEOUT_MS + 30_000);
 
 /// Serves the client, internal and data-plane APIs on `incoming` until the node shuts
 /// down.
@@ -49,6 +58,10 @@ pub async fn serve(
     Server::builder()
         .tcp_nodelay(true)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .concurrency_limit_per_connection(MAX_CONCURRENT_STREAMS as usize)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .timeout(REQUEST_TIMEOUT)
         .add_service(client)
         .add_service(internal)
         .add_service(dataplane)

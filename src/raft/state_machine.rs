@@ -134,6 +134,7 @@ impl StateMachineStore {
                 .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
             applied.history_floor = state.registry.revision;
             applied.registry = state.registry;
+            applied.registry.recount();
             applied.sessions = state.sessions;
             applied.last_applied = stored.meta.last_log_id;
             applied.membership = stored.meta.last_membership.clone();
@@ -306,6 +307,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         applied.history.clear();
         applied.history_floor = state.registry.revision;
         applied.registry = state.registry;
+        applied.registry.recount();
         applied.sessions = state.sessions;
         applied.last_applied = meta.last_log_id;
         applied.membership = meta.last_membership.clone();

@@ -173,4 +173,7 @@ pub enum RegistryError {
     SessionNotFound { id: String },
     #[error("write {seq} of this node was answered before; a late copy is not applied")]
     StaleRequest { seq: u64 },
+    /// New variants go last: outcomes are stored positionally (client sessions).
+    #[error("registry full: {reason}")]
+    Full { reason: String },
 }

@@ -9,7 +9,7 @@ pub mod validate;
 
 pub use command::{Command, LogPosition, Outcome, Placement, RegistryError};
 pub use model::*;
-pub use state::{truncate_utf8, Change, Registry, MAX_ERROR_BYTES};
+pub use state::{truncate_utf8, Change, Registry, Usage, MAX_ADDRESS_LEN, MAX_ERROR_BYTES};
 
 #[cfg(test)]
 mod tests;

@@ -24,6 +24,15 @@ pub const MAX_CATALOG_BYTES: usize = 256 * 1024;
 pub const MAX_SESSIONS: usize = 10_000;
 /// Largest recorded session (the client's initialize parameters), in bytes.
 pub const MAX_SESSION_BYTES: usize = 16 * 1024;
+/// Most bytes of content (specs, catalogs and session parameters together, as
+/// `spec_size`, `Catalog::size` and the parameters' length count them) the registry
+/// holds: with the caps on counts, this keeps a snapshot within what a node decodes
+/// (src/limits.rs checks the sum).
+pub const MAX_CONTENT_BYTES: usize = 128 * 1024 * 1024;
+/// Most nodes the registry holds.
+pub const MAX_NODES: usize = 1_000;
+/// Most replica slots (the sum of every server's replicas) the registry holds.
+pub const MAX_SLOTS: usize = 20_000;
 
 pub type NodeId = u64;
 

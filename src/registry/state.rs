@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::command::{Command, LogPosition, Outcome, Placement, RegistryError};
 use super::model::*;
-use super::validate::{validate_name, validate_spec};
+use super::validate::{spec_size, validate_name, validate_spec};
 
 /// Longest node address recorded.
 pub const MAX_ADDRESS_LEN: usize = 255;
@@ -41,6 +41,19 @@ pub struct Registry {
     pub catalogs: BTreeMap<String, Catalog>,
     /// Legacy MCP sessions, keyed by session id.
     pub sessions: BTreeMap<String, SessionRecord>,
+    /// What the registry holds against its budgets. Every command keeps it; it is not
+    /// stored, and `recount` sets it after a registry is decoded.
+    #[serde(skip)]
+    usage: Usage,
+}
+
+/// What a registry holds against `MAX_CONTENT_BYTES` and `MAX_SLOTS`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes of specs, catalogs and session parameters.
+    pub content_bytes: usize,
+    /// Replica slots, over all servers.
+    pub slots: usize,
 }
 
 /// A change to the server table, as watchers see it.
@@ -119,14 +132,14 @@ impl Registry {
                 catalog,
             } => self.report_catalog(server, *slot, *epoch, *node_id, catalog),
             Command::PutSession { id, initialize } => self.put_session(id, initialize),
-            Command::DeleteSession { id } => {
-                if self.sessions.remove(id).is_none() {
-                    Err(RegistryError::SessionNotFound { id: id.clone() })
-                } else {
+            Command::DeleteSession { id } => match self.sessions.remove(id) {
+                None => Err(RegistryError::SessionNotFound { id: id.clone() }),
+                Some(removed) => {
+                    self.take_room((removed.initialize.len(), 0), (0, 0));
                     self.revision += 1;
                     Ok(None)
                 }
-            }
+            },
             Command::ApplyPlan { term, placements } => {
                 self.apply_plan(*term, placements, position).map(|()| None)
             }
@@ -269,6 +282,11 @@ impl Registry {
                 "at most {MAX_LIST_ITEMS} tags of 1..={MAX_NAME_LEN} bytes"
             ));
         }
+        if !self.nodes.contains_key(&id) && self.nodes.len() >= MAX_NODES {
+            return Err(RegistryError::Full {
+                reason: format!("the registry holds at most {MAX_NODES} nodes"),
+            });
+        }
         let (status, admin) = self
             .nodes
             .get(&id)
@@ -345,6 +363,12 @@ impl Registry {
                 limit: MAX_CATALOG_BYTES,
             });
         }
+        let room = (
+            self.catalogs.get(server).map_or(0, Catalog::size),
+            catalog.size(),
+        );
+        self.check_room(room, (0, 0))?;
+        self.take_room(room, (0, 0));
         self.catalogs.insert(server.to_string(), catalog.clone());
         self.revision += 1;
         Ok(None)
@@ -365,15 +389,25 @@ impl Registry {
                 initialize.len()
             ));
         }
-        if !self.sessions.contains_key(id) && self.sessions.len() >= MAX_SESSIONS {
-            let oldest = self
-                .sessions
+        let evicted = if !self.sessions.contains_key(id) && self.sessions.len() >= MAX_SESSIONS {
+            self.sessions
                 .iter()
                 .min_by_key(|(id, record)| (record.revision, (*id).clone()))
-                .map(|(id, _)| id.clone());
-            if let Some(oldest) = oldest {
-                self.sessions.remove(&oldest);
-            }
+                .map(|(id, _)| id.clone())
+        } else {
+            None
+        };
+        let replaced = [Some(id), evicted.as_deref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.sessions.get(id))
+            .map(|s| s.initialize.len())
+            .sum();
+        let room = (replaced, initialize.len());
+        self.check_room(room, (0, 0))?;
+        self.take_room(room, (0, 0));
+        if let Some(oldest) = evicted {
+            self.sessions.remove(&oldest);
         }
         self.revision += 1;
         self.sessions.insert(
@@ -406,6 +440,12 @@ impl Registry {
         if current.is_none() && self.servers.len() >= MAX_SERVERS {
             return Err(RegistryError::TooManyServers { limit: MAX_SERVERS });
         }
+        let room = (current.map_or(0, |r| spec_size(&r.spec)), spec_size(spec));
+        let slots = (
+            current.map_or(0, |r| r.spec.replicas as usize),
+            spec.replicas as usize,
+        );
+        self.check_room(room, slots)?;
         self.revision += 1;
         let create_revision = current.map_or(self.revision, |r| r.create_revision);
         let transport_revision = match current {
@@ -423,6 +463,7 @@ impl Registry {
             .retain(|(server, slot), _| server != &spec.name || *slot < spec.replicas);
         self.health
             .retain(|(server, slot), _| server != &spec.name || *slot < spec.replicas);
+        self.take_room(room, slots);
         self.servers.insert(spec.name.clone(), record.clone());
         Ok(Some(Change::Put {
             record: Box::new(record),
@@ -450,9 +491,14 @@ impl Registry {
                 });
             }
         }
+        let room = (spec_size(&current.spec), 0);
+        let slots = (current.spec.replicas as usize, 0);
+        self.take_room(room, slots);
         self.revision += 1;
         self.servers.remove(name);
-        self.catalogs.remove(name);
+        if let Some(catalog) = self.catalogs.remove(name) {
+            self.take_room((catalog.size(), 0), (0, 0));
+        }
         self.assignments.retain(|(server, _), _| server != name);
         self.health.retain(|(server, _), _| server != name);
         Ok(Some(Change::Delete {
@@ -461,9 +507,82 @@ impl Registry {
         }))
     }
 
+    /// What the registry holds against its budgets.
+    pub fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    /// Counts the usage again from the contents (after decoding a registry).
+    pub fn recount(&mut self) {
+        self.usage = self.counted_usage();
+    }
+
+    fn counted_usage(&self) -> Usage {
+        Usage {
+            content_bytes: self
+                .servers
+                .values()
+                .map(|r| spec_size(&r.spec))
+                .sum::<usize>()
+                + self.catalogs.values().map(Catalog::size).sum::<usize>()
+                + self
+                    .sessions
+                    .values()
+                    .map(|s| s.initialize.len())
+                    .sum::<usize>(),
+            slots: self
+                .servers
+                .values()
+                .map(|r| r.spec.replicas as usize)
+                .sum(),
+        }
+    }
+
+    /// Refuses a change that replaces `old` content bytes by `new` and `old_slots`
+    /// replica slots by `new_slots` if it grows the registry past a budget (a change
+    /// that shrinks or keeps it is always accepted).
+    fn check_room(
+        &self,
+        (old, new): (usize, usize),
+        (old_slots, new_slots): (usize, usize),
+    ) -> Result<(), RegistryError> {
+        let content = self.usage.content_bytes - old + new;
+        if new > old && content > MAX_CONTENT_BYTES {
+            return Err(RegistryError::Full {
+                reason: format!(
+                    "specs, catalogs and sessions would take {content} bytes, over the \
+                     {MAX_CONTENT_BYTES} the registry holds"
+                ),
+            });
+        }
+        let slots = self.usage.slots - old_slots + new_slots;
+        if new_slots > old_slots && slots > MAX_SLOTS {
+            return Err(RegistryError::Full {
+                reason: format!(
+                    "servers would ask for {slots} replicas in all, over the {MAX_SLOTS} the \
+                     registry holds"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies a change checked by `check_room`.
+    fn take_room(&mut self, (old, new): (usize, usize), (old_slots, new_slots): (usize, usize)) {
+        self.usage.content_bytes = self.usage.content_bytes - old + new;
+        self.usage.slots = self.usage.slots - old_slots + new_slots;
+    }
+
     /// The registry's invariants. Unit tests and the simulator call this after every
     /// step; `apply` asserts it in debug builds, on registries of up to 256 servers.
     pub fn check_invariants(&self) -> Result<(), String> {
+        if self.usage != self.counted_usage() {
+            return Err(format!(
+                "usage is kept as {:?} but the contents count {:?}",
+                self.usage,
+                self.counted_usage()
+            ));
+        }
         for (name, record) in &self.servers {
             if name != &record.spec.name {
                 return Err(format!(

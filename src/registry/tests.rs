@@ -801,10 +801,12 @@ proptest! {
         // The revision counts exactly the applied commands.
         let applied = log.iter().filter(|(_, _, o)| matches!(o, Outcome::Applied { .. })).count();
         prop_assert_eq!(first.revision, applied as u64);
-        // A snapshot round trip (as Raft does) gives the same state.
+        // A snapshot round trip (as Raft does, counting the usage again) gives the same
+        // state.
         let bytes = bincode::serde::encode_to_vec(&first, bincode::config::standard()).unwrap();
-        let (decoded, _): (Registry, usize) =
+        let (mut decoded, _): (Registry, usize) =
             bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
+        decoded.recount();
         prop_assert_eq!(decoded, first);
     }
 }
@@ -971,4 +973,83 @@ fn sessions_are_recorded_capped_and_deleted() {
     assert!(matches!(outcome, Outcome::Applied { .. }));
     assert!(!registry.sessions.contains_key("newest"));
     assert_eq!(registry.check_invariants(), Ok(()));
+}
+
+#[test]
+fn the_registry_refuses_growth_past_its_budgets_and_keeps_its_usage_exact() {
+    let full = |outcome: &Outcome| matches!(outcome, Outcome::Rejected(RegistryError::Full { .. }));
+    // Content: specs of about 63.5 KiB each, up to MAX_CONTENT_BYTES.
+    let big = |name: &str| ServerSpec::stdio(name, "serve", &[&"x".repeat(65_000)]);
+    let mut registry = Registry::default();
+    let mut count = 0;
+    loop {
+        let (outcome, _) = registry.apply(&put(big(&format!("s{count}"))));
+        if full(&outcome) {
+            break;
+        }
+        assert!(matches!(outcome, Outcome::Applied { .. }), "{outcome:?}");
+        count += 1;
+    }
+    assert_eq!(count, MAX_CONTENT_BYTES / spec_size_of(&big("s0")));
+    assert!(registry.usage().content_bytes <= MAX_CONTENT_BYTES);
+    let before = registry.clone();
+    // A rewrite that does not grow is accepted, and deleting makes room.
+    let (outcome, _) = registry.apply(&put(big("s0")));
+    assert!(matches!(outcome, Outcome::Applied { .. }), "{outcome:?}");
+    assert!(full(&registry.apply(&put(big("new"))).0));
+    assert_eq!(registry.servers.len(), before.servers.len());
+    registry.apply(&delete("s1"));
+    assert!(matches!(
+        registry.apply(&put(big("new"))).0,
+        Outcome::Applied { .. }
+    ));
+    assert_eq!(registry.check_invariants(), Ok(()));
+    // Usage is not stored: a decoded registry counts it again.
+    let bytes = bincode::serde::encode_to_vec(&registry, bincode::config::standard()).unwrap();
+    let (mut decoded, _): (Registry, usize) =
+        bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
+    assert_ne!(decoded.usage(), registry.usage());
+    decoded.recount();
+    assert_eq!(decoded, registry);
+
+    // Slots: servers of 64 replicas up to MAX_SLOTS.
+    let mut registry = Registry::default();
+    let wide = |name: &str, replicas| with(echo(name), |s| s.replicas = replicas);
+    for i in 0..(MAX_SLOTS / 64) {
+        let (outcome, _) = registry.apply(&put(wide(&format!("w{i}"), 64)));
+        assert!(matches!(outcome, Outcome::Applied { .. }), "{outcome:?}");
+    }
+    assert!(full(&registry.apply(&put(wide("over", 64))).0));
+    let room = (MAX_SLOTS % 64) as u32;
+    assert!(matches!(
+        registry.apply(&put(wide("fits", room))).0,
+        Outcome::Applied { .. }
+    ));
+    assert_eq!(registry.usage().slots, MAX_SLOTS);
+    assert_eq!(registry.check_invariants(), Ok(()));
+
+    // Nodes: up to MAX_NODES; a known node may register again.
+    let mut registry = Registry::default();
+    let register = |id| Command::RegisterNode {
+        id,
+        addr: format!("10.0.0.1:{id}"),
+        tags: vec![],
+        capacity: None,
+        incarnation: 1,
+    };
+    for id in 1..=MAX_NODES as u64 {
+        assert!(matches!(
+            registry.apply(&register(id)).0,
+            Outcome::Applied { .. }
+        ));
+    }
+    assert!(full(&registry.apply(&register(MAX_NODES as u64 + 1)).0));
+    assert!(matches!(
+        registry.apply(&register(1)).0,
+        Outcome::Applied { .. }
+    ));
+}
+
+fn spec_size_of(spec: &ServerSpec) -> usize {
+    validate::spec_size(spec)
 }

@@ -33,6 +33,32 @@ pub fn validate_name(name: &str) -> Result<(), RegistryError> {
     Ok(())
 }
 
+/// A spec's size as its limits count it: the bytes of its name, transport strings and
+/// node tags.
+pub fn spec_size(spec: &ServerSpec) -> usize {
+    let transport = match &spec.transport {
+        Transport::Stdio {
+            command,
+            args,
+            env,
+            cwd,
+        } => {
+            command.len()
+                + args.iter().map(String::len).sum::<usize>()
+                + env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+                + cwd.as_ref().map_or(0, String::len)
+        }
+        Transport::Http { url, headers } => {
+            url.len()
+                + headers
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>()
+        }
+    };
+    spec.name.len() + transport + spec.node_tags.iter().map(String::len).sum::<usize>()
+}
+
 /// Checks a whole spec: name, transport, replicas, settings and size.
 pub fn validate_spec(spec: &ServerSpec) -> Result<(), RegistryError> {
     validate_name(&spec.name)?;
@@ -40,7 +66,6 @@ pub fn validate_spec(spec: &ServerSpec) -> Result<(), RegistryError> {
         name: spec.name.clone(),
         reason,
     };
-    let mut size = spec.name.len();
     match &spec.transport {
         Transport::Stdio {
             command,
@@ -67,7 +92,6 @@ pub fn validate_spec(spec: &ServerSpec) -> Result<(), RegistryError> {
                         "command, args, env and cwd must not contain NUL".into(),
                     ));
                 }
-                size += s.len();
             }
             for key in env.keys() {
                 if key.is_empty() || key.contains('=') {
@@ -90,12 +114,10 @@ pub fn validate_spec(spec: &ServerSpec) -> Result<(), RegistryError> {
             if headers.len() > MAX_LIST_ITEMS {
                 return Err(invalid(format!("at most {MAX_LIST_ITEMS} headers")));
             }
-            size += url.len();
             for (k, v) in headers {
                 if k.is_empty() || k.contains(['\r', '\n', ':']) || v.contains(['\r', '\n']) {
                     return Err(invalid(format!("invalid header {k:?}")));
                 }
-                size += k.len() + v.len();
             }
         }
     }
@@ -112,8 +134,8 @@ pub fn validate_spec(spec: &ServerSpec) -> Result<(), RegistryError> {
         if tag.is_empty() || tag.len() > MAX_NAME_LEN {
             return Err(invalid(format!("invalid node tag {tag:?}")));
         }
-        size += tag.len();
     }
+    let size = spec_size(spec);
     if size > MAX_SPEC_BYTES {
         return Err(invalid(format!(
             "spec is {size} bytes, more than the limit of {MAX_SPEC_BYTES}"
