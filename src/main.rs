@@ -99,13 +99,17 @@ fn parse_command_line() -> Cli {
     }
 }
 
+/// Threads of the blocking pool: storage calls (a few at a time, as openraft waits for
+/// each append), and tokio's own blocking work such as name lookups and file reads.
+const MAX_BLOCKING_THREADS: usize = 16;
+
 fn main() {
     let cli = parse_command_line();
     // One scheduler thread: on small hosts a single thread avoids cross-thread
-    // wake-ups. Storage I/O (sled's inserts, reads and fsync, and snapshot encoding)
-    // runs on it too, inline: a slow disk stalls the whole node, Raft heartbeats
-    // included (see src/env/disk.rs).
+    // wake-ups. fsyncs and log purges run on the blocking pool (src/env/disk.rs);
+    // snapshot encoding still runs on the scheduler thread.
     let runtime = match tokio::runtime::Builder::new_current_thread()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .enable_all()
         .build()
     {

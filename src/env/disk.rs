@@ -4,8 +4,9 @@
 //! values (vote, committed index, snapshot). `truncate_log` and `put_meta` return once
 //! their effect is durable; `append_log` and `purge_log` are durable only after the
 //! next `sync` (or any later durable call). `SledDisk` is production (one sled database
-//! per node), and every call of it runs inline on the calling thread, the node's only
-//! runtime thread; `MemoryDisk` is the in-memory stand-in for tests and the simulator.
+//! per node): its fsyncs, truncations and purges run on tokio's blocking pool, while
+//! inserts and reads (which sled serves from memory) run inline on the node's runtime
+//! thread. `MemoryDisk` is the in-memory stand-in for tests and the simulator.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -92,14 +93,36 @@ impl SledDisk {
         })
     }
 
-    /// fsyncs on the calling thread. Measured on 2-core hosts, handing the fsync to
-    /// another thread (sled's `flush_async` or tokio's blocking pool) costs more in
-    /// thread wake-ups than the ~0.15 ms the fsync itself blocks, and openraft 0.9 waits
-    /// for each log append's fsync before it does anything else anyway.
+    /// fsyncs on tokio's blocking pool. openraft 0.9 still waits for each of its log
+    /// appends to be durable before it does anything else, but the node's other tasks
+    /// (client reads, tool calls, the replica supervisors) go on while the disk is slow.
     async fn flush(&self) -> Result<(), DiskError> {
-        self.db.flush().map_err(storage_error)?;
-        Ok(())
+        let db = self.db.clone();
+        off_thread(move || db.flush().map(|_| ())).await
     }
+}
+
+/// Runs a blocking sled call on tokio's blocking pool.
+async fn off_thread<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, sled::Error> + Send + 'static,
+) -> Result<T, DiskError> {
+    tokio::task::spawn_blocking(call)
+        .await
+        .map_err(|e| DiskError::Storage(format!("a storage thread failed: {e}")))?
+        .map_err(storage_error)
+}
+
+/// Removes the log entries in `range` in one batch.
+fn remove_range(
+    log: &sled::Tree,
+    range: impl std::ops::RangeBounds<[u8; 8]>,
+) -> Result<(), sled::Error> {
+    let mut batch = sled::Batch::default();
+    for item in log.range(range) {
+        let (key, _) = item?;
+        batch.remove(key);
+    }
+    log.apply_batch(batch)
 }
 
 fn open_error(path: &Path, error: sled::Error) -> DiskError {
@@ -184,25 +207,17 @@ impl Disk for SledDisk {
     }
 
     async fn truncate_log(&self, from: u64) -> Result<(), DiskError> {
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(index_key(from)..) {
-            let (key, _) = item.map_err(storage_error)?;
-            batch.remove(key);
-        }
-        self.log.apply_batch(batch).map_err(storage_error)?;
+        let log = self.log.clone();
+        off_thread(move || remove_range(&log, index_key(from)..)).await?;
         self.flush().await
     }
 
     async fn purge_log(&self, upto: u64) -> Result<(), DiskError> {
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(..=index_key(upto)) {
-            let (key, _) = item.map_err(storage_error)?;
-            batch.remove(key);
-        }
-        self.log.apply_batch(batch).map_err(storage_error)?;
-        // Purging need not be durable at once: a purged entry that reappears after a
-        // crash is below the snapshot and is purged again.
-        Ok(())
+        // A purge removes up to a snapshot's worth of entries: off the runtime thread.
+        // It need not be durable at once: a purged entry that reappears after a crash
+        // is below the snapshot and is purged again.
+        let log = self.log.clone();
+        off_thread(move || remove_range(&log, ..=index_key(upto))).await
     }
 
     async fn put_meta(&self, key: &str, value: Vec<u8>) -> Result<(), DiskError> {
