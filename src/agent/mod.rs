@@ -8,9 +8,9 @@
 //!   this one. The hard bound is not this loop but the fence: every lease renews the
 //!   deadline each replica's supervisor holds (lease end + `FENCE_GRACE_MS`), and the
 //!   supervisor kills the replica at that deadline even if this node is paused. A new
-//!   replica starts only once this node has applied everything the leader had applied
-//!   when it last renewed the lease, and never for an assignment older than one this
-//!   node has already seen for the slot.
+//!   replica starts only once this node has applied its log up to the leader's last
+//!   log index when it last renewed the lease, and never for an assignment older than
+//!   one this node has already seen for the slot.
 //! - Stops replicas whose assignment went away or changed (new epoch). A spec change
 //!   restarts nothing unless the transport changed: settings reach the running replica
 //!   live, and a change of `replicas` only adds or removes slots. A transport change
@@ -56,8 +56,8 @@ use reporter::Reports;
 #[derive(Clone, Copy, Debug, Default)]
 struct Lease {
     valid_until: Option<Instant>,
-    /// The leader's applied index when it last renewed the lease.
-    leader_applied: u64,
+    /// The leader's last log index when it last renewed the lease.
+    leader_log: u64,
 }
 
 struct Running {
@@ -267,7 +267,7 @@ impl Agent {
         let Some(launcher) = &self.launcher else {
             return;
         };
-        let may_start = fresh && applied >= lease.leader_applied;
+        let may_start = fresh && applied >= lease.leader_log;
         if !may_start && !bugs::active(Bug::IgnoreLease) {
             return;
         }
@@ -291,7 +291,8 @@ impl Agent {
                 create_revision,
                 transport_revision,
             };
-            tracing::info!(server = %key.0, slot = key.1, epoch, "starting replica");
+            tracing::info!(server = %key.0, slot = key.1, epoch, node = me, applied,
+                leader_log = lease.leader_log, "starting replica");
             let task = self.context.tasks.spawn(replica::run(
                 me,
                 replica,
@@ -387,7 +388,7 @@ async fn heartbeat(
                 fence.send_replace(Some(valid_until + Duration::from_millis(FENCE_GRACE_MS)));
                 let _ = lease.send(Lease {
                     valid_until: Some(valid_until),
-                    leader_applied: grant.applied_index,
+                    leader_log: grant.applied_index,
                 });
             }
             // A leader that just took over may not answer yet: try again soon rather

@@ -78,9 +78,9 @@ pub struct Heartbeat {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseGrant {
     pub term: u64,
-    /// The leader's applied index when it answered: the agent starts no replica until
-    /// its own registry has caught up with this, so it never acts on assignments older
-    /// than the leader's.
+    /// The leader's last log index when it answered (which covers every committed
+    /// entry): the agent starts no replica until it has applied this far, so it never
+    /// acts on assignments older than the leader's.
     pub applied_index: u64,
 }
 

@@ -175,11 +175,14 @@ impl Controller {
     /// Records a heartbeat, and grants a lease if this node led with a quorum's
     /// confirmation moments ago.
     fn heartbeat(&mut self, heartbeat: Heartbeat) -> Result<LeaseGrant, LeaderError> {
+        // The leader's last log index, not its applied index: a leader that resumed its
+        // term after a restart may not have applied yet what it had committed before
+        // it, but its log holds every committed entry (simulator seed 877).
         let (leader, term, applied_index) = {
             let metrics = self.control.raft.metrics();
             let metrics = metrics.borrow();
-            let applied = metrics.last_applied.map_or(0, |id| id.index);
-            (metrics.current_leader, metrics.current_term, applied)
+            let last_log = metrics.last_log_index.unwrap_or(0);
+            (metrics.current_leader, metrics.current_term, last_log)
         };
         if leader != Some(self.control.id()) {
             return Err(LeaderError::NotLeader {

@@ -546,7 +546,7 @@ impl Registry {
         (old, new): (usize, usize),
         (old_slots, new_slots): (usize, usize),
     ) -> Result<(), RegistryError> {
-        let content = self.usage.content_bytes - old + new;
+        let content = self.usage.content_bytes + new - old;
         if new > old && content > MAX_CONTENT_BYTES {
             return Err(RegistryError::Full {
                 reason: format!(
@@ -555,7 +555,7 @@ impl Registry {
                 ),
             });
         }
-        let slots = self.usage.slots - old_slots + new_slots;
+        let slots = self.usage.slots + new_slots - old_slots;
         if new_slots > old_slots && slots > MAX_SLOTS {
             return Err(RegistryError::Full {
                 reason: format!(
@@ -569,8 +569,8 @@ impl Registry {
 
     /// Applies a change checked by `check_room`.
     fn take_room(&mut self, (old, new): (usize, usize), (old_slots, new_slots): (usize, usize)) {
-        self.usage.content_bytes = self.usage.content_bytes - old + new;
-        self.usage.slots = self.usage.slots - old_slots + new_slots;
+        self.usage.content_bytes = self.usage.content_bytes + new - old;
+        self.usage.slots = self.usage.slots + new_slots - old_slots;
     }
 
     /// The registry's invariants. Unit tests and the simulator call this after every
