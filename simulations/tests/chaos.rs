@@ -29,7 +29,8 @@ fn a_chaos_seed_passes_every_checker_and_replays_identically() {
     assert!(passed, "seed 11 failed:\n{first}");
     assert!(first.contains("fault: "), "faults were injected:\n{first}");
     assert!(first.contains("converged "), "{first}");
-    assert!(first.contains("linearizable, nothing lost"), "{first}");
+    assert!(first.contains("linearizable (decided in "), "{first}");
+    assert!(first.contains(" steps), nothing lost"), "{first}");
     let summary = first.lines().last().expect("a summary line");
     assert!(
         summary.starts_with("seeds=1 failed=0 sim_seconds="),
