@@ -129,12 +129,9 @@ where
             continue;
         };
         let placed = top.placed.with(operation);
-        let key = (placed, state);
-        if seen.contains(&key) {
+        if !seen.insert((placed.clone(), state.clone())) {
             continue;
         }
-        seen.insert(key.clone());
-        let (placed, state) = key;
         let mut next_return = top.next_return;
         while next_return < by_return.len() && placed.contains(by_return[next_return]) {
             next_return += 1;
