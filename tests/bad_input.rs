@@ -222,21 +222,25 @@ fn bad_serve_flags_and_data_dirs_are_refused() -> Result<()> {
     let output = serve_changed_copy(&data, &dir.path().join("corrupt"), &second_listen, garble)?;
     assert_refused(&output, "corrupt")?;
 
-    // A data dir written in another format version (here: said to be version 1).
-    let said_older = |older: &std::path::Path| -> Result<()> {
-        tokio::runtime::Builder::new_current_thread()
-            .build()?
-            .block_on(async {
-                use mcpfleet::env::Disk;
-                let disk = mcpfleet::env::SledDisk::open(older)?;
-                disk.put_meta("format", 1u32.to_be_bytes().to_vec()).await?;
-                disk.sync().await
-            })?;
-        Ok(())
-    };
-    let older = dir.path().join("older");
-    let output = serve_changed_copy(&data, &older, &second_listen, said_older)?;
-    assert_refused(&output, "written in format version 1")?;
+    // A data dir written in an older format version: version 1 (before format records)
+    // and version 2 (values without a version tag).
+    for version in [1u32, 2] {
+        let said_older = |older: &std::path::Path| -> Result<()> {
+            tokio::runtime::Builder::new_current_thread()
+                .build()?
+                .block_on(async {
+                    use mcpfleet::env::Disk;
+                    let disk = mcpfleet::env::SledDisk::open(older)?;
+                    disk.put_meta("format", version.to_be_bytes().to_vec())
+                        .await?;
+                    disk.sync().await
+                })?;
+            Ok(())
+        };
+        let older = dir.path().join(format!("older-{version}"));
+        let output = serve_changed_copy(&data, &older, &second_listen, said_older)?;
+        assert_refused(&output, &format!("written in format version {version}"))?;
+    }
 
     // A data dir that is a file.
     let file = dir.path().join("file");

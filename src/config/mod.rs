@@ -13,6 +13,12 @@ pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7800";
 pub const DEFAULT_DATA_DIR: &str = "./mcpfleet-data";
 /// Largest client request accepted, in bytes.
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+/// The longest `request_timeout_ms`: a write is sent again only within its request's
+/// time, and client sessions rely on that bound (`raft::sessions`).
+pub const MAX_REQUEST_TIMEOUT_MS: u64 = 60_000;
+/// Entries sent in one AppendEntries message: with the proposer's byte cap on an entry
+/// this bounds the message (see `crate::limits`).
+pub const MAX_PAYLOAD_ENTRIES: u64 = 8;
 /// Between server and tool in the fleet's tool names, unless configured otherwise.
 pub const DEFAULT_TOOL_SEPARATOR: &str = "__";
 /// How long a tool call may take, unless configured otherwise.
@@ -205,6 +211,11 @@ impl Config {
                 "request_timeout_ms must be at least election_timeout_max_ms".into(),
             ));
         }
+        if self.request_timeout_ms > MAX_REQUEST_TIMEOUT_MS {
+            return Err(ConfigError::Timing(format!(
+                "request_timeout_ms must be at most {MAX_REQUEST_TIMEOUT_MS}"
+            )));
+        }
         // Fencing: a lease renewed just before the leader was deposed runs out, and its
         // replicas are killed by their supervisors, before the new leader's grace ends
         // (the whole inequality is in config::timing).
@@ -261,9 +272,7 @@ impl Config {
             election_timeout_min: self.election_timeout_min_ms,
             election_timeout_max: self.election_timeout_max_ms,
             install_snapshot_timeout: 10_000,
-            // Entries are batches of up to 64 commands (see control::proposer): this bounds one
-            // AppendEntries message at about 32 MiB.
-            max_payload_entries: 8,
+            max_payload_entries: MAX_PAYLOAD_ENTRIES,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_after_logs),
             max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot,
             purge_batch_size: 256,

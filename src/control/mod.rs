@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 pub use elections::spread_rounds;
 pub use leader::{join, LeaderError, LeaderOp, LeaderOpResult, Member};
 pub use peers::Peers;
-pub use proposer::{Proposer, MAX_BATCHES_IN_FLIGHT, TOLERATED_FSYNC};
+pub use proposer::{Proposer, MAX_BATCHES_IN_FLIGHT, MAX_BATCH_BYTES, TOLERATED_FSYNC};
 
 use crate::config::Config;
 use crate::env::{Disk, NetworkError};

@@ -4,6 +4,9 @@
 //! are waiting (up to a limit), submits them as one entry, and goes on to the next batch
 //! without waiting for the first to commit; a bounded number of batches may be in
 //! flight. A lone write is submitted at once, so batching adds no delay.
+//!
+//! The proposer is where every write is checked (`Command::check`), once: a write
+//! that fails is answered with its error and never enters the log.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,14 +18,18 @@ use tokio_util::task::TaskTracker;
 
 use super::LeaderError;
 use crate::env::Clock;
+use crate::raft::codec::encoded_len;
 use crate::raft::{Batch, Proposal, Raft};
 use crate::registry::Outcome;
 
 /// Writes waiting for the proposer, beyond which callers wait (backpressure).
 pub const MAX_PENDING_PROPOSALS: usize = 4_096;
-/// Commands in one Raft entry. With specs capped at 64 KiB this bounds an entry at
-/// about 4 MiB.
+/// Commands in one Raft entry.
 pub const MAX_BATCH_COMMANDS: usize = 64;
+/// Encoded bytes of the proposals in one Raft entry: a batch takes writes while they fit,
+/// and a write larger than this alone (none is, see `crate::limits`) would go alone.
+/// With openraft's `max_payload_entries` this bounds an AppendEntries message.
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Batches submitted to Raft and not yet committed. openraft 0.9's core appends each
 /// submitted entry to its own log and waits for the fsync before it looks at its timers,
 /// so the batches waiting in its queue stall the leader's heartbeats by one fsync each.
@@ -37,6 +44,8 @@ type Reply = oneshot::Sender<Result<Outcome, LeaderError>>;
 
 struct Pending {
     proposal: Proposal,
+    /// Its encoded size.
+    bytes: usize,
     reply: Reply,
 }
 
@@ -71,11 +80,20 @@ impl Proposer {
         Proposer { queue }
     }
 
-    /// Submits `proposal` and waits for its outcome.
+    /// Checks `proposal`'s command and, if it passes, submits it and waits for its
+    /// outcome. A command that fails its check is answered with its error.
     pub async fn propose(&self, proposal: Proposal) -> Result<Outcome, LeaderError> {
+        if let Err(error) = proposal.command.check() {
+            return Ok(Outcome::Rejected(error));
+        }
+        let bytes = encoded_len(&proposal).map_err(|e| LeaderError::Failed(e.to_string()))?;
         let (reply, outcome) = oneshot::channel();
         self.queue
-            .send(Pending { proposal, reply })
+            .send(Pending {
+                proposal,
+                bytes,
+                reply,
+            })
             .await
             .map_err(|_| LeaderError::Failed("node is shutting down".into()))?;
         outcome
@@ -102,12 +120,22 @@ async fn run(batches: Batches, mut pending: mpsc::Receiver<Pending>, shutdown: C
     let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
     let mut waiting = Vec::with_capacity(MAX_BATCH_COMMANDS);
     loop {
-        let received = tokio::select! {
-            received = pending.recv_many(&mut waiting, MAX_BATCH_COMMANDS) => received,
-            _ = shutdown.cancelled() => return,
-        };
-        if received == 0 {
-            return;
+        // Writes left over from the last batch go first, with whatever else waits.
+        if waiting.is_empty() {
+            let received = tokio::select! {
+                received = pending.recv_many(&mut waiting, MAX_BATCH_COMMANDS) => received,
+                _ = shutdown.cancelled() => return,
+            };
+            if received == 0 {
+                return;
+            }
+        } else {
+            while waiting.len() < MAX_BATCH_COMMANDS {
+                let Ok(next) = pending.try_recv() else {
+                    break;
+                };
+                waiting.push(next);
+            }
         }
         let permit = tokio::select! {
             permit = in_flight.clone().acquire_owned() => permit,
@@ -116,8 +144,19 @@ async fn run(batches: Batches, mut pending: mpsc::Receiver<Pending>, shutdown: C
         let Ok(permit) = permit else {
             return;
         };
-        let (proposals, replies): (Vec<Proposal>, Vec<Reply>) =
-            waiting.drain(..).map(|p| (p.proposal, p.reply)).unzip();
+        let mut bytes = 0;
+        let fitting = waiting
+            .iter()
+            .take_while(|p| {
+                bytes += p.bytes;
+                bytes <= MAX_BATCH_BYTES
+            })
+            .count()
+            .max(1);
+        let (proposals, replies): (Vec<Proposal>, Vec<Reply>) = waiting
+            .drain(..fitting)
+            .map(|p| (p.proposal, p.reply))
+            .unzip();
         let batch = Batch {
             stamp_ms: clock.now_ms(),
             proposals,

@@ -7,11 +7,17 @@
 //! Version 1 is every data dir from before the version was recorded (it has an
 //! incarnation but no format record). Version 2 added client sessions: the leader's
 //! time stamp on each entry, the floor on each write, and the sessions in snapshots.
+//! Version 3 tags every encoded value with its version (`codec`): each log entry,
+//! snapshot and message between nodes. Validation moved from `apply` to proposal
+//! time, and the table of client sessions is bounded in sessions and outcomes.
+//!
+//! Anything that changes how an entry is encoded or what `apply` decides from it is a
+//! new version: nodes of different versions must not apply the same log.
 
 use crate::env::Disk;
 
 /// The format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// The disk meta key of the format record.
 const META_KEY: &str = "format";
 /// Written at a data dir's first start, by every version.
@@ -95,12 +101,14 @@ mod tests {
         // A newer one, and a damaged record.
         let newer = MemoryDisk::new();
         newer
-            .put_meta(META_KEY, 3u32.to_be_bytes().to_vec())
+            .put_meta(META_KEY, (FORMAT_VERSION + 1).to_be_bytes().to_vec())
             .await
             .unwrap();
         assert_eq!(
             check_or_record(&newer).await,
-            Err(FormatError::Other { found: 3 })
+            Err(FormatError::Other {
+                found: FORMAT_VERSION + 1
+            })
         );
         let damaged = MemoryDisk::new();
         damaged.put_meta(META_KEY, vec![1, 2]).await.unwrap();

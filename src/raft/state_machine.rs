@@ -132,12 +132,7 @@ impl StateMachineStore {
         if let Some(stored) = read_snapshot(disk.as_ref())? {
             let state: SnapshotState = decode(&stored.data)
                 .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
-            applied.history_floor = state.registry.revision;
-            applied.registry = state.registry;
-            applied.registry.recount();
-            applied.sessions = state.sessions;
-            applied.last_applied = stored.meta.last_log_id;
-            applied.membership = stored.meta.last_membership.clone();
+            restore(&mut applied, state, &stored.meta);
         }
         Ok(StateMachineStore {
             disk,
@@ -305,12 +300,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.save_snapshot(&stored).await?;
         let mut applied = self.view.write();
         applied.history.clear();
-        applied.history_floor = state.registry.revision;
-        applied.registry = state.registry;
-        applied.registry.recount();
-        applied.sessions = state.sessions;
-        applied.last_applied = meta.last_log_id;
-        applied.membership = meta.last_membership.clone();
+        restore(&mut applied, state, meta);
         let _ = self.changes().send(WatchMessage::Reset);
         Ok(())
     }
@@ -343,6 +333,17 @@ impl StateMachineStore {
     fn changes(&self) -> &broadcast::Sender<WatchMessage> {
         &self.view.changes
     }
+}
+
+/// Makes `applied` the state of a snapshot, its counts made again from its contents.
+fn restore(applied: &mut Applied, state: SnapshotState, meta: &SnapshotMeta<NodeId, Node>) {
+    applied.history_floor = state.registry.revision;
+    applied.registry = state.registry;
+    applied.registry.recount();
+    applied.sessions = state.sessions;
+    applied.sessions.recount();
+    applied.last_applied = meta.last_log_id;
+    applied.membership = meta.last_membership.clone();
 }
 
 /// How client sessions forget. The ShrinkSessionWindow bug enters here: a session keeps

@@ -118,6 +118,12 @@ impl Command {
             Command::DeleteSession { .. } => "delete-session",
         }
     }
+
+    /// The checks that need no state, made once when the command is proposed
+    /// (`validate::check_command`).
+    pub fn check(&self) -> Result<(), RegistryError> {
+        super::validate::check_command(self)
+    }
 }
 
 /// The answer to one applied command.

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::command::{Command, LogPosition, Outcome, Placement, RegistryError};
 use super::model::*;
-use super::validate::{spec_size, validate_name, validate_spec};
+use super::validate::{spec_size, validate_spec};
 
 /// Longest node address recorded.
 pub const MAX_ADDRESS_LEN: usize = 255;
@@ -78,14 +78,22 @@ impl Change {
 }
 
 impl Registry {
-    /// Applies one command. Returns its outcome and, if the server table changed, the
-    /// change for watchers.
+    /// Checks one command, as a proposal is checked, and applies it if it passes.
+    /// Returns its outcome and, if the server table changed, the change for watchers.
     pub fn apply(&mut self, command: &Command) -> (Outcome, Option<Change>) {
+        if let Err(error) = command.check() {
+            return (Outcome::Rejected(error), None);
+        }
         self.apply_at(command, LogPosition::default())
     }
 
     /// Applies `command` carried by the log entry at `position`: assignments take the
     /// entry's index as their epoch, and a plan must come from the entry's term.
+    ///
+    /// The command was checked (`Command::check`) when it was proposed, and is not
+    /// checked again: what `apply` decides depends only on what was committed and the
+    /// state, never on rules that a later version may tighten. Its own rejections
+    /// (a revision, an epoch, a budget) are all about the state.
     pub fn apply_at(
         &mut self,
         command: &Command,
@@ -269,19 +277,6 @@ impl Registry {
                 ));
             }
         }
-        if id == 0 {
-            return invalid("node id must be at least 1".into());
-        }
-        if addr.is_empty() || addr.len() > MAX_ADDRESS_LEN {
-            return invalid(format!("address must be 1..={MAX_ADDRESS_LEN} bytes"));
-        }
-        if tags.len() > MAX_LIST_ITEMS
-            || tags.iter().any(|t| t.is_empty() || t.len() > MAX_NAME_LEN)
-        {
-            return invalid(format!(
-                "at most {MAX_LIST_ITEMS} tags of 1..={MAX_NAME_LEN} bytes"
-            ));
-        }
         if !self.nodes.contains_key(&id) && self.nodes.len() >= MAX_NODES {
             return Err(RegistryError::Full {
                 reason: format!("the registry holds at most {MAX_NODES} nodes"),
@@ -356,13 +351,6 @@ impl Registry {
                 epoch,
             });
         }
-        if catalog.size() > MAX_CATALOG_BYTES {
-            return Err(RegistryError::CatalogTooLarge {
-                server: server.to_string(),
-                size: catalog.size(),
-                limit: MAX_CATALOG_BYTES,
-            });
-        }
         let room = (
             self.catalogs.get(server).map_or(0, Catalog::size),
             catalog.size(),
@@ -375,20 +363,6 @@ impl Registry {
     }
 
     fn put_session(&mut self, id: &str, initialize: &str) -> Result<Option<Change>, RegistryError> {
-        let invalid = |reason: String| Err(RegistryError::InvalidSession { reason });
-        if id.is_empty() || id.len() > MAX_NAME_LEN * 2 || !id.bytes().all(|b| b.is_ascii_graphic())
-        {
-            return invalid(format!(
-                "id must be 1..={} visible ASCII characters",
-                MAX_NAME_LEN * 2
-            ));
-        }
-        if initialize.len() > MAX_SESSION_BYTES {
-            return invalid(format!(
-                "initialize parameters are {} bytes, over the {MAX_SESSION_BYTES}-byte cap",
-                initialize.len()
-            ));
-        }
         let evicted = if !self.sessions.contains_key(id) && self.sessions.len() >= MAX_SESSIONS {
             self.sessions
                 .iter()
@@ -425,7 +399,6 @@ impl Registry {
         spec: &ServerSpec,
         expected_revision: Option<u64>,
     ) -> Result<Option<Change>, RegistryError> {
-        validate_spec(spec)?;
         let current = self.servers.get(&spec.name);
         if let Some(expected) = expected_revision {
             let current_revision = current.map_or(0, |r| r.mod_revision);
@@ -476,7 +449,6 @@ impl Registry {
         name: &str,
         expected_revision: Option<u64>,
     ) -> Result<Option<Change>, RegistryError> {
-        validate_name(name)?;
         let Some(current) = self.servers.get(name) else {
             return Err(RegistryError::ServerNotFound {
                 name: name.to_string(),

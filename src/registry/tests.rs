@@ -789,13 +789,13 @@ proptest! {
         for (index, step) in steps.iter().enumerate() {
             let command = concrete(step, &first);
             let at = LogPosition { term: step.term, index: index as u64 + 1 };
-            let outcome = first.apply_at(&command, at).0;
+            let outcome = proposed_at(&mut first, &command, at);
             prop_assert_eq!(first.check_invariants(), Ok(()), "after {:?}", command);
             log.push((command, at, outcome));
         }
         let mut second = Registry::default();
         for (command, at, outcome) in &log {
-            prop_assert_eq!(&second.apply_at(command, *at).0, outcome);
+            prop_assert_eq!(&proposed_at(&mut second, command, *at), outcome);
         }
         prop_assert_eq!(&first, &second);
         // The revision counts exactly the applied commands.
@@ -808,6 +808,15 @@ proptest! {
             bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
         decoded.recount();
         prop_assert_eq!(decoded, first);
+    }
+}
+
+/// A command as it reaches the registry in production: checked when it is proposed
+/// (one that fails never enters the log), applied once committed.
+fn proposed_at(registry: &mut Registry, command: &Command, at: LogPosition) -> Outcome {
+    match command.check() {
+        Err(error) => Outcome::Rejected(error),
+        Ok(()) => registry.apply_at(command, at).0,
     }
 }
 
@@ -830,7 +839,7 @@ fn fuzzed_logs_apply_every_kind_of_command() {
                 term: step.term,
                 index: index as u64 + 1,
             };
-            let outcome = registry.apply_at(&command, at).0;
+            let outcome = proposed_at(&mut registry, &command, at);
             if matches!(outcome, Outcome::Applied { .. }) {
                 applied.insert(command.kind());
             }

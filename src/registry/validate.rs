@@ -1,8 +1,69 @@
-//! Validation of names and specs. Used before a command is proposed (to fail fast on
-//! the node the client talks to) and again inside `apply` (the deciding check).
+//! Validation of commands, names and specs: the checks that need no state. A command
+//! is checked once, when the leader proposes it (`check_command`), and the API checks
+//! names and specs earlier still, to fail fast on the node a client talks to. `apply`
+//! does not check again (see `Registry::apply_at`).
 
-use super::command::RegistryError;
+use super::command::{Command, RegistryError};
 use super::model::*;
+use super::state::MAX_ADDRESS_LEN;
+
+/// Checks what `command` carries, without looking at any state.
+pub fn check_command(command: &Command) -> Result<(), RegistryError> {
+    match command {
+        Command::PutServer { spec, .. } => validate_spec(spec),
+        Command::DeleteServer { name, .. } => validate_name(name),
+        Command::RegisterNode { id, addr, tags, .. } => check_node(*id, addr, tags),
+        Command::ReportCatalog {
+            server, catalog, ..
+        } if catalog.size() > MAX_CATALOG_BYTES => Err(RegistryError::CatalogTooLarge {
+            server: server.to_string(),
+            size: catalog.size(),
+            limit: MAX_CATALOG_BYTES,
+        }),
+        Command::PutSession { id, initialize } => check_session(id, initialize),
+        Command::ReportCatalog { .. }
+        | Command::PutNode { .. }
+        | Command::RemoveNode { .. }
+        | Command::SetNodeStatus { .. }
+        | Command::SetNodeAdmin { .. }
+        | Command::ReportHealth { .. }
+        | Command::DeleteSession { .. }
+        | Command::ApplyPlan { .. } => Ok(()),
+    }
+}
+
+fn check_node(id: NodeId, addr: &str, tags: &[String]) -> Result<(), RegistryError> {
+    let invalid = |reason: String| Err(RegistryError::InvalidNode { reason });
+    if id == 0 {
+        return invalid("node id must be at least 1".into());
+    }
+    if addr.is_empty() || addr.len() > MAX_ADDRESS_LEN {
+        return invalid(format!("address must be 1..={MAX_ADDRESS_LEN} bytes"));
+    }
+    if tags.len() > MAX_LIST_ITEMS || tags.iter().any(|t| t.is_empty() || t.len() > MAX_NAME_LEN) {
+        return invalid(format!(
+            "at most {MAX_LIST_ITEMS} tags of 1..={MAX_NAME_LEN} bytes"
+        ));
+    }
+    Ok(())
+}
+
+fn check_session(id: &str, initialize: &str) -> Result<(), RegistryError> {
+    let invalid = |reason: String| Err(RegistryError::InvalidSession { reason });
+    if id.is_empty() || id.len() > MAX_NAME_LEN * 2 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return invalid(format!(
+            "id must be 1..={} visible ASCII characters",
+            MAX_NAME_LEN * 2
+        ));
+    }
+    if initialize.len() > MAX_SESSION_BYTES {
+        return invalid(format!(
+            "initialize parameters are {} bytes, over the {MAX_SESSION_BYTES}-byte cap",
+            initialize.len()
+        ));
+    }
+    Ok(())
+}
 
 /// Checks a server name: 1..=63 characters of `[A-Za-z0-9._-]`, starting and ending
 /// with a letter or digit.
