@@ -81,7 +81,7 @@ impl Network for TurmoilNetwork {
             let accepted = listener
                 .accept()
                 .await
-                .map(|(stream, _)| Connection(Box::new(stream)));
+                .map(|(stream, _)| Connection::new(Box::new(stream)));
             Some((accepted, listener))
         });
         Ok(Box::pin(stream))

@@ -55,6 +55,28 @@ pub trait Disk: Send + Sync + 'static {
     fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, DiskError>;
     /// Bytes on disk (0 where unknown), for status and the soak benchmark.
     fn size_on_disk(&self) -> u64;
+    /// Whether heavy work beside this disk (`heavy`) goes to tokio's blocking pool. Only
+    /// production storage says yes: in the simulator everything stays on its one
+    /// thread, in order.
+    fn off_runtime(&self) -> bool {
+        false
+    }
+}
+
+/// Runs CPU-heavy work that belongs with storage (encoding a snapshot) where it does not
+/// stall the node's runtime thread: on the blocking pool beside a real disk, inline
+/// beside a simulated one.
+pub async fn heavy<R: Send + 'static>(
+    disk: &dyn Disk,
+    work: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, DiskError> {
+    if disk.off_runtime() {
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| DiskError::Storage(format!("a storage thread failed: {e}")))
+    } else {
+        Ok(work())
+    }
 }
 
 /// Production storage: one sled database in the node's data dir.
@@ -221,7 +243,9 @@ impl Disk for SledDisk {
     }
 
     async fn put_meta(&self, key: &str, value: Vec<u8>) -> Result<(), DiskError> {
-        self.meta.insert(key, value).map_err(storage_error)?;
+        // A value may be a whole snapshot: written off the runtime thread too.
+        let (meta, key) = (self.meta.clone(), key.to_string());
+        off_thread(move || meta.insert(key, value).map(|_| ())).await?;
         self.flush().await
     }
 
@@ -235,6 +259,10 @@ impl Disk for SledDisk {
 
     fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
+    }
+
+    fn off_runtime(&self) -> bool {
+        true
     }
 }
 

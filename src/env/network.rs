@@ -4,12 +4,15 @@
 //! the simulator can hand it turmoil's TCP instead of the kernel's.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::transport::{Channel, Endpoint};
 
 /// How long dialing a peer may take.
@@ -30,8 +33,96 @@ pub enum NetworkError {
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 
-/// One accepted connection, whatever carries it.
-pub struct Connection(pub Box<dyn Stream>);
+/// One accepted connection, whatever carries it, and its place under a listener's
+/// connection limit (freed when the connection is dropped).
+pub struct Connection {
+    io: Box<dyn Stream>,
+    _place: Option<OwnedSemaphorePermit>,
+}
+
+impl Connection {
+    pub fn new(stream: Box<dyn Stream>) -> Connection {
+        Connection {
+            io: stream,
+            _place: None,
+        }
+    }
+}
+
+/// Connections one listener (the gRPC API, or `/mcp`) serves at once. One more is
+/// closed as soon as it is accepted, so a flood of clients cannot take every file
+/// descriptor from Raft's own connections and the data dir.
+pub const MAX_CONNECTIONS: usize = 4_096;
+/// How long a listener waits after a failed accept (out of file descriptors, say)
+/// before it tries again, rather than spin.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// The places under one listener's connection limit.
+#[derive(Clone)]
+pub struct ConnectionLimit {
+    what: &'static str,
+    places: Arc<Semaphore>,
+    refused: Arc<AtomicU64>,
+}
+
+impl ConnectionLimit {
+    /// `what` names the listener in the warning a refusal logs.
+    pub fn new(what: &'static str, max: usize) -> ConnectionLimit {
+        ConnectionLimit {
+            what,
+            places: Arc::new(Semaphore::new(max)),
+            refused: Arc::default(),
+        }
+    }
+
+    /// The connection `stream`, if there is a place for it; otherwise it is closed.
+    pub fn admit(&self, stream: Box<dyn Stream>) -> Option<Connection> {
+        match self.places.clone().try_acquire_owned() {
+            Ok(place) => Some(Connection {
+                io: stream,
+                _place: Some(place),
+            }),
+            Err(_) => {
+                let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+                if refused == 1 || refused.is_multiple_of(1_000) {
+                    tracing::warn!(
+                        listener = self.what,
+                        refused,
+                        "connection limit reached ({MAX_CONNECTIONS}): closing new \
+                         connections until some close"
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// Connections refused so far.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
+
+/// Accepts the next connection `listener` has a place for, waiting out failed accepts.
+pub async fn accept_limited(
+    listener: &tokio::net::TcpListener,
+    limit: &ConnectionLimit,
+) -> (Connection, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                if let Some(connection) = limit.admit(Box::new(stream)) {
+                    return (connection, peer);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(listener = limit.what, %error, "accept failed");
+                tokio::time::sleep(ACCEPT_RETRY).await;
+            }
+        }
+    }
+}
 
 /// The connections a listener accepts.
 pub type Incoming = BoxStream<'static, std::io::Result<Connection>>;
@@ -76,12 +167,10 @@ impl Network for TcpNetwork {
                 addr: addr.to_string(),
                 source,
             })?;
-        let stream = futures::stream::unfold(listener, |listener| async move {
-            let accepted = listener.accept().await.map(|(stream, _)| {
-                let _ = stream.set_nodelay(true);
-                Connection(Box::new(stream))
-            });
-            Some((accepted, listener))
+        let limit = ConnectionLimit::new("api", MAX_CONNECTIONS);
+        let stream = futures::stream::unfold((listener, limit), |(listener, limit)| async move {
+            let (connection, _) = accept_limited(&listener, &limit).await;
+            Some((Ok(connection), (listener, limit)))
         });
         Ok(Box::pin(stream))
     }
@@ -93,7 +182,7 @@ impl AsyncRead for Connection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.0).poll_read(cx, buf)
+        Pin::new(&mut *self.io).poll_read(cx, buf)
     }
 }
 
@@ -103,15 +192,15 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut *self.0).poll_write(cx, buf)
+        Pin::new(&mut *self.io).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.0).poll_flush(cx)
+        Pin::new(&mut *self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.0).poll_shutdown(cx)
+        Pin::new(&mut *self.io).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -119,11 +208,11 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut *self.0).poll_write_vectored(cx, bufs)
+        Pin::new(&mut *self.io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        self.io.is_write_vectored()
     }
 }
 
@@ -131,4 +220,47 @@ impl tonic::transport::server::Connected for Connection {
     type ConnectInfo = ();
 
     fn connect_info(&self) -> Self::ConnectInfo {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    #[tokio::test]
+    async fn a_listener_closes_connections_beyond_its_limit_until_one_closes() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limit = ConnectionLimit::new("test", 2);
+        let (kept_tx, mut kept) = tokio::sync::mpsc::unbounded_channel();
+        let accepting = limit.clone();
+        tokio::spawn(async move {
+            loop {
+                let (connection, _) = accept_limited(&listener, &accepting).await;
+                if kept_tx.send(connection).is_err() {
+                    return;
+                }
+            }
+        });
+        let wait = Duration::from_secs(10);
+        let _clients = [
+            TcpStream::connect(addr).await.unwrap(),
+            TcpStream::connect(addr).await.unwrap(),
+        ];
+        let first = kept.recv().await.unwrap();
+        let _second = kept.recv().await.unwrap();
+        // A third is closed as soon as it is accepted.
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(wait, third.read(&mut byte)).await;
+        assert_eq!(read.expect("closed").unwrap_or(0), 0);
+        assert_eq!(limit.refused(), 1);
+        // Once one closes, the next finds a place.
+        drop(first);
+        let _fourth = TcpStream::connect(addr).await.unwrap();
+        let admitted = tokio::time::timeout(wait, kept.recv()).await;
+        assert!(admitted.expect("admitted").is_some());
+        assert_eq!(limit.refused(), 1);
+    }
 }

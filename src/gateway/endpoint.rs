@@ -31,6 +31,7 @@ use super::sessions::RegistrySessions;
 use super::{CallError, Calls};
 use crate::agent::{Answer, ReplicaCallError, Request};
 use crate::config::HttpConfig;
+use crate::env::network::{accept_limited, Connection, ConnectionLimit, MAX_CONNECTIONS};
 
 /// Largest request body the endpoint reads.
 pub const MAX_REQUEST_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -437,6 +438,27 @@ impl ServerHandler for FleetServer {
 /// Longest the endpoint waits for a client to take one progress notification.
 const PROGRESS_SEND_MS: u64 = 1_000;
 
+/// The `/mcp` listener: at most `MAX_CONNECTIONS` connections at once, each with
+/// TCP_NODELAY (answers leave at once, not after the client acknowledges the previous
+/// segment).
+struct LimitedListener {
+    listener: tokio::net::TcpListener,
+    limit: ConnectionLimit,
+}
+
+impl axum::serve::Listener for LimitedListener {
+    type Io = Connection;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Connection, std::net::SocketAddr) {
+        accept_limited(&self.listener, &self.limit).await
+    }
+
+    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
 /// Serves `/mcp` on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -466,10 +488,10 @@ pub async fn serve(
         http,
     );
     let router = axum::Router::new().nest_service("/mcp", service);
-    // Answers leave at once, not after the client acknowledges the previous segment.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    let listener = LimitedListener {
+        listener,
+        limit: ConnectionLimit::new("mcp", MAX_CONNECTIONS),
+    };
     axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             shutdown.await;

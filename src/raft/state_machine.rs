@@ -15,10 +15,11 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use super::codec::{decode, encode};
+use super::codec::{decode, encode, CodecError};
 use super::sessions::{Admission, Sessions, Window};
 use super::{io_error, LogId, Node, NodeId, StorageError, TypeConfig};
 use crate::env::bugs::{self, Bug};
+use crate::env::disk::heavy;
 use crate::env::Disk;
 use crate::registry::LogPosition;
 use crate::registry::{Change, Command, Outcome, Registry};
@@ -163,32 +164,41 @@ fn read_snapshot(disk: &dyn Disk) -> Result<Option<StoredSnapshot>, StorageError
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let (data, last_log_id, last_membership) = {
-            let applied = self.view.read();
-            let state = SnapshotState {
-                registry: applied.registry.clone(),
-                sessions: applied.sessions.clone(),
+        // Copying the state (under the read lock, held only that long) and encoding it
+        // take time in proportion to the registry, up to hundreds of milliseconds: off
+        // the runtime thread, beside a real disk.
+        let view = self.view.clone();
+        let built = heavy(self.disk.as_ref(), move || {
+            let (state, last_log_id, last_membership) = {
+                let applied = view.read();
+                let state = SnapshotState {
+                    registry: applied.registry.clone(),
+                    sessions: applied.sessions.clone(),
+                };
+                (state, applied.last_applied, applied.membership.clone())
             };
-            let data = encode(&state)
-                .map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
-            (data, applied.last_applied, applied.membership.clone())
-        };
-        let snapshot_id = match last_log_id {
-            Some(id) => format!("{}-{}", id.leader_id.term, id.index),
-            None => "empty".to_string(),
-        };
-        let meta = SnapshotMeta {
-            last_log_id,
-            last_membership,
-            snapshot_id,
-        };
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
-        self.save_snapshot(&stored).await?;
+            let snapshot_id = match last_log_id {
+                Some(id) => format!("{}-{}", id.leader_id.term, id.index),
+                None => "empty".to_string(),
+            };
+            let stored = StoredSnapshot {
+                meta: SnapshotMeta {
+                    last_log_id,
+                    last_membership,
+                    snapshot_id,
+                },
+                data: encode(&state)?,
+            };
+            let bytes = encode(&stored)?;
+            Ok::<_, CodecError>((stored, bytes))
+        })
+        .await
+        .map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+        let (stored, bytes) =
+            built.map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+        self.put_snapshot(&stored.meta, bytes).await?;
         Ok(Snapshot {
-            meta,
+            meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
         })
     }
@@ -281,23 +291,31 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let state: SnapshotState = decode(&data).map_err(|e| {
+        let read_error = |e: &dyn std::fmt::Display| {
             io_error(
                 ErrorSubject::Snapshot(Some(meta.signature())),
                 ErrorVerb::Read,
-                e,
+                std::io::Error::other(e.to_string()),
             )
-        })?;
+        };
         tracing::info!(
             index = ?meta.last_log_id.map(|id| id.index),
             bytes = data.len(),
             "installing a snapshot from the leader"
         );
+        // Decoding and encoding a large snapshot take long: off the runtime thread.
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data,
         };
-        self.save_snapshot(&stored).await?;
+        let (state, bytes) = heavy(self.disk.as_ref(), move || {
+            let state: SnapshotState = decode(&stored.data)?;
+            Ok::<_, CodecError>((state, encode(&stored)?))
+        })
+        .await
+        .map_err(|e| read_error(&e))?
+        .map_err(|e| read_error(&e))?;
+        self.put_snapshot(meta, bytes).await?;
         let mut applied = self.view.write();
         applied.history.clear();
         restore(&mut applied, state, meta);
@@ -314,20 +332,20 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 }
 
 impl StateMachineStore {
-    /// Makes `stored` the current snapshot on disk (durable on return).
-    async fn save_snapshot(&self, stored: &StoredSnapshot) -> Result<(), StorageError> {
-        let error = |e: &dyn std::fmt::Display| {
+    /// Makes `bytes`, the encoded snapshot of `meta`, the current snapshot on disk
+    /// (durable on return).
+    async fn put_snapshot(
+        &self,
+        meta: &SnapshotMeta<NodeId, Node>,
+        bytes: Vec<u8>,
+    ) -> Result<(), StorageError> {
+        self.disk.put_meta(SNAPSHOT_KEY, bytes).await.map_err(|e| {
             io_error(
-                ErrorSubject::Snapshot(Some(stored.meta.signature())),
+                ErrorSubject::Snapshot(Some(meta.signature())),
                 ErrorVerb::Write,
-                std::io::Error::other(e.to_string()),
+                e,
             )
-        };
-        let bytes = encode(stored).map_err(|e| error(&e))?;
-        self.disk
-            .put_meta(SNAPSHOT_KEY, bytes)
-            .await
-            .map_err(|e| error(&e))
+        })
     }
 
     fn changes(&self) -> &broadcast::Sender<WatchMessage> {
