@@ -4,7 +4,7 @@
 //! (pure policy), `raft` (openraft glue), `control` (the control plane: writes, reads,
 //! membership), `controller` (the leader's liveness and placement loop), `agent` (the
 //! node's replicas), `gateway` (tool calls and `/mcp`), `api` (gRPC services), `node`
-//! (wiring), `config`, `env` (the seams to the outside world) and `cli`.
+//! (wiring), `observe` (metrics and health on the HTTP port), `config`, `env` (the seams to the outside world) and `cli`.
 
 pub mod agent;
 pub mod api;
@@ -17,6 +17,7 @@ pub mod gateway;
 pub mod limits;
 pub mod mcp;
 pub mod node;
+pub mod observe;
 pub mod raft;
 pub mod registry;
 pub mod router;

@@ -4,7 +4,9 @@
 #  - mcp-server-time from PyPI, in a virtualenv (needs python3 with venv);
 #  - the official MCP SDK clients: Python `mcp` 2.3 (same venv), TypeScript
 #    `@modelcontextprotocol/sdk` 1.x and `@modelcontextprotocol/client` 2.x (same npm
-#    tree).
+#    tree);
+#  - the official Prometheus client `prometheus_client` (same venv), whose parser reads
+#    the nodes' /metrics.
 # Into target/mcp-servers/ (override with MCP_SERVERS_DIR). Safe to run concurrently:
 # one install at a time, under a lock.
 set -euo pipefail
@@ -31,6 +33,11 @@ fi
 if ! "$dir/py/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(not m.version("mcp").startswith("2.3."))' 2>/dev/null; then
     echo "installing the Python MCP SDK (mcp 2.3) into $dir/py" >&2
     "$dir/py/bin/pip" install --quiet --disable-pip-version-check 'mcp>=2.3,<2.4' >&2
+fi
+# The official Prometheus client's text parser, for the metrics tests.
+if ! "$dir/py/bin/python" -c 'import prometheus_client' 2>/dev/null; then
+    echo "installing prometheus_client into $dir/py" >&2
+    "$dir/py/bin/pip" install --quiet --disable-pip-version-check 'prometheus_client>=0.20' >&2
 fi
 if [ ! -f "$dir/npm/node_modules/@modelcontextprotocol/sdk/package.json" ]; then
     echo "installing the TypeScript MCP SDK 1.x into $dir/npm" >&2

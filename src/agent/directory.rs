@@ -75,6 +75,20 @@ pub enum ReplicaCallError {
 }
 
 impl ReplicaCallError {
+    /// A name for the kind of error, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReplicaCallError::NotHere { .. } => "not_here",
+            ReplicaCallError::Unreachable { .. } => "unreachable",
+            ReplicaCallError::Invalid(_) => "invalid",
+            ReplicaCallError::BreakerOpen { .. } => "breaker_open",
+            ReplicaCallError::Overloaded { .. } => "overloaded",
+            ReplicaCallError::Timeout { .. } => "timeout",
+            ReplicaCallError::Failed { .. } => "failed",
+            ReplicaCallError::Mcp { .. } => "mcp_error",
+        }
+    }
+
     /// Whether the call provably never reached the MCP server.
     pub fn never_sent(&self) -> bool {
         matches!(

@@ -278,6 +278,11 @@ impl Reader {
         self.control.applied_index()
     }
 
+    /// openraft's metrics of this node, as they are now.
+    pub fn raft_metrics(&self) -> crate::raft::RaftMetrics {
+        self.control.raft.metrics().borrow().clone()
+    }
+
     pub fn view(&self) -> &Arc<RegistryView> {
         &self.control.view
     }

@@ -83,6 +83,20 @@ impl Proposer {
     /// Checks `proposal`'s command and, if it passes, submits it and waits for its
     /// outcome. A command that fails its check is answered with its error.
     pub async fn propose(&self, proposal: Proposal) -> Result<Outcome, LeaderError> {
+        let started = tokio::time::Instant::now();
+        let result = self.submit(proposal).await;
+        let outcome = match &result {
+            Ok(Outcome::Applied { .. }) => "applied",
+            Ok(Outcome::Rejected(_)) => "rejected",
+            Err(_) => "failed",
+        };
+        metrics::counter!("mcpfleet_proposals_total", "outcome" => outcome).increment(1);
+        metrics::histogram!("mcpfleet_proposal_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn submit(&self, proposal: Proposal) -> Result<Outcome, LeaderError> {
         if let Err(error) = proposal.command.check() {
             return Ok(Outcome::Rejected(error));
         }

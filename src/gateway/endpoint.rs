@@ -459,12 +459,14 @@ impl axum::serve::Listener for LimitedListener {
     }
 }
 
-/// Serves `/mcp` on `listener` until `shutdown` resolves.
+/// Serves `/mcp`, and the routes of `beside` (metrics and health), on `listener` until
+/// `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     config: &HttpConfig,
     server: FleetServer,
     sessions: Arc<RegistrySessions>,
+    beside: axum::Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let cancel = tokio_util::sync::CancellationToken::new();
@@ -487,7 +489,9 @@ pub async fn serve(
         Arc::new(LocalSessionManager::default()),
         http,
     );
-    let router = axum::Router::new().nest_service("/mcp", service);
+    let router = axum::Router::new()
+        .nest_service("/mcp", service)
+        .merge(beside);
     let listener = LimitedListener {
         listener,
         limit: ConnectionLimit::new("mcp", MAX_CONNECTIONS),

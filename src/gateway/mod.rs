@@ -77,6 +77,21 @@ pub enum CallError {
     Replica(#[from] ReplicaCallError),
 }
 
+impl CallError {
+    /// A name for the kind of error, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallError::UnknownServer(_) => "unknown_server",
+            CallError::UnknownTool(_) => "unknown_tool",
+            CallError::NoReplica { .. } => "no_replica",
+            CallError::Invalid(_) => "invalid",
+            CallError::Resume(_) => "invalid_resume",
+            CallError::ReplicaGone { .. } => "replica_gone",
+            CallError::Replica(error) => error.kind(),
+        }
+    }
+}
+
 /// Routes tool calls.
 pub struct Calls {
     me: NodeId,
@@ -147,7 +162,37 @@ impl Calls {
     /// choice, and the next one only while a replica provably never got it. With
     /// `progress`, the server's progress notifications on it go there (with the
     /// fleet's token: the caller puts its own back).
+    ///
+    /// Counts the call in `mcpfleet_calls_total` and times it in
+    /// `mcpfleet_call_duration_seconds`, by method, server and outcome ("ok" or the
+    /// error's kind). A server the registry does not know is counted under the server
+    /// "", so that made-up names cannot grow the series without bound.
     pub async fn request(
+        &self,
+        server: &str,
+        request: Request,
+        timeout: Duration,
+        progress: Option<mpsc::Sender<ProgressNotificationParam>>,
+    ) -> Result<Answer, CallError> {
+        let started = Instant::now();
+        let method = request.method();
+        let result = self.route(server, request, timeout, progress).await;
+        let (server, outcome) = match &result {
+            Ok(_) => (server, "ok"),
+            Err(CallError::UnknownServer(_)) => ("", "unknown_server"),
+            Err(error) => (server, error.kind()),
+        };
+        let server = server.to_string();
+        metrics::counter!("mcpfleet_calls_total",
+            "method" => method, "server" => server.clone(), "outcome" => outcome)
+        .increment(1);
+        metrics::histogram!("mcpfleet_call_duration_seconds",
+            "method" => method, "server" => server)
+        .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn route(
         &self,
         server: &str,
         mut request: Request,
@@ -210,6 +255,9 @@ impl Calls {
                 Err(error) if error.never_sent() || retry_after_send(&error) => {
                     tracing::debug!(server, slot = candidate.slot, node = candidate.node,
                         %error, "call not sent; trying the next replica");
+                    metrics::counter!("mcpfleet_call_attempts_refused_total",
+                        "reason" => error.kind())
+                    .increment(1);
                     last = Some(error);
                 }
                 // The caller hears of the timeout it gave, not of what was left.

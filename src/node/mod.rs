@@ -159,7 +159,14 @@ pub async fn run(
                 addr: format!("{} (the MCP endpoint)", http.listen),
                 source,
             })?;
-        tracing::info!(listen = %http.listen, "serving MCP at /mcp");
+        tracing::info!(listen = %http.listen, "serving MCP at /mcp, and /metrics, /healthz, /readyz");
+        let beside = match crate::observe::recorder() {
+            Ok(handle) => crate::observe::Observer::new(reader.clone(), handle).routes(),
+            Err(error) => {
+                tracing::warn!(%error, "serving no /metrics, /healthz or /readyz");
+                axum::Router::new()
+            }
+        };
         let sessions = Arc::new(crate::gateway::sessions::RegistrySessions::new(
             reader.clone(),
             writer.clone(),
@@ -169,8 +176,10 @@ pub async fn run(
         let gateway = gateway.clone();
         let shutdown = control.shutdown_signal();
         tasks.spawn(async move {
-            if let Err(error) =
-                crate::gateway::endpoint::serve(listener, &http, gateway, sessions, shutdown).await
+            if let Err(error) = crate::gateway::endpoint::serve(
+                listener, &http, gateway, sessions, beside, shutdown,
+            )
+            .await
             {
                 tracing::error!(%error, "the MCP endpoint failed");
             }
