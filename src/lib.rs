@@ -37,4 +37,6 @@ pub mod proto {
     pub mod dataplane {
         tonic::include_proto!("mcpfleet.dataplane.v1");
     }
+    /// The encoded descriptors of every service above, for gRPC server reflection.
+    pub const DESCRIPTORS: &[u8] = tonic::include_file_descriptor_set!("descriptors");
 }

@@ -6,7 +6,7 @@
 #    `@modelcontextprotocol/sdk` 1.x and `@modelcontextprotocol/client` 2.x (same npm
 #    tree);
 #  - the official Prometheus client `prometheus_client` (same venv), whose parser reads
-#    the nodes' /metrics.
+#    the nodes' /metrics, and gRPC's `grpcio-health-checking` and `grpcio-reflection`.
 # Into target/mcp-servers/ (override with MCP_SERVERS_DIR). Safe to run concurrently:
 # one install at a time, under a lock.
 set -euo pipefail
@@ -34,10 +34,12 @@ if ! "$dir/py/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(not 
     echo "installing the Python MCP SDK (mcp 2.3) into $dir/py" >&2
     "$dir/py/bin/pip" install --quiet --disable-pip-version-check 'mcp>=2.3,<2.4' >&2
 fi
-# The official Prometheus client's text parser, for the metrics tests.
-if ! "$dir/py/bin/python" -c 'import prometheus_client' 2>/dev/null; then
-    echo "installing prometheus_client into $dir/py" >&2
-    "$dir/py/bin/pip" install --quiet --disable-pip-version-check 'prometheus_client>=0.20' >&2
+# The official Prometheus client's text parser and gRPC health and reflection clients,
+# for the observability tests.
+if ! "$dir/py/bin/python" -c 'import prometheus_client, grpc_health, grpc_reflection' 2>/dev/null; then
+    echo "installing prometheus_client, grpcio-health-checking and grpcio-reflection into $dir/py" >&2
+    "$dir/py/bin/pip" install --quiet --disable-pip-version-check 'prometheus_client>=0.20' \
+        grpcio-health-checking grpcio-reflection >&2
 fi
 if [ ! -f "$dir/npm/node_modules/@modelcontextprotocol/sdk/package.json" ]; then
     echo "installing the TypeScript MCP SDK 1.x into $dir/npm" >&2

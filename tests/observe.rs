@@ -1,7 +1,9 @@
 //! A node's `/metrics`, `/healthz` and `/readyz`, on real processes: three nodes on
 //! loopback and the npm reference server. The metrics are read with the official Python
 //! Prometheus client's parser (PyPI `prometheus_client`), so they must be valid
-//! Prometheus text, and they must move as servers come and go and calls are made.
+//! Prometheus text, and they must move as servers come and go and calls are made. The
+//! gRPC port's standard health and reflection services are asked with gRPC's own
+//! Python clients.
 
 mod common;
 
@@ -55,6 +57,21 @@ fn value(samples: &Samples, key: &str) -> f64 {
     samples.get(key).copied().unwrap_or(0.0)
 }
 
+/// What the standard gRPC health and reflection services of the node at `addr` say.
+fn grpc(python: &str, addr: &str) -> Result<serde_json::Value> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/grpc_probe.py");
+    let output = Command::new(python)
+        .args([script, addr])
+        .output()
+        .context("run grpc_probe.py")?;
+    ensure!(
+        output.status.success(),
+        "grpc_probe.py {addr}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
 fn status(python: &str, http: &str, path: &str) -> Result<(u64, String)> {
     let answer = probe(python, "status", &format!("http://{http}{path}"))?;
     Ok((
@@ -64,7 +81,7 @@ fn status(python: &str, http: &str, path: &str) -> Result<(u64, String)> {
 }
 
 #[test]
-fn metrics_parse_and_move_with_servers_and_calls_and_readiness_follows_the_leader() -> Result<()> {
+fn metrics_parse_and_move_with_servers_and_calls_and_health_follows_the_leader() -> Result<()> {
     let servers = mcp_servers()?;
     let python = servers.python.clone();
     let mut cluster = Cluster::start(3)?;
@@ -88,6 +105,30 @@ fn metrics_parse_and_move_with_servers_and_calls_and_readiness_follows_the_leade
         assert_eq!(value(&samples, "mcpfleet_raft_leader_id"), leader as f64);
     }
     assert_eq!(leaders, 1.0, "exactly one node leads");
+
+    // The gRPC port: health SERVING (the whole server and the client API), and
+    // reflection lists the services.
+    for id in 1..=3 {
+        let answer = eventually(Duration::from_secs(10), || {
+            let answer = grpc(&python, &cluster.addr(id))?;
+            ensure!(answer["health"][""] == "SERVING", "node {id}: {answer}");
+            Ok(answer)
+        })?;
+        assert_eq!(answer["health"]["mcpfleet.v1.Registry"], "SERVING");
+        let services: Vec<&str> = answer["services"]
+            .as_array()
+            .context("services")?
+            .iter()
+            .filter_map(|s| s.as_str())
+            .collect();
+        for wanted in [
+            "mcpfleet.v1.Registry",
+            "mcpfleet.dataplane.v1.ToolCalls",
+            "grpc.health.v1.Health",
+        ] {
+            ensure!(services.contains(&wanted), "node {id}: {services:?}");
+        }
+    }
 
     // A server comes: every node counts it, and its replica becomes healthy.
     let marker = process_marker("observe");
@@ -176,5 +217,11 @@ fn metrics_parse_and_move_with_servers_and_calls_and_readiness_follows_the_leade
         Ok(())
     })?;
     assert_eq!(status(&python, &http(&cluster, last), "/healthz")?.0, 200);
+    eventually(Duration::from_secs(30), || {
+        let answer = grpc(&python, &cluster.addr(last))?;
+        ensure!(answer["health"][""] == "NOT_SERVING", "{answer}");
+        ensure!(answer["health"]["mcpfleet.v1.Registry"] == "NOT_SERVING");
+        Ok(())
+    })?;
     Ok(())
 }

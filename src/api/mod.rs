@@ -55,6 +55,19 @@ pub async fn serve(
     let internal = RaftInternalServer::new(InternalApi::new(handle.clone()))
         .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    handle.tasks().spawn(report_health(handle.clone(), health));
+    // Both versions of server reflection: grpcurl asks for v1 first, older clients
+    // (Python's grpcio-reflection) for v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::DESCRIPTORS)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_error =
+        |e: tonic_reflection::server::Error| NodeError::Raft(format!("gRPC reflection: {e}"));
+    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
     Server::builder()
         .tcp_nodelay(true)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
@@ -65,9 +78,54 @@ pub async fn serve(
         .add_service(client)
         .add_service(internal)
         .add_service(dataplane)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming, handle.shutdown_signal())
         .await
         .map_err(|e| NodeError::Raft(format!("API server: {e}")))
+}
+
+/// Keeps the standard gRPC health service true: the whole server ("") and the client
+/// API are SERVING while this node knows a leader (it can answer reads and take
+/// writes), NOT_SERVING while it knows none. The internal and data-plane services
+/// serve whenever the process does.
+async fn report_health(control: Arc<ControlPlane>, health: tonic_health::server::HealthReporter) {
+    use tonic::server::NamedService;
+    use tonic_health::ServingStatus;
+    for service in [
+        RaftInternalServer::<InternalApi>::NAME,
+        ToolCallsServer::<DataPlaneApi>::NAME,
+    ] {
+        health
+            .set_service_status(service, ServingStatus::Serving)
+            .await;
+    }
+    let mut metrics = control.raft_metrics_watch();
+    let shutdown = control.shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let serving = metrics.borrow().current_leader.is_some();
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        health.set_service_status("", status).await;
+        health
+            .set_service_status(RegistryServer::<ClientApi>::NAME, status)
+            .await;
+        // openraft updates its metrics constantly: wake only when leadership is won or
+        // lost.
+        tokio::select! {
+            changed = metrics.wait_for(|m| m.current_leader.is_some() != serving) => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = &mut shutdown => return,
+        }
+    }
 }
 
 /// The one place a node error becomes a gRPC status.

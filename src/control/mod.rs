@@ -198,6 +198,11 @@ impl ControlPlane {
     }
 
     /// Where this node's tasks are spawned, so that shutdown joins them.
+    /// openraft's metrics of this node, as a watch.
+    pub fn raft_metrics_watch(&self) -> tokio::sync::watch::Receiver<crate::raft::RaftMetrics> {
+        self.raft.metrics()
+    }
+
     pub fn tasks(&self) -> &TaskTracker {
         &self.tasks
     }
