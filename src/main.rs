@@ -4,13 +4,24 @@
 use clap::Parser;
 use mcpfleet::cli::{self, Cli, TopCommand};
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("mcpfleet=info,openraft=warn"));
-    tracing_subscriber::fmt()
+/// Logs to stderr, as `format` says, the lines `filter` (or RUST_LOG, or the default)
+/// lets through.
+fn init_logging(format: cli::serve::LogFormat, filter: Option<&str>) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match filter {
+        Some(filter) => EnvFilter::try_new(filter)
+            .map_err(|e| anyhow::anyhow!("invalid --log filter {filter:?}: {e}"))?,
+        None => EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new(cli::serve::DEFAULT_LOG_FILTER)),
+    };
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        cli::serve::LogFormat::Text => logs.init(),
+        cli::serve::LogFormat::Json => logs.json().init(),
+    }
+    Ok(())
 }
 
 /// Resolves on the first SIGINT or SIGTERM.
@@ -32,7 +43,7 @@ async fn termination_signal() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         TopCommand::Serve(args) => {
-            init_logging();
+            init_logging(args.log_format, args.log_filter.as_deref())?;
             cli::serve::run_serve(*args, termination_signal()).await?;
         }
         TopCommand::Server { client, command } => {

@@ -204,6 +204,24 @@ fn bad_serve_flags_and_data_dirs_are_refused() -> Result<()> {
         "0",
     ]);
     assert_refused(&output, "max watches must be 1..=65536, got 0")?;
+    let output = serve(&[
+        "--listen",
+        &listen,
+        "--data",
+        &data_arg,
+        "--log",
+        "mcpfleet=[",
+    ]);
+    assert_refused(&output, "invalid --log filter \"mcpfleet=[\"")?;
+    let output = serve(&[
+        "--listen",
+        &listen,
+        "--data",
+        &data_arg,
+        "--log-format",
+        "xml",
+    ]);
+    assert_refused(&output, "invalid value 'xml' for '--log-format")?;
 
     // A data dir held by a running node.
     let mut node = NodeProcess::start(1, &listen, &data, &[])?;

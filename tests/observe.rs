@@ -225,3 +225,46 @@ fn metrics_parse_and_move_with_servers_and_calls_and_health_follows_the_leader()
     })?;
     Ok(())
 }
+
+#[test]
+fn a_node_logs_one_json_object_per_line_when_asked() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("node1");
+    let addr = format!("127.0.0.1:{}", free_port());
+    // Only openraft's lines, down to debug: the filter must let those through and
+    // keep mcpfleet's own out.
+    let mut node = NodeProcess::start(
+        1,
+        &addr,
+        &data,
+        &[
+            "--log-format".into(),
+            "json".into(),
+            "--log".into(),
+            "openraft=debug".into(),
+        ],
+    )?;
+    wait_for_leader(&addr, Duration::from_secs(20))?;
+    node.kill();
+    let text = std::fs::read_to_string(data.with_extension("log"))?;
+    let mut debug = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let entry: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("not JSON: {line}"))?;
+        ensure!(entry["fields"]["message"].is_string(), "{line}");
+        ensure!(entry["timestamp"].is_string(), "{line}");
+        let target = entry["target"].as_str().unwrap_or_default();
+        ensure!(
+            target.starts_with("openraft"),
+            "the filter let through {line}"
+        );
+        if entry["level"] == "DEBUG" {
+            debug += 1;
+        }
+    }
+    ensure!(
+        debug > 0,
+        "--log openraft=debug let no debug line through: {text}"
+    );
+    Ok(())
+}

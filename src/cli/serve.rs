@@ -5,7 +5,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use super::client::CliError;
 use crate::config::Config;
@@ -17,6 +17,16 @@ use crate::node::Environment;
 
 /// The metadata key that records which node a data dir belongs to.
 const NODE_ID_KEY: &str = "node_id";
+
+/// How a node writes its log lines (to stderr).
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The log filter when neither --log nor RUST_LOG says otherwise.
+pub const DEFAULT_LOG_FILTER: &str = "mcpfleet=info,openraft=warn";
 
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -65,6 +75,13 @@ pub struct ServeArgs {
     /// Build a snapshot (and purge the log) after this many entries.
     #[arg(long, default_value_t = Config::default().snapshot_after_logs)]
     pub snapshot_after_logs: u64,
+    /// Log lines as readable text, or as one JSON object each (for log collectors).
+    #[arg(long, env = "MCPFLEET_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Which log lines to write, in RUST_LOG's syntax (`mcpfleet=debug,openraft=info`).
+    /// Default: RUST_LOG if set, else `mcpfleet=info,openraft=warn`.
+    #[arg(long = "log", env = "MCPFLEET_LOG")]
+    pub log_filter: Option<String>,
     /// Where to serve the MCP endpoint (streamable HTTP at /mcp), HOST:PORT; "off" to
     /// serve none.
     #[arg(long, default_value = DEFAULT_HTTP_LISTEN)]
