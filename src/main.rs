@@ -41,28 +41,28 @@ async fn termination_signal() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = cli.client;
     match cli.command {
         TopCommand::Serve(args) => {
             init_logging(args.log_format, args.log_filter.as_deref())?;
             cli::serve::run_serve(*args, termination_signal()).await?;
         }
-        TopCommand::Server { client, command } => {
+        TopCommand::Server { command } => {
             cli::run_client(client, cli::ClientCommand::Server(command)).await?
         }
-        TopCommand::Cluster { client, command } => {
+        TopCommand::Cluster { command } => {
             cli::run_client(client, cli::ClientCommand::Cluster(command)).await?
         }
-        TopCommand::Status { client, stale } => {
+        TopCommand::Status { stale } => {
             cli::run_client(client, cli::ClientCommand::Status { stale }).await?
         }
-        TopCommand::Node { client, command } => {
+        TopCommand::Node { command } => {
             cli::run_client(client, cli::ClientCommand::Node(command)).await?
         }
-        TopCommand::Tools { client, server } => {
+        TopCommand::Tools { server } => {
             cli::run_client(client, cli::ClientCommand::Tools { server }).await?
         }
         TopCommand::Call {
-            client,
             server,
             tool,
             arguments,
@@ -85,8 +85,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             std::process::exit(code);
         }
         TopCommand::Bench { command } => match command {
-            cli::BenchCommand::Put(args) => cli::bench::run_put(args).await?,
-            cli::BenchCommand::Call(args) => cli::bench::run_call(args).await?,
+            cli::BenchCommand::Put(args) => cli::bench::run_put(args, &client).await?,
+            cli::BenchCommand::Call(args) => cli::bench::run_call(args, &client).await?,
         },
     }
     Ok(())
@@ -116,9 +116,21 @@ const MAX_BLOCKING_THREADS: usize = 16;
 
 fn main() {
     let cli = parse_command_line();
+    // A client command whose output is cut short (`| head`) ends quietly, as other
+    // command-line tools do, instead of panicking on the broken pipe. A node keeps
+    // ignoring SIGPIPE: a peer that closes its socket must not kill it.
+    if !matches!(
+        cli.command,
+        TopCommand::Serve(_) | TopCommand::Supervise { .. }
+    ) {
+        // SAFETY: restoring a signal's default action, before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     // One scheduler thread: on small hosts a single thread avoids cross-thread
-    // wake-ups. fsyncs and log purges run on the blocking pool (src/env/disk.rs);
-    // snapshot encoding still runs on the scheduler thread.
+    // wake-ups. fsyncs, log purges and snapshots' encoding run on the blocking pool
+    // (src/env/disk.rs, src/raft/state_machine.rs).
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(MAX_BLOCKING_THREADS)
         .enable_all()

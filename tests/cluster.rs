@@ -229,3 +229,50 @@ fn five_thousand_servers_list_in_pages_and_survive_snapshot_restart_and_install(
     first.terminate(Duration::from_secs(10))?;
     Ok(())
 }
+
+#[test]
+fn client_flags_are_taken_anywhere_on_the_line() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _node = NodeProcess::start(1, &addr, &dir.path().join("node1"), &[])?;
+    wait_for_leader(&addr, Duration::from_secs(20))?;
+    let run = |args: &[&str], env: &[(&str, &str)]| -> Result<serde_json::Value> {
+        let output = std::process::Command::new(binary())
+            .args(args)
+            .envs(env.iter().copied())
+            .env_remove("RUST_LOG")
+            .output()?;
+        ensure!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).with_context(|| format!("{args:?}: not JSON"))
+    };
+    let lines: [&[&str]; 3] = [
+        &["--endpoint", &addr, "-o", "json", "cluster", "status"],
+        &["cluster", "--endpoint", &addr, "status", "-o", "json"],
+        &["-o", "json", "cluster", "status", "--endpoint", &addr],
+    ];
+    for args in lines {
+        assert_eq!(run(args, &[])?["leader_id"], 1, "{args:?}");
+    }
+    let status = run(&["-o", "json", "status"], &[("MCPFLEET_ENDPOINT", &addr)])?;
+    ensure!(status.is_object(), "{status}");
+    // The bench commands print JSON with -o json too.
+    let bench = run(
+        &[
+            "-o",
+            "json",
+            "bench",
+            "put",
+            "--endpoint",
+            &addr,
+            "--max-writes",
+            "10",
+        ],
+        &[],
+    )?;
+    assert_eq!(bench["operations"], 10, "{bench}");
+    Ok(())
+}

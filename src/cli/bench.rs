@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use super::client::{connect, CliError};
+use super::{ClientArgs, OutputFormat};
 use crate::proto::v1 as pb;
 
 /// Distinct servers each client cycles through.
@@ -15,9 +16,6 @@ const KEYS_PER_CLIENT: u64 = 16;
 
 #[derive(Args, Debug)]
 pub struct PutArgs {
-    /// Any node of the cluster (HOST:PORT).
-    #[arg(long, env = "MCPFLEET_ENDPOINT", default_value = super::DEFAULT_ENDPOINT)]
-    pub endpoint: String,
     /// Concurrent clients, each with its own connection.
     #[arg(long, default_value_t = 1)]
     pub clients: u32,
@@ -30,7 +28,7 @@ pub struct PutArgs {
     /// Stop after this many writes in total (0: no limit).
     #[arg(long, default_value_t = 0)]
     pub max_writes: u64,
-    /// Print the result as JSON.
+    /// Print the result as JSON (the same as `-o json`).
     #[arg(long)]
     pub json: bool,
     /// Instead of writing, read the servers back: `get` (linearizable) or `get-stale`.
@@ -51,7 +49,8 @@ struct ClientResult {
     first_error: Option<String>,
 }
 
-pub async fn run_put(args: PutArgs) -> Result<(), CliError> {
+pub async fn run_put(args: PutArgs, client: &ClientArgs) -> Result<(), CliError> {
+    let json = args.json || client.output == OutputFormat::Json;
     if args.clients == 0 || args.clients > 1024 {
         return Err(CliError::Usage("--clients must be 1..=1024".into()));
     }
@@ -73,7 +72,7 @@ pub async fn run_put(args: PutArgs) -> Result<(), CliError> {
     };
     let mut clients = Vec::new();
     for _ in 0..args.clients {
-        clients.push(connect(&args.endpoint).await?);
+        clients.push(connect(&client.endpoint).await?);
     }
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -144,7 +143,7 @@ pub async fn run_put(args: PutArgs) -> Result<(), CliError> {
         Operation::Get | Operation::GetStale => "reads",
     };
     let summary = Summary::new(unit, args.clients, started, latencies, errors);
-    summary.print(args.json, serde_json::json!({}));
+    summary.print(json, serde_json::json!({}));
     if let Some(error) = first_error {
         eprintln!("first error: {error}");
     }
@@ -269,7 +268,7 @@ pub struct CallArgs {
     /// initialize and a session) or `legacy` (always initialize and a session).
     #[arg(long, value_enum, default_value_t = Era::Auto)]
     pub protocol: Era,
-    /// Print the result as JSON.
+    /// Print the result as JSON (the same as `-o json`).
     #[arg(long)]
     pub json: bool,
 }
@@ -286,7 +285,8 @@ const MAX_ERROR_KINDS: usize = 8;
 /// `mcpfleet bench call`: closed-loop tool calls from N MCP clients for a duration.
 /// A call fails when it gets an error or a result marked `isError`; a client whose
 /// connection breaks connects again (that counts as one failed call).
-pub async fn run_call(args: CallArgs) -> Result<(), CliError> {
+pub async fn run_call(args: CallArgs, client: &ClientArgs) -> Result<(), CliError> {
+    let json = args.json || client.output == OutputFormat::Json;
     use rmcp::service::ClientServiceExt;
     if args.clients == 0 || args.clients > 1024 {
         return Err(CliError::Usage("--clients must be 1..=1024".into()));
@@ -384,9 +384,9 @@ pub async fn run_call(args: CallArgs) -> Result<(), CliError> {
     let mut kinds: Vec<(String, u64)> = kinds.into_iter().collect();
     kinds.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     kinds.truncate(MAX_ERROR_KINDS);
-    summary.print(args.json, serde_json::json!({ "error_kinds": kinds }));
+    summary.print(json, serde_json::json!({ "error_kinds": kinds }));
     for (error, count) in &kinds {
-        if !args.json {
+        if !json {
             eprintln!("{count} x {error}");
         }
     }

@@ -20,6 +20,9 @@ pub const DEFAULT_ENDPOINT: &str = crate::config::DEFAULT_LISTEN;
     about = "A highly available control plane for fleets of MCP servers"
 )]
 pub struct Cli {
+    /// The client flags, taken anywhere on the line (before or after the command).
+    #[command(flatten)]
+    pub client: ClientArgs,
     #[command(subcommand)]
     pub command: TopCommand,
 }
@@ -30,44 +33,32 @@ pub enum TopCommand {
     Serve(Box<serve::ServeArgs>),
     /// Manage MCP servers in the registry.
     Server {
-        #[command(flatten)]
-        client: ClientArgs,
         #[command(subcommand)]
         command: ServerCommand,
     },
     /// Inspect and change the cluster.
     Cluster {
-        #[command(flatten)]
-        client: ClientArgs,
         #[command(subcommand)]
         command: ClusterCommand,
     },
     /// The whole fleet on one screen: nodes, servers and every replica's health.
     Status {
-        #[command(flatten)]
-        client: ClientArgs,
         /// Answer from this node's local state without confirming it is current.
         #[arg(long)]
         stale: bool,
     },
     /// Take nodes out of service and back.
     Node {
-        #[command(flatten)]
-        client: ClientArgs,
         #[command(subcommand)]
         command: NodeCommand,
     },
     /// List the fleet's tools (every server's, or one server's).
     Tools {
-        #[command(flatten)]
-        client: ClientArgs,
         /// Only this server's tools.
         server: Option<String>,
     },
     /// Call one tool of one server through the fleet and print its text content.
     Call {
-        #[command(flatten)]
-        client: ClientArgs,
         server: String,
         /// The server's own name for the tool.
         tool: String,
@@ -104,6 +95,7 @@ pub enum NodeCommand {
     Undrain { id: u64 },
 }
 
+/// The flags of every client command (`serve` ignores them).
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
     /// Any node of the cluster (HOST:PORT).
