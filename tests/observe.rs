@@ -18,18 +18,24 @@ use common::*;
 /// labels in name order).
 type Samples = BTreeMap<String, f64>;
 
-fn probe(python: &str, mode: &str, url: &str) -> Result<serde_json::Value> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/http_probe.py");
+/// Runs tests/clients/`script` with `args` and parses the JSON it prints.
+fn python_json(python: &str, script: &str, args: &[&str]) -> Result<serde_json::Value> {
+    let path = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
     let output = Command::new(python)
-        .args([script, mode, url])
+        .arg(&path)
+        .args(args)
         .output()
-        .context("run http_probe.py")?;
+        .with_context(|| format!("run {script}"))?;
     ensure!(
         output.status.success(),
-        "http_probe.py {mode} {url}: {}",
+        "{script} {args:?}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+fn probe(python: &str, mode: &str, url: &str) -> Result<serde_json::Value> {
+    python_json(python, "http_probe.py", &[mode, url])
 }
 
 /// `/metrics` of the node whose HTTP address is `http`, parsed.
@@ -59,17 +65,7 @@ fn value(samples: &Samples, key: &str) -> f64 {
 
 /// What the standard gRPC health and reflection services of the node at `addr` say.
 fn grpc(python: &str, addr: &str) -> Result<serde_json::Value> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/grpc_probe.py");
-    let output = Command::new(python)
-        .args([script, addr])
-        .output()
-        .context("run grpc_probe.py")?;
-    ensure!(
-        output.status.success(),
-        "grpc_probe.py {addr}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(serde_json::from_slice(&output.stdout)?)
+    python_json(python, "grpc_probe.py", &[addr])
 }
 
 fn status(python: &str, http: &str, path: &str) -> Result<(u64, String)> {

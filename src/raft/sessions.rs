@@ -125,8 +125,8 @@ impl Sessions {
             if self.sessions.len() >= MAX_CLIENT_SESSIONS && self.evictable().is_none() {
                 return Admission::Answered(Outcome::Rejected(RegistryError::Full {
                     reason: format!(
-                        "{MAX_CLIENT_SESSIONS} nodes' boots wrote in the last {} s; \
-                         try again later",
+                        "the table of client sessions is full: {MAX_CLIENT_SESSIONS} node \
+                         boots wrote within the last {} s; try again later",
                         SESSION_EVICTABLE_MS / 1_000
                     ),
                 }));
