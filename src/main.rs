@@ -84,6 +84,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let code = mcpfleet::env::launcher::supervise(program, args, fence_fd).await;
             std::process::exit(code);
         }
+        TopCommand::Import(args) => cli::import::run_import(args, &client).await?,
+        TopCommand::Export(args) => cli::import::run_export(args, &client).await?,
         TopCommand::Bench { command } => match command {
             cli::BenchCommand::Put(args) => cli::bench::run_put(args, &client).await?,
             cli::BenchCommand::Call(args) => cli::bench::run_call(args, &client).await?,

@@ -503,16 +503,6 @@ fn clients_are_told_when_the_fleet_tool_list_changes() -> Result<()> {
     Ok(())
 }
 
-/// A Node.js process killed when dropped.
-struct Upstream(Child);
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn upstreams_of_either_protocol_era_are_reached() -> Result<()> {
     let servers = mcp_servers()?;
@@ -522,26 +512,7 @@ fn upstreams_of_either_protocol_era_are_reached() -> Result<()> {
     add_modern(&cluster, "1", "gateway-eras")?;
     // 2025-11-25 and older over streamable HTTP, with sessions: the npm reference
     // server in HTTP mode, pinned to loopback.
-    let port = free_port();
-    let everything_js = format!(
-        "{}/@modelcontextprotocol/server-everything/dist/index.js",
-        servers.node_modules
-    );
-    let _everything = Upstream(
-        Command::new("node")
-            .args([
-                "-r",
-                &test_server("loopback.cjs"),
-                &everything_js,
-                "streamableHttp",
-            ])
-            .env("PORT", port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start server-everything over HTTP")?,
-    );
-    let url = format!("http://127.0.0.1:{port}/mcp");
+    let (_everything, url) = http_everything(&servers)?;
     add_server(&cluster.addr(1), "web", &["--url", &url])?;
 
     for (server, protocol) in [("modern", "2026-07-28"), ("web", "2025-11-25")] {

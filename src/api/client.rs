@@ -17,7 +17,7 @@ use crate::proto::v1 as pb;
 use crate::proto::v1::registry_server::Registry;
 use crate::raft::WatchMessage;
 use crate::registry::validate::{validate_name, validate_spec};
-use crate::registry::{AdminState, Change, Command, Outcome, RegistryError};
+use crate::registry::{AdminState, Change, Command, Outcome, RegistryError, ServerPut};
 
 pub struct ClientApi {
     node: Arc<ControlPlane>,
@@ -34,6 +34,25 @@ impl ClientApi {
             gateway,
             watches,
         }
+    }
+
+    /// The servers as written at their revisions (`None` for one changed since).
+    fn written<'a>(
+        &self,
+        names: impl IntoIterator<Item = (&'a str, u64)>,
+    ) -> Vec<Option<pb::Server>> {
+        let applied = self.node.view().read();
+        names
+            .into_iter()
+            .map(|(name, revision)| {
+                applied
+                    .registry
+                    .servers
+                    .get(name)
+                    .filter(|r| r.mod_revision == revision)
+                    .map(record_to_proto)
+            })
+            .collect()
     }
 
     /// Commits a command; a rejection becomes the status that fits it.
@@ -90,6 +109,19 @@ impl ClientApi {
     }
 }
 
+/// A spec and its precondition from the wire, the spec checked.
+fn put_from_proto(request: pb::PutServerRequest) -> Result<ServerPut, Status> {
+    let spec = request
+        .spec
+        .ok_or_else(|| Status::invalid_argument("spec is required"))?;
+    let spec = spec_from_proto(spec).map_err(Status::invalid_argument)?;
+    validate_spec(&spec).map_err(|e| status_from_registry_error(&e))?;
+    Ok(ServerPut {
+        spec,
+        expected_revision: request.expected_revision,
+    })
+}
+
 fn status_from_registry_error(error: &RegistryError) -> Status {
     let message = error.to_string();
     match error {
@@ -104,9 +136,9 @@ fn status_from_registry_error(error: &RegistryError) -> Status {
             Status::resource_exhausted(message)
         }
         RegistryError::StalePlan { .. } => Status::failed_precondition(message),
-        RegistryError::InvalidPlan { .. } | RegistryError::InvalidNode { .. } => {
-            Status::invalid_argument(message)
-        }
+        RegistryError::InvalidPlan { .. }
+        | RegistryError::InvalidNode { .. }
+        | RegistryError::InvalidWrite { .. } => Status::invalid_argument(message),
         RegistryError::StaleReport { .. } => Status::failed_precondition(message),
         RegistryError::CatalogTooLarge { .. } | RegistryError::InvalidSession { .. } => {
             Status::invalid_argument(message)
@@ -196,29 +228,42 @@ impl Registry for ClientApi {
         &self,
         request: Request<pb::PutServerRequest>,
     ) -> Result<Response<pb::PutServerResponse>, Status> {
-        let request = request.into_inner();
-        let spec = request
-            .spec
-            .ok_or_else(|| Status::invalid_argument("spec is required"))?;
-        let spec = spec_from_proto(spec).map_err(Status::invalid_argument)?;
-        validate_spec(&spec).map_err(|e| status_from_registry_error(&e))?;
-        let name = spec.name.clone();
+        let put = put_from_proto(request.into_inner())?;
+        let name = put.spec.name.clone();
         let revision = self
             .commit(Command::PutServer {
-                spec,
-                expected_revision: request.expected_revision,
+                spec: put.spec,
+                expected_revision: put.expected_revision,
             })
             .await?;
-        let server = self
-            .node
-            .view()
-            .read()
-            .registry
-            .servers
-            .get(&name)
-            .filter(|r| r.mod_revision == revision)
-            .map(record_to_proto);
+        let server = self.written([(name.as_str(), revision)]).pop().flatten();
         Ok(Response::new(pb::PutServerResponse { revision, server }))
+    }
+
+    async fn put_servers(
+        &self,
+        request: Request<pb::PutServersRequest>,
+    ) -> Result<Response<pb::PutServersResponse>, Status> {
+        let puts = request
+            .into_inner()
+            .puts
+            .into_iter()
+            .map(put_from_proto)
+            .collect::<Result<Vec<_>, _>>()?;
+        let names: Vec<String> = puts.iter().map(|put| put.spec.name.clone()).collect();
+        let command = Command::PutServers { puts };
+        command
+            .check()
+            .map_err(|e| status_from_registry_error(&e))?;
+        let revision = self.commit(command).await?;
+        // Each server has its own revision, in order, up to the write's.
+        let first = revision + 1 - names.len() as u64;
+        let servers = self
+            .written(names.iter().map(String::as_str).zip(first..))
+            .into_iter()
+            .flatten()
+            .collect();
+        Ok(Response::new(pb::PutServersResponse { revision, servers }))
     }
 
     async fn delete_server(

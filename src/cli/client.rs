@@ -355,6 +355,30 @@ fn breaker_from_args(args: &AddServerArgs) -> Option<pb::CircuitBreaker> {
     })
 }
 
+/// Every server, page after page, in name order.
+pub(super) async fn all_servers(
+    client: &mut RegistryClient<Channel>,
+    stale: bool,
+) -> Result<Vec<pb::Server>, CliError> {
+    let mut servers = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_servers(pb::ListServersRequest {
+                stale,
+                page_size: 0,
+                page_token: token.clone(),
+            })
+            .await?
+            .into_inner();
+        servers.extend(page.servers);
+        token = next_page(&token, page.next_page_token)?;
+        if token.is_empty() {
+            return Ok(servers);
+        }
+    }
+}
+
 fn to_json(server: pb::Server) -> Result<ServerJson, CliError> {
     server_json(server).map_err(CliError::Failed)
 }
@@ -398,25 +422,11 @@ async fn server_command(
             }
         }
         ServerCommand::Ls { stale } => {
-            let mut servers = Vec::new();
-            let mut token = String::new();
-            loop {
-                let page = client
-                    .list_servers(pb::ListServersRequest {
-                        stale,
-                        page_size: 0,
-                        page_token: token.clone(),
-                    })
-                    .await?
-                    .into_inner();
-                for server in page.servers {
-                    servers.push(to_json(server)?);
-                }
-                token = next_page(&token, page.next_page_token)?;
-                if token.is_empty() {
-                    break;
-                }
-            }
+            let servers = all_servers(client, stale)
+                .await?
+                .into_iter()
+                .map(to_json)
+                .collect::<Result<Vec<_>, _>>()?;
             if json {
                 print_json(&servers).map_err(CliError::Failed)?;
             } else {

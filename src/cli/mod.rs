@@ -3,6 +3,8 @@
 
 pub mod bench;
 mod client;
+pub mod import;
+pub mod mcpservers;
 mod output;
 pub mod serve;
 
@@ -69,6 +71,11 @@ pub enum TopCommand {
         #[arg(long, default_value_t = 0)]
         timeout_ms: u64,
     },
+    /// Register the servers of an `mcpServers` JSON file (Claude Desktop, Claude Code,
+    /// Cursor, VS Code) in one write: all of them or none.
+    Import(import::ImportArgs),
+    /// Print the registry's servers as an `mcpServers` JSON file.
+    Export(import::ExportArgs),
     /// Load generators: writes, and tool calls through /mcp.
     Bench {
         #[command(subcommand)]

@@ -238,7 +238,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                             term: entry.log_id.leader_id.term,
                             index: entry.log_id.index,
                         };
-                        let (outcome, change) = applied
+                        let (outcome, changes) = applied
                             .registry
                             .apply_at(&proposal.command, injected(&proposal.command, position));
                         if let (Some((id, probe)), Command::ApplyPlan { term, .. }) =
@@ -253,7 +253,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                             outcome.clone(),
                             session_window(),
                         );
-                        if let Some(change) = change {
+                        for change in changes {
                             if applied.history.len() >= WATCH_HISTORY_LEN {
                                 if let Some(dropped) = applied.history.pop_front() {
                                     applied.history_floor = dropped.revision();

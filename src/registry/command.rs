@@ -84,6 +84,20 @@ pub enum Command {
         term: u64,
         placements: Vec<Placement>,
     },
+    /// Create or replace several servers in one write: all of them, or none if any
+    /// one's `expected_revision` does not hold or they do not fit the registry. Each
+    /// gets its own revision, in order. At most `MAX_SERVERS_PER_WRITE`, each named
+    /// once. (New variants go last: commands are stored positionally.)
+    PutServers {
+        puts: Vec<ServerPut>,
+    },
+}
+
+/// One server of a `PutServers` write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerPut {
+    pub spec: ServerSpec,
+    pub expected_revision: Option<u64>,
 }
 
 /// Slot `slot` of `server` runs on `node`, or nowhere.
@@ -116,6 +130,7 @@ impl Command {
             Command::ReportCatalog { .. } => "report-catalog",
             Command::PutSession { .. } => "put-session",
             Command::DeleteSession { .. } => "delete-session",
+            Command::PutServers { .. } => "put-servers",
         }
     }
 
@@ -182,4 +197,6 @@ pub enum RegistryError {
     /// New variants go last: outcomes are stored positionally (client sessions).
     #[error("registry full: {reason}")]
     Full { reason: String },
+    #[error("invalid write: {reason}")]
+    InvalidWrite { reason: String },
 }

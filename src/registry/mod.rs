@@ -7,7 +7,7 @@ pub mod model;
 mod state;
 pub mod validate;
 
-pub use command::{Command, LogPosition, Outcome, Placement, RegistryError};
+pub use command::{Command, LogPosition, Outcome, Placement, RegistryError, ServerPut};
 pub use model::*;
 pub use state::{truncate_utf8, Change, Registry, Usage, MAX_ADDRESS_LEN, MAX_ERROR_BYTES};
 

@@ -17,6 +17,10 @@ pub const MAX_SPEC_BYTES: usize = 64 * 1024;
 pub const MAX_LIST_ITEMS: usize = 256;
 /// Most servers the registry holds.
 pub const MAX_SERVERS: usize = 10_000;
+/// Most servers one write (`PutServers`, an import) creates or replaces.
+pub const MAX_SERVERS_PER_WRITE: usize = 256;
+/// Most bytes of specs (`spec_size`) one write carries.
+pub const MAX_WRITE_SPEC_BYTES: usize = 1024 * 1024;
 /// Largest catalog (tools, prompts and resources together, as JSON) one server may
 /// offer, in bytes.
 pub const MAX_CATALOG_BYTES: usize = 256 * 1024;

@@ -26,8 +26,8 @@ pub fn truncate_utf8(text: &mut String, limit: usize) {
     }
 }
 
-/// The whole replicated registry. Every successful command bumps `revision` by one;
-/// a rejected command changes nothing.
+/// The whole replicated registry. Every successful command bumps `revision` by one (a
+/// write of n servers by n, one per server); a rejected command changes nothing.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registry {
     pub revision: u64,
@@ -80,9 +80,9 @@ impl Change {
 impl Registry {
     /// Checks one command, as a proposal is checked, and applies it if it passes.
     /// Returns its outcome and, if the server table changed, the change for watchers.
-    pub fn apply(&mut self, command: &Command) -> (Outcome, Option<Change>) {
+    pub fn apply(&mut self, command: &Command) -> (Outcome, Vec<Change>) {
         if let Err(error) = command.check() {
-            return (Outcome::Rejected(error), None);
+            return (Outcome::Rejected(error), Vec::new());
         }
         self.apply_at(command, LogPosition::default())
     }
@@ -94,16 +94,44 @@ impl Registry {
     /// checked again: what `apply` decides depends only on what was committed and the
     /// state, never on rules that a later version may tighten. Its own rejections
     /// (a revision, an epoch, a budget) are all about the state.
-    pub fn apply_at(
-        &mut self,
-        command: &Command,
-        position: LogPosition,
-    ) -> (Outcome, Option<Change>) {
+    pub fn apply_at(&mut self, command: &Command, position: LogPosition) -> (Outcome, Vec<Change>) {
         let result = match command {
             Command::PutServer {
                 spec,
                 expected_revision,
-            } => self.put_server(spec, *expected_revision),
+            } => self.put_servers([(spec, *expected_revision)]),
+            Command::PutServers { puts } => {
+                self.put_servers(puts.iter().map(|put| (&put.spec, put.expected_revision)))
+            }
+            single => self
+                .apply_one(single, position)
+                .map(|change| change.into_iter().collect()),
+        };
+        // The check walks the whole registry: debug builds run it while that is cheap.
+        if cfg!(debug_assertions) && self.servers.len() <= DEBUG_CHECK_MAX_SERVERS {
+            assert_eq!(self.check_invariants(), Ok(()));
+        }
+        match result {
+            Ok(change) => (
+                Outcome::Applied {
+                    revision: self.revision,
+                },
+                change,
+            ),
+            Err(error) => (Outcome::Rejected(error), Vec::new()),
+        }
+    }
+
+    /// Applies a command other than a write of servers.
+    fn apply_one(
+        &mut self,
+        command: &Command,
+        position: LogPosition,
+    ) -> Result<Option<Change>, RegistryError> {
+        match command {
+            Command::PutServer { .. } | Command::PutServers { .. } => {
+                unreachable!("apply_at applies the writes of servers")
+            }
             Command::DeleteServer {
                 name,
                 expected_revision,
@@ -161,19 +189,6 @@ impl Registry {
                     Ok(None)
                 }
             }
-        };
-        // The check walks the whole registry: debug builds run it while that is cheap.
-        if cfg!(debug_assertions) && self.servers.len() <= DEBUG_CHECK_MAX_SERVERS {
-            assert_eq!(self.check_invariants(), Ok(()));
-        }
-        match result {
-            Ok(change) => (
-                Outcome::Applied {
-                    revision: self.revision,
-                },
-                change,
-            ),
-            Err(error) => (Outcome::Rejected(error), None),
         }
     }
 
@@ -394,31 +409,50 @@ impl Registry {
         Ok(None)
     }
 
-    fn put_server(
+    /// Writes servers, all or none: every precondition (revisions, the server count,
+    /// the budgets) is checked for the whole set before anything changes. Each server
+    /// gets its own revision, in order, as if written one by one.
+    fn put_servers<'a>(
         &mut self,
-        spec: &ServerSpec,
-        expected_revision: Option<u64>,
-    ) -> Result<Option<Change>, RegistryError> {
-        let current = self.servers.get(&spec.name);
-        if let Some(expected) = expected_revision {
-            let current_revision = current.map_or(0, |r| r.mod_revision);
-            if expected != current_revision {
-                return Err(RegistryError::RevisionMismatch {
-                    name: spec.name.clone(),
-                    expected,
-                    current: current_revision,
-                });
+        puts: impl IntoIterator<Item = (&'a ServerSpec, Option<u64>)> + Clone,
+    ) -> Result<Vec<Change>, RegistryError> {
+        let (mut room, mut slots, mut added) = ((0, 0), (0, 0), 0);
+        for (spec, expected_revision) in puts.clone() {
+            let current = self.servers.get(&spec.name);
+            if let Some(expected) = expected_revision {
+                let current_revision = current.map_or(0, |r| r.mod_revision);
+                if expected != current_revision {
+                    return Err(RegistryError::RevisionMismatch {
+                        name: spec.name.clone(),
+                        expected,
+                        current: current_revision,
+                    });
+                }
             }
+            added += usize::from(current.is_none());
+            room.0 += current.map_or(0, |r| spec_size(&r.spec));
+            room.1 += spec_size(spec);
+            slots.0 += current.map_or(0, |r| r.spec.replicas as usize);
+            slots.1 += spec.replicas as usize;
         }
-        if current.is_none() && self.servers.len() >= MAX_SERVERS {
+        if added > 0 && self.servers.len() + added > MAX_SERVERS {
             return Err(RegistryError::TooManyServers { limit: MAX_SERVERS });
         }
+        self.check_room(room, slots)?;
+        Ok(puts
+            .into_iter()
+            .map(|(spec, _)| self.write_server(spec))
+            .collect())
+    }
+
+    /// Creates or replaces one server, its preconditions checked.
+    fn write_server(&mut self, spec: &ServerSpec) -> Change {
+        let current = self.servers.get(&spec.name);
         let room = (current.map_or(0, |r| spec_size(&r.spec)), spec_size(spec));
         let slots = (
             current.map_or(0, |r| r.spec.replicas as usize),
             spec.replicas as usize,
         );
-        self.check_room(room, slots)?;
         self.revision += 1;
         let create_revision = current.map_or(self.revision, |r| r.create_revision);
         let transport_revision = match current {
@@ -438,10 +472,10 @@ impl Registry {
             .retain(|(server, slot), _| server != &spec.name || *slot < spec.replicas);
         self.take_room(room, slots);
         self.servers.insert(spec.name.clone(), record.clone());
-        Ok(Some(Change::Put {
+        Change::Put {
             record: Box::new(record),
             revision: self.revision,
-        }))
+        }
     }
 
     fn delete_server(

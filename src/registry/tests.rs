@@ -13,6 +13,19 @@ fn put(spec: ServerSpec) -> Command {
     }
 }
 
+/// One write of several servers, each with its precondition.
+fn put_many(puts: Vec<(ServerSpec, Option<u64>)>) -> Command {
+    Command::PutServers {
+        puts: puts
+            .into_iter()
+            .map(|(spec, expected_revision)| ServerPut {
+                spec,
+                expected_revision,
+            })
+            .collect(),
+    }
+}
+
 fn put_cas(spec: ServerSpec, expected: u64) -> Command {
     Command::PutServer {
         spec,
@@ -111,6 +124,56 @@ fn command_table() {
             command: put_cas(echo("a"), 0),
             expect: Ok(1),
             servers: vec!["a"],
+        },
+        Case {
+            what: "a write of several servers gives each its own revision",
+            setup: vec![put(echo("a"))],
+            command: put_many(vec![
+                (echo("b"), Some(0)),
+                (echo("a"), Some(1)),
+                (echo("c"), None),
+            ]),
+            expect: Ok(4),
+            servers: vec!["a", "b", "c"],
+        },
+        Case {
+            what: "one failed precondition rejects the whole write",
+            setup: vec![put(echo("a"))],
+            command: put_many(vec![(echo("b"), Some(0)), (echo("a"), Some(0))]),
+            expect: Err(|e| matches!(e, RegistryError::RevisionMismatch { .. })),
+            servers: vec!["a"],
+        },
+        Case {
+            what: "one invalid spec rejects the whole write",
+            setup: vec![],
+            command: put_many(vec![(echo("b"), None), (echo("bad name!"), None)]),
+            expect: Err(|e| matches!(e, RegistryError::InvalidName { .. })),
+            servers: vec![],
+        },
+        Case {
+            what: "a write that names a server twice is refused",
+            setup: vec![],
+            command: put_many(vec![(echo("b"), None), (echo("b"), None)]),
+            expect: Err(|e| matches!(e, RegistryError::InvalidWrite { .. })),
+            servers: vec![],
+        },
+        Case {
+            what: "an empty write is refused",
+            setup: vec![],
+            command: put_many(vec![]),
+            expect: Err(|e| matches!(e, RegistryError::InvalidWrite { .. })),
+            servers: vec![],
+        },
+        Case {
+            what: "a write over the count per write is refused",
+            setup: vec![],
+            command: put_many(
+                (0..=MAX_SERVERS_PER_WRITE)
+                    .map(|i| (echo(&format!("s{i}")), None))
+                    .collect(),
+            ),
+            expect: Err(|e| matches!(e, RegistryError::InvalidWrite { .. })),
+            servers: vec![],
         },
         Case {
             what: "invalid name",
@@ -271,7 +334,7 @@ fn command_table() {
                     "{}: a rejected command changed state",
                     case.what
                 );
-                assert!(change.is_none(), "{}", case.what);
+                assert!(change.is_empty(), "{}", case.what);
             }
             (expect, got) => panic!("{}: expected {:?}, got {got:?}", case.what, expect.is_ok()),
         }
@@ -289,15 +352,25 @@ fn put_keeps_create_revision_and_reports_changes() {
     let (_, change) = registry.apply(&put(with(echo("a"), |s| s.replicas = 2)));
     let record = &registry.servers["a"];
     assert_eq!((record.create_revision, record.mod_revision), (1, 3));
-    assert_eq!(change.map(|c| c.revision()), Some(3));
+    assert_eq!(change.iter().map(Change::revision).collect::<Vec<_>>(), [3]);
     let (_, change) = registry.apply(&delete("b"));
     assert_eq!(
         change,
-        Some(Change::Delete {
+        [Change::Delete {
             name: "b".into(),
             revision: 4
-        })
+        }]
     );
+    let (_, changes) = registry.apply(&put_many(vec![(echo("c"), None), (echo("a"), None)]));
+    let written: Vec<(&str, u64)> = changes
+        .iter()
+        .map(|c| match c {
+            Change::Put { record, revision } => (record.spec.name.as_str(), *revision),
+            Change::Delete { .. } => panic!("{c:?}"),
+        })
+        .collect();
+    assert_eq!(written, [("c", 5), ("a", 6)]);
+    assert_eq!(registry.servers["a"].create_revision, 1);
 }
 
 #[test]
@@ -719,6 +792,13 @@ fn arbitrary_step() -> impl Strategy<Value = Step> {
         }),
         (1u64..4, prop::collection::vec(placement, 0..4))
             .prop_map(|(term, placements)| Command::ApplyPlan { term, placements }),
+        prop::collection::vec((name.clone(), 0u32..3, prop::option::of(0u64..6)), 0..3).prop_map(
+            |puts| put_many(
+                puts.into_iter()
+                    .map(|(n, replicas, cas)| (with(echo(n), |s| s.replicas = replicas), cas))
+                    .collect()
+            )
+        ),
     ];
     (1u64..4, command, any::<bool>()).prop_map(|(term, command, current_epoch)| Step {
         term,
@@ -798,8 +878,15 @@ proptest! {
             prop_assert_eq!(&proposed_at(&mut second, command, *at), outcome);
         }
         prop_assert_eq!(&first, &second);
-        // The revision counts exactly the applied commands.
-        let applied = log.iter().filter(|(_, _, o)| matches!(o, Outcome::Applied { .. })).count();
+        // The revision counts exactly the applied commands (a write of n servers as n).
+        let applied: usize = log
+            .iter()
+            .filter(|(_, _, o)| matches!(o, Outcome::Applied { .. }))
+            .map(|(command, _, _)| match command {
+                Command::PutServers { puts } => puts.len(),
+                _ => 1,
+            })
+            .sum();
         prop_assert_eq!(first.revision, applied as u64);
         // A snapshot round trip (as Raft does, counting the usage again) gives the same
         // state.
@@ -827,7 +914,7 @@ fn fuzzed_logs_apply_every_kind_of_command() {
     use proptest::test_runner::TestRunner;
     let mut runner = TestRunner::deterministic();
     let mut applied = std::collections::BTreeSet::new();
-    for _ in 0..300 {
+    for _ in 0..600 {
         let steps = prop::collection::vec(arbitrary_step(), 80)
             .new_tree(&mut runner)
             .unwrap()
@@ -857,6 +944,7 @@ fn fuzzed_logs_apply_every_kind_of_command() {
         "put-session",
         "delete-session",
         "apply-plan",
+        "put-servers",
     ]
     .into_iter()
     .collect();

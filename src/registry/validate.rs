@@ -3,7 +3,7 @@
 //! names and specs earlier still, to fail fast on the node a client talks to. `apply`
 //! does not check again (see `Registry::apply_at`).
 
-use super::command::{Command, RegistryError};
+use super::command::{Command, RegistryError, ServerPut};
 use super::model::*;
 use super::state::MAX_ADDRESS_LEN;
 
@@ -11,6 +11,7 @@ use super::state::MAX_ADDRESS_LEN;
 pub fn check_command(command: &Command) -> Result<(), RegistryError> {
     match command {
         Command::PutServer { spec, .. } => validate_spec(spec),
+        Command::PutServers { puts } => check_puts(puts),
         Command::DeleteServer { name, .. } => validate_name(name),
         Command::RegisterNode { id, addr, tags, .. } => check_node(*id, addr, tags),
         Command::ReportCatalog {
@@ -30,6 +31,30 @@ pub fn check_command(command: &Command) -> Result<(), RegistryError> {
         | Command::DeleteSession { .. }
         | Command::ApplyPlan { .. } => Ok(()),
     }
+}
+
+fn check_puts(puts: &[ServerPut]) -> Result<(), RegistryError> {
+    let invalid = |reason: String| Err(RegistryError::InvalidWrite { reason });
+    if puts.is_empty() || puts.len() > MAX_SERVERS_PER_WRITE {
+        return invalid(format!(
+            "{} servers in one write; it takes 1..={MAX_SERVERS_PER_WRITE}",
+            puts.len()
+        ));
+    }
+    let bytes: usize = puts.iter().map(|put| spec_size(&put.spec)).sum();
+    if bytes > MAX_WRITE_SPEC_BYTES {
+        return invalid(format!(
+            "the specs take {bytes} bytes, over the {MAX_WRITE_SPEC_BYTES} one write carries"
+        ));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for put in puts {
+        validate_spec(&put.spec)?;
+        if !names.insert(put.spec.name.as_str()) {
+            return invalid(format!("server {:?} is named twice", put.spec.name));
+        }
+    }
+    Ok(())
 }
 
 fn check_node(id: NodeId, addr: &str, tags: &[String]) -> Result<(), RegistryError> {

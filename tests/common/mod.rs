@@ -323,6 +323,38 @@ pub fn mcp_servers() -> Result<McpServers> {
     Ok(servers)
 }
 
+/// A process killed when dropped.
+pub struct Upstream(pub Child);
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The npm reference server over streamable HTTP, pinned to loopback, and its URL.
+pub fn http_everything(servers: &McpServers) -> Result<(Upstream, String)> {
+    let port = free_port();
+    let everything_js = format!(
+        "{}/@modelcontextprotocol/server-everything/dist/index.js",
+        servers.node_modules
+    );
+    let process = Command::new("node")
+        .args([
+            "-r",
+            &test_server("loopback.cjs"),
+            &everything_js,
+            "streamableHttp",
+        ])
+        .env("PORT", port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start server-everything over HTTP")?;
+    Ok((Upstream(process), format!("http://127.0.0.1:{port}/mcp")))
+}
+
 /// Processes whose environment contains `marker` (every MCP server a test starts gets
 /// it through its spec's env, and its children inherit it), as (pid, command line).
 pub fn processes_with_marker(marker: &str) -> Vec<(u32, String)> {
