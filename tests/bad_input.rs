@@ -240,9 +240,9 @@ fn bad_serve_flags_and_data_dirs_are_refused() -> Result<()> {
     let output = serve_changed_copy(&data, &dir.path().join("corrupt"), &second_listen, garble)?;
     assert_refused(&output, "corrupt")?;
 
-    // A data dir written in an older format version: version 1 (before format records)
-    // and version 2 (values without a version tag).
-    for version in [1u32, 2] {
+    // A data dir written in an older format version: version 1 (before format records),
+    // version 2 (values without a version tag) and version 3 (before `PutServers`).
+    for version in [1u32, 2, 3] {
         let said_older = |older: &std::path::Path| -> Result<()> {
             tokio::runtime::Builder::new_current_thread()
                 .build()?

@@ -10,6 +10,8 @@
 //! Version 3 tags every encoded value with its version (`codec`): each log entry,
 //! snapshot and message between nodes. Validation moved from `apply` to proposal
 //! time, and the table of client sessions is bounded in sessions and outcomes.
+//! Version 4 adds the `PutServers` command (several servers in one write), which a
+//! version-3 node could not decode.
 //!
 //! Anything that changes how an entry is encoded or what `apply` decides from it is a
 //! new version: nodes of different versions must not apply the same log.
@@ -17,7 +19,7 @@
 use crate::env::Disk;
 
 /// The format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// The disk meta key of the format record.
 const META_KEY: &str = "format";
 /// Written at a data dir's first start, by every version.
