@@ -86,6 +86,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         TopCommand::Import(args) => cli::import::run_import(args, &client).await?,
         TopCommand::Export(args) => cli::import::run_export(args, &client).await?,
+        TopCommand::Snapshot { command } => cli::snapshot::run_snapshot(command, &client).await?,
         TopCommand::Bench { command } => match command {
             cli::BenchCommand::Put(args) => cli::bench::run_put(args, &client).await?,
             cli::BenchCommand::Call(args) => cli::bench::run_call(args, &client).await?,

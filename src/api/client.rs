@@ -221,6 +221,10 @@ fn event_from_change(change: Change) -> pb::WatchEvent {
 const WATCH_STREAM_BUFFER: usize = 256;
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotChunk, Status>> + Send>>;
+
+/// The largest chunk of a backup file in a `SaveSnapshot` answer.
+const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 
 #[tonic::async_trait]
 impl Registry for ClientApi {
@@ -317,6 +321,32 @@ impl Registry for ClientApi {
     }
 
     type WatchServersStream = WatchStream;
+    type SaveSnapshotStream = SnapshotStream;
+
+    async fn save_snapshot(
+        &self,
+        request: Request<pb::SaveSnapshotRequest>,
+    ) -> Result<Response<Self::SaveSnapshotStream>, Status> {
+        let stale = request.into_inner().stale;
+        let (revision, bytes) = self
+            .node
+            .backup(stale)
+            .await
+            .map_err(status_from_node_error)?;
+        let total_bytes = bytes.len() as u64;
+        // Each chunk is copied out as it is sent, not all at once.
+        let count = bytes.len().div_ceil(SNAPSHOT_CHUNK_BYTES);
+        let chunks = (0..count).map(move |i| {
+            let start = i * SNAPSHOT_CHUNK_BYTES;
+            let end = (start + SNAPSHOT_CHUNK_BYTES).min(bytes.len());
+            Ok(pb::SnapshotChunk {
+                data: bytes[start..end].to_vec(),
+                revision: if i == 0 { revision } else { 0 },
+                total_bytes: if i == 0 { total_bytes } else { 0 },
+            })
+        });
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
 
     async fn watch_servers(
         &self,

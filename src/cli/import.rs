@@ -67,7 +67,7 @@ struct Planned {
 
 pub async fn run_import(args: ImportArgs, client_args: &ClientArgs) -> Result<(), CliError> {
     let json = client_args.output == OutputFormat::Json;
-    let text = read_capped(&args.file)?;
+    let text = read_text(&args.file)?;
     let inputs: BTreeMap<String, String> = parse_pairs(&args.inputs, "--input")
         .map_err(CliError::Usage)?
         .into_iter()
@@ -223,22 +223,28 @@ async fn current_specs(
 }
 
 /// A file's text, refused beyond `MAX_FILE_BYTES` without reading it all.
-fn read_capped(path: &Path) -> Result<String, CliError> {
+fn read_text(path: &Path) -> Result<String, CliError> {
+    let bytes = read_capped(path, MAX_FILE_BYTES)?;
+    String::from_utf8(bytes)
+        .map_err(|e| CliError::Failed(format!("{}: not UTF-8: {e}", path.display())))
+}
+
+/// A file's bytes, refused beyond `cap` without reading it all.
+pub(super) fn read_capped(path: &Path, cap: usize) -> Result<Vec<u8>, CliError> {
     let failed =
         |e: std::io::Error| CliError::Failed(format!("cannot read {}: {e}", path.display()));
     let file = std::fs::File::open(path).map_err(failed)?;
     let mut bytes = Vec::new();
-    file.take(MAX_FILE_BYTES as u64 + 1)
+    file.take(cap as u64 + 1)
         .read_to_end(&mut bytes)
         .map_err(failed)?;
-    if bytes.len() > MAX_FILE_BYTES {
+    if bytes.len() > cap {
         return Err(CliError::Failed(format!(
-            "{}: over the {MAX_FILE_BYTES}-byte cap",
+            "{}: over the {cap}-byte cap",
             path.display()
         )));
     }
-    String::from_utf8(bytes)
-        .map_err(|e| CliError::Failed(format!("{}: not UTF-8: {e}", path.display())))
+    Ok(bytes)
 }
 
 /// `${workspaceFolder}` of a VS Code file: the folder holding `.vscode/`, or the file's
@@ -254,7 +260,7 @@ fn workspace_of(file: &Path) -> Option<String> {
 
 /// Writes `bytes` to `path` through a file beside it, readable only by its owner, so
 /// that a reader never sees half a file.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(super) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let name = path
         .file_name()

@@ -7,6 +7,7 @@ pub mod import;
 pub mod mcpservers;
 mod output;
 pub mod serve;
+pub mod snapshot;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -76,6 +77,11 @@ pub enum TopCommand {
     Import(import::ImportArgs),
     /// Print the registry's servers as an `mcpServers` JSON file.
     Export(import::ExportArgs),
+    /// Back up the registry and restore it into new data dirs.
+    Snapshot {
+        #[command(subcommand)]
+        command: snapshot::SnapshotCommand,
+    },
     /// Load generators: writes, and tool calls through /mcp.
     Bench {
         #[command(subcommand)]

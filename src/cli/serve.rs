@@ -160,8 +160,13 @@ impl ServeArgs {
     }
 }
 
-/// Checks that the data dir belongs to this node, and claims it if it is new.
-async fn claim_data_dir(disk: &dyn Disk, config: &Config) -> Result<(), CliError> {
+/// Checks that the data dir `dir` on `disk` belongs to node `id`, and claims it if it
+/// is new.
+pub(super) async fn claim_data_dir(
+    disk: &dyn Disk,
+    id: u64,
+    dir: &std::path::Path,
+) -> Result<(), CliError> {
     let failed = |e: crate::env::DiskError| CliError::Failed(e.to_string());
     match disk.get_meta(NODE_ID_KEY).map_err(failed)? {
         Some(bytes) => {
@@ -170,19 +175,18 @@ async fn claim_data_dir(disk: &dyn Disk, config: &Config) -> Result<(), CliError
                 .map_err(|_| {
                     CliError::Failed(format!(
                         "data dir {} is corrupt: unreadable node id",
-                        config.data_dir.display()
+                        dir.display()
                     ))
                 })?;
-            if owner != config.id {
+            if owner != id {
                 return Err(CliError::Failed(format!(
-                    "data dir {} belongs to node {owner}, not node {}",
-                    config.data_dir.display(),
-                    config.id
+                    "data dir {} belongs to node {owner}, not node {id}",
+                    dir.display(),
                 )));
             }
         }
         None => disk
-            .put_meta(NODE_ID_KEY, config.id.to_be_bytes().to_vec())
+            .put_meta(NODE_ID_KEY, id.to_be_bytes().to_vec())
             .await
             .map_err(failed)?,
     }
@@ -196,7 +200,7 @@ pub async fn run_serve(
 ) -> Result<(), CliError> {
     let config = args.to_config()?;
     let disk = SledDisk::open(&config.data_dir).map_err(|e| CliError::Failed(e.to_string()))?;
-    claim_data_dir(&disk, &config).await?;
+    claim_data_dir(&disk, config.id, &config.data_dir).await?;
     let mut env = Environment::production(Arc::new(disk));
     // Every MCP server runs under this same binary's `supervise`, which takes it down
     // if this node dies.

@@ -197,14 +197,31 @@ impl ControlPlane {
         &self.shutdown
     }
 
-    /// Where this node's tasks are spawned, so that shutdown joins them.
     /// openraft's metrics of this node, as a watch.
     pub fn raft_metrics_watch(&self) -> tokio::sync::watch::Receiver<crate::raft::RaftMetrics> {
         self.raft.metrics()
     }
 
+    /// Where this node's tasks are spawned, so that shutdown joins them.
     pub fn tasks(&self) -> &TaskTracker {
         &self.tasks
+    }
+
+    /// The registry as a backup file (`raft::backup`), as of a linearizable read (or
+    /// of this node's applied state, if `stale`): copied and encoded off the runtime
+    /// thread, as snapshots are.
+    pub async fn backup(&self, stale: bool) -> Result<(u64, Vec<u8>), NodeError> {
+        if !stale {
+            self.read_barrier().await?;
+        }
+        let view = self.view.clone();
+        let encoded = crate::env::disk::heavy(self.disk.as_ref(), move || {
+            let registry = view.read().registry.clone();
+            crate::raft::backup::encode_backup(&registry).map(|bytes| (registry.revision, bytes))
+        })
+        .await
+        .map_err(|e| NodeError::Storage(e.to_string()))?;
+        encoded.map_err(|e| NodeError::Storage(e.to_string()))
     }
 
     /// Bytes this node's storage takes on disk.

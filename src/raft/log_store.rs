@@ -39,6 +39,34 @@ impl LogStore {
         Ok(store)
     }
 
+    /// Starts an empty log after a restored snapshot: `vote` saved and the log purged
+    /// up to `purged` (the snapshot's position), as if compacted there.
+    pub async fn install_restored(
+        &self,
+        vote: Vote<NodeId>,
+        purged: LogId,
+    ) -> Result<(), StorageError> {
+        let write = |subject: ErrorSubject<NodeId>| {
+            move |e: &dyn std::fmt::Display| {
+                io_error(
+                    subject,
+                    ErrorVerb::Write,
+                    std::io::Error::other(e.to_string()),
+                )
+            }
+        };
+        let vote_bytes = encode(&vote).map_err(|e| write(ErrorSubject::Vote)(&e))?;
+        let purged_bytes = encode(&purged).map_err(|e| write(ErrorSubject::Store)(&e))?;
+        self.disk
+            .put_meta(VOTE_KEY, vote_bytes)
+            .await
+            .map_err(|e| write(ErrorSubject::Vote)(&e))?;
+        self.disk
+            .put_meta(LAST_PURGED_KEY, purged_bytes)
+            .await
+            .map_err(|e| write(ErrorSubject::Store)(&e))
+    }
+
     fn read_vote_now(&self) -> Result<Option<Vote<NodeId>>, StorageError> {
         let bytes = self
             .disk

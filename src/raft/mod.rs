@@ -6,6 +6,7 @@
 // require; the helpers here return it as is rather than boxing and unboxing it.
 #![allow(clippy::result_large_err)]
 
+pub mod backup;
 pub mod codec;
 pub mod format;
 pub mod incarnation;

@@ -142,6 +142,32 @@ impl StateMachineStore {
         })
     }
 
+    /// Makes `registry` the current snapshot, at `log_id` with `membership`, of a data
+    /// dir being restored from a backup (`backup::restore_into`). No client session is
+    /// carried over.
+    pub async fn install_restored(
+        &self,
+        registry: Registry,
+        log_id: LogId,
+        membership: StoredMembership<NodeId, Node>,
+    ) -> Result<(), StorageError> {
+        let failed = |e: CodecError| io_error(ErrorSubject::StateMachine, ErrorVerb::Write, e);
+        let stored = StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: Some(log_id),
+                last_membership: membership,
+                snapshot_id: format!("restored-{}-{}", log_id.leader_id.term, log_id.index),
+            },
+            data: encode(&SnapshotState {
+                registry,
+                sessions: Sessions::default(),
+            })
+            .map_err(failed)?,
+        };
+        let bytes = encode(&stored).map_err(failed)?;
+        self.put_snapshot(&stored.meta, bytes).await
+    }
+
     /// Reports every placement plan this store applies, as node `id`, to `probe`.
     pub fn observed_by(mut self, id: NodeId, probe: Arc<dyn super::Probe>) -> Self {
         self.observer = Some((id, probe));
