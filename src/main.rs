@@ -53,8 +53,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         TopCommand::Cluster { command } => {
             cli::run_client(client, cli::ClientCommand::Cluster(command)).await?
         }
-        TopCommand::Status { stale } => {
-            cli::run_client(client, cli::ClientCommand::Status { stale }).await?
+        TopCommand::Status {
+            stale,
+            watch,
+            interval_ms,
+        } => {
+            let every = watch.then(|| std::time::Duration::from_millis(interval_ms));
+            cli::run_client(client, cli::ClientCommand::Status { stale, every }).await?
         }
         TopCommand::Node { command } => {
             cli::run_client(client, cli::ClientCommand::Node(command)).await?

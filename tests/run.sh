@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test of mcpfleet, on a fresh machine with the Rust toolchain, Node.js and Python:
-#  0. the real MCP servers the tests run, from npm and PyPI, if they are missing;
+#  0. the real MCP servers the tests run, from npm and PyPI, and Debian's Chromium, if
+#     they are missing;
 #  1. `cargo test --workspace`: unit tables, the storage suite, multi-process tests on
 #     loopback, and the simulator's own tests;
 #  2. a sweep of the chaos simulation over 200 seeds (release build), and of the
@@ -14,6 +15,13 @@ BUG_SEEDS=${BUG_SEEDS:-50}
 STORM_SEEDS=${STORM_SEEDS:-20}
 
 tests/install-mcp-servers.sh
+# The status page is checked in a real browser: Debian's headless Chromium.
+if ! command -v chromium >/dev/null; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+fi
 cargo test --workspace
 
 cargo build --release -p mcpfleet-sim

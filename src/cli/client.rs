@@ -95,6 +95,8 @@ pub enum ClientCommand {
     Cluster(ClusterCommand),
     Status {
         stale: bool,
+        /// Draw again at this interval until interrupted.
+        every: Option<Duration>,
     },
     Node(NodeCommand),
     Tools {
@@ -135,7 +137,24 @@ pub async fn run_client(args: ClientArgs, command: ClientCommand) -> Result<(), 
         ClientCommand::Tools { server } => list_tools(&mut client, server, json).await,
         ClientCommand::Server(command) => server_command(&mut client, command, json).await,
         ClientCommand::Cluster(command) => cluster_command(&mut client, command, json).await,
-        ClientCommand::Status { stale } => fleet_status(&mut client, stale, json).await,
+        ClientCommand::Status { stale, every: None } => {
+            fleet_status(&mut client, stale, json).await
+        }
+        ClientCommand::Status {
+            stale,
+            every: Some(every),
+        } => loop {
+            // Clear the screen, draw, wait; an answer that fails is drawn as its error,
+            // and the next round asks again.
+            print!("\x1b[H\x1b[2J");
+            if let Err(error) = fleet_status(&mut client, stale, json).await {
+                println!("error: {error}");
+            }
+            println!("\n(every {} ms; Ctrl-C to stop)", every.as_millis());
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            tokio::time::sleep(every).await;
+        },
         ClientCommand::Node(command) => {
             let (id, status, done) = match command {
                 NodeCommand::Drain { id } => {

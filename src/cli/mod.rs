@@ -49,6 +49,12 @@ pub enum TopCommand {
         /// Answer from this node's local state without confirming it is current.
         #[arg(long)]
         stale: bool,
+        /// Draw the fleet again every --interval-ms until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// How often --watch draws, in ms.
+        #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+        interval_ms: u64,
     },
     /// Take nodes out of service and back.
     Node {

@@ -1,4 +1,5 @@
 //! What a node tells its operators on its HTTP port, beside `/mcp`:
+//! - `/`: the status page (`page`);
 //! - `/metrics`: the Prometheus text format, rendered by metrics-exporter-prometheus;
 //! - `/healthz`: the process is alive and serves HTTP (always 200);
 //! - `/readyz`: 200 once this node knows a leader and has applied everything the leader
@@ -24,6 +25,8 @@ use axum::Router;
 use metrics::gauge;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
+
+mod page;
 
 use crate::control::Reader;
 use crate::registry::{BreakerState, NodeStatus, ReplicaState};
@@ -154,9 +157,11 @@ impl Observer {
         Observer { reader, handle }
     }
 
-    /// `/metrics`, `/healthz` and `/readyz`.
+    /// `/` (and `/status/body`), `/metrics`, `/healthz` and `/readyz`.
     pub fn routes(self) -> Router {
         Router::new()
+            .route("/", get(page::status_page))
+            .route("/status/body", get(page::status_body))
             .route("/metrics", get(metrics))
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
