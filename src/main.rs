@@ -1,7 +1,6 @@
 //! The `mcpfleet` binary: parses the command line, sets up logging and signals, and
 //! hands off to the library. Every error ends as one line on stderr and exit code 1.
 
-use clap::Parser;
 use mcpfleet::cli::{self, Cli, TopCommand};
 
 /// Logs to stderr, as `format` says, the lines `filter` (or RUST_LOG, or the default)
@@ -89,6 +88,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let code = mcpfleet::env::launcher::supervise(program, args, fence_fd).await;
             std::process::exit(code);
         }
+        TopCommand::Config {
+            command: cli::ConfigCommand::Check { file },
+        } => match cli::config_file::check(&file) {
+            Ok(()) => println!("{}: ok", file.display()),
+            Err(errors) => {
+                for error in &errors {
+                    eprintln!("error: {error}");
+                }
+                std::process::exit(1);
+            }
+        },
         TopCommand::Import(args) => cli::import::run_import(args, &client).await?,
         TopCommand::Export(args) => cli::import::run_export(args, &client).await?,
         TopCommand::Snapshot { command } => cli::snapshot::run_snapshot(command, &client).await?,
@@ -103,10 +113,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// Parses the command line. Help and version print as usual; a usage error prints
 /// only its first line (the reason), like every other error, and exits with 2.
 fn parse_command_line() -> Cli {
-    match Cli::try_parse() {
+    match cli::parse_args(std::env::args_os().collect()) {
         Ok(cli) => cli,
-        Err(error) if !error.use_stderr() => error.exit(),
-        Err(error) => {
+        Err(cli::ParseFailure::Config(errors)) => {
+            for error in errors {
+                eprintln!("error: {error}");
+            }
+            std::process::exit(2);
+        }
+        Err(cli::ParseFailure::Clap(error)) if !error.use_stderr() => error.exit(),
+        Err(cli::ParseFailure::Clap(error)) => {
             let text = error.render().to_string();
             let reason = text
                 .lines()

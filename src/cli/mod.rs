@@ -3,6 +3,7 @@
 
 pub mod bench;
 mod client;
+pub mod config_file;
 pub mod import;
 pub mod mcpservers;
 mod output;
@@ -15,6 +16,38 @@ pub use client::{run_client, CliError, ClientCommand};
 
 /// The address client commands use when given no --endpoint.
 pub const DEFAULT_ENDPOINT: &str = crate::config::DEFAULT_LISTEN;
+
+/// Why a command line was not taken.
+#[derive(Debug)]
+pub enum ParseFailure {
+    /// Help, the version, or a usage error, as clap reports them.
+    Clap(clap::Error),
+    /// The config file of `serve` has errors.
+    Config(Vec<config_file::ConfigFileError>),
+}
+
+/// Parses a command line: `serve`'s flags take their `MCPFLEET_*` variables, and the
+/// config file's values (`serve --config FILE`) as their defaults.
+pub fn parse_args(args: Vec<std::ffi::OsString>) -> Result<Cli, ParseFailure> {
+    use clap::{CommandFactory, FromArgMatches};
+    let values = match config_file::named_config(&args) {
+        Some(path) => {
+            let command = Cli::command();
+            let serve = command
+                .find_subcommand("serve")
+                .expect("serve is a command");
+            config_file::read(&path, serve).map_err(ParseFailure::Config)?
+        }
+        None => Default::default(),
+    };
+    let command = Cli::command().mut_subcommand("serve", |serve| {
+        config_file::with_defaults(config_file::with_env(serve), &values)
+    });
+    let matches = command
+        .try_get_matches_from(args)
+        .map_err(ParseFailure::Clap)?;
+    Cli::from_arg_matches(&matches).map_err(ParseFailure::Clap)
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -83,6 +116,11 @@ pub enum TopCommand {
     Import(import::ImportArgs),
     /// Print the registry's servers as an `mcpServers` JSON file.
     Export(import::ExportArgs),
+    /// Check config files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Back up the registry and restore it into new data dirs.
     Snapshot {
         #[command(subcommand)]
@@ -104,6 +142,13 @@ pub enum TopCommand {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Check a config file as `serve --config FILE` reads it: names the line, key and
+    /// reason of each error.
+    Check { file: std::path::PathBuf },
 }
 
 #[derive(Subcommand, Debug)]

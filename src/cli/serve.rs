@@ -30,6 +30,10 @@ pub const DEFAULT_LOG_FILTER: &str = "mcpfleet=info,openraft=warn";
 
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
+    /// A config file (mcpfleet.toml): a key for every flag, named as the flag. Flags
+    /// and MCPFLEET_* variables override it.
+    #[arg(long, env = crate::cli::config_file::CONFIG_ENV)]
+    pub config: Option<PathBuf>,
     /// This node's id (1 or more).
     #[arg(long, default_value_t = 1)]
     pub id: u64,
@@ -82,8 +86,8 @@ pub struct ServeArgs {
     /// Default: RUST_LOG if set, else `mcpfleet=info,openraft=warn`.
     #[arg(long = "log", env = "MCPFLEET_LOG")]
     pub log_filter: Option<String>,
-    /// Where to serve the MCP endpoint (streamable HTTP at /mcp), HOST:PORT; "off" to
-    /// serve none.
+    /// Where to serve HTTP, HOST:PORT: the MCP endpoint (streamable HTTP at /mcp), the
+    /// status page (/), /metrics, /healthz and /readyz; "off" to serve none.
     #[arg(long, default_value = DEFAULT_HTTP_LISTEN)]
     pub http: String,
     /// A Host header the MCP endpoint accepts (repeat for more; default: loopback

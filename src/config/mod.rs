@@ -202,7 +202,7 @@ impl Config {
             || self.election_timeout_min_ms >= self.election_timeout_max_ms
         {
             return Err(ConfigError::Timing(
-                "need 0 < heartbeat_interval_ms < election_timeout_min_ms < election_timeout_max_ms"
+                "need 0 < heartbeat-interval-ms < election-timeout-min-ms < election-timeout-max-ms"
                     .into(),
             ));
         }
@@ -224,7 +224,7 @@ impl Config {
             || !fencing_holds(self.lease_ms, self.node_timeout_ms)
         {
             return Err(ConfigError::Timing(format!(
-                "need 0 < 2 x node_heartbeat_interval_ms <= lease_ms and lease_ms + {FENCE_MARGIN_MS} ms < node_timeout_ms"
+                "need 0 < 2 x node-heartbeat-interval-ms <= lease-ms and lease-ms + {FENCE_MARGIN_MS} ms < node-timeout-ms"
             )));
         }
         if self.tags.len() > crate::registry::MAX_LIST_ITEMS
