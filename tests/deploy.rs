@@ -6,6 +6,7 @@
 //! - the Kubernetes manifests: kubernetes-validate, strict, against the Kubernetes
 //!   OpenAPI schemas;
 //! - the Dockerfile: hadolint; the compose file: the Compose spec's JSON schema.
+//!
 //! No Docker engine or Kubernetes cluster runs on these machines: the container image
 //! is not built here, and the manifests are not applied.
 
