@@ -97,6 +97,15 @@ fn metrics_parse_and_move_with_servers_and_calls_and_health_follows_the_leader()
         assert_eq!(value(&samples, "mcpfleet_servers"), 0.0, "node {id}");
         assert_eq!(value(&samples, "mcpfleet_nodes{status=\"up\"}"), 3.0);
         ensure!(value(&samples, "mcpfleet_raft_term") >= 1.0);
+        ensure!(
+            value(&samples, "mcpfleet_raft_commit_index") >= 1.0,
+            "node {id}"
+        );
+        let contact = value(&samples, "mcpfleet_leader_contact_age_seconds");
+        ensure!(
+            (0.0..5.0).contains(&contact),
+            "node {id}: last contact {contact}"
+        );
         leaders += value(&samples, "mcpfleet_raft_is_leader");
         assert_eq!(value(&samples, "mcpfleet_raft_leader_id"), leader as f64);
     }

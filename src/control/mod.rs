@@ -136,6 +136,9 @@ pub struct ControlPlane {
     controller: mpsc::Sender<ToController>,
     /// This node's data-dir incarnation, and the check of other nodes' ones.
     pub incarnations: Arc<Incarnations>,
+    /// When the leader last answered this node's heartbeat (its lease renewed). Only
+    /// observed (`/metrics`); nothing decides on it.
+    last_contact: Mutex<Option<tokio::time::Instant>>,
 }
 
 /// What building a control plane takes.
@@ -168,6 +171,7 @@ impl ControlPlane {
             disk: parts.disk,
             controller: parts.controller,
             incarnations: parts.incarnations,
+            last_contact: Mutex::new(None),
         }
     }
 
@@ -300,6 +304,27 @@ impl Reader {
         self.control.applied_index()
     }
 
+    /// How long ago the leader last answered this node's heartbeat, if ever.
+    pub fn since_leader_contact(&self) -> Option<Duration> {
+        let last = *self
+            .control
+            .last_contact
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        last.map(|at| at.elapsed())
+    }
+
+    /// The highest log index this node knows to be committed.
+    pub async fn committed_index(&self) -> Option<u64> {
+        let committed = self
+            .control
+            .raft
+            .with_raft_state(|state| state.committed)
+            .await
+            .ok()?;
+        committed.map(|id| id.index)
+    }
+
     /// openraft's metrics of this node, as they are now.
     pub fn raft_metrics(&self) -> crate::raft::RaftMetrics {
         self.control.raft.metrics().borrow().clone()
@@ -385,7 +410,14 @@ impl Leases {
             self.control.incarnations.refused(reason);
         }
         match answer? {
-            LeaderOpResult::Lease(grant) => Ok(grant),
+            LeaderOpResult::Lease(grant) => {
+                *self
+                    .control
+                    .last_contact
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(tokio::time::Instant::now());
+                Ok(grant)
+            }
             other => Err(LeaderError::Failed(format!("unexpected answer {other:?}"))),
         }
     }

@@ -93,6 +93,16 @@ fn describe() {
         "The index of this node's snapshot."
     );
     describe_gauge!(
+        "mcpfleet_raft_commit_index",
+        "The highest log index this node knows to be committed."
+    );
+    describe_gauge!(
+        "mcpfleet_leader_contact_age_seconds",
+        Unit::Seconds,
+        "The time since the leader last answered this node's heartbeat (renewing its \
+         lease); -1 before the first answer."
+    );
+    describe_gauge!(
         "mcpfleet_raft_quorum_ack_age_seconds",
         Unit::Seconds,
         "On the leader, the time since a quorum last acknowledged it; 0 on a follower."
@@ -169,7 +179,16 @@ impl Observer {
     }
 
     /// Sets the gauges of state from the state as it is.
-    fn refresh(&self) {
+    async fn refresh(&self) {
+        if let Some(committed) = self.reader.committed_index().await {
+            gauge!("mcpfleet_raft_commit_index").set(committed as f64);
+        }
+        // -1 until the leader first answers this node's heartbeat.
+        gauge!("mcpfleet_leader_contact_age_seconds").set(
+            self.reader
+                .since_leader_contact()
+                .map_or(-1.0, |age| age.as_secs_f64()),
+        );
         let raft = self.reader.raft_metrics();
         let index = |id: Option<crate::raft::LogId>| id.map_or(0.0, |id| id.index as f64);
         gauge!("mcpfleet_raft_term").set(raft.current_term as f64);
@@ -277,7 +296,7 @@ fn resident_bytes() -> Option<u64> {
 }
 
 async fn metrics(State(observer): State<Observer>) -> impl IntoResponse {
-    observer.refresh();
+    observer.refresh().await;
     (
         [(
             header::CONTENT_TYPE,
