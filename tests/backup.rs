@@ -11,28 +11,25 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use common::*;
 
-/// Runs a client command; gives (success, stdout, stderr).
-fn run(endpoint: &str, args: &[&str]) -> (bool, String, String) {
-    let output = cli(endpoint, args);
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
-/// Every server as `server ls -o json` gives it, without its revisions.
-fn specs(endpoint: &str) -> Result<Vec<serde_json::Value>> {
-    let mut list = cli_json(endpoint, &["server", "ls"])?
-        .as_array()
-        .context("ls prints an array")?
-        .clone();
-    for server in &mut list {
-        let object = server.as_object_mut().context("a server")?;
-        object.remove("create_revision");
-        object.remove("mod_revision");
-    }
-    Ok(list)
+/// `snapshot restore FILE` for member `id` of `cluster`: into the member's data dir,
+/// with the cluster's addresses as the new cluster's members.
+fn restore_args(cluster: &Cluster, file: &str, id: u64) -> Vec<String> {
+    let members: Vec<String> = (1..=cluster.nodes.len() as u64)
+        .map(|id| format!("{id}={}", cluster.addr(id)))
+        .collect();
+    [
+        "snapshot",
+        "restore",
+        file,
+        "--data",
+        &cluster.nodes[id as usize - 1].data.display().to_string(),
+        "--id",
+        &id.to_string(),
+        "--initial-cluster",
+        &members.join(","),
+    ]
+    .map(str::to_string)
+    .to_vec()
 }
 
 #[test]
@@ -66,7 +63,7 @@ fn a_saved_cluster_restored_on_wiped_data_dirs_has_and_runs_every_server() -> Re
     cli_json(&cluster.addr(1), &["server", "rm", "time-b"])?;
     // Node 1 is drained: that belongs to this cluster, not to what is saved.
     eventually(Duration::from_secs(20), || {
-        let (ok, _, stderr) = run(&cluster.addr(2), &["node", "drain", "1"]);
+        let (ok, _, stderr) = cli_run(&cluster.addr(2), &["node", "drain", "1"]);
         ensure!(ok, "{stderr}");
         Ok(())
     })?;
@@ -74,7 +71,7 @@ fn a_saved_cluster_restored_on_wiped_data_dirs_has_and_runs_every_server() -> Re
         ensure!(healthy_slots(&cluster.addr(1), "time")?.len() == 2);
         Ok(())
     })?;
-    let before = specs(&cluster.addr(1))?;
+    let before = server_specs(&cluster.addr(1))?;
     assert_eq!(before.len(), 2);
 
     // Saved from a follower: a linearizable read, so it has every server written.
@@ -115,7 +112,7 @@ fn a_saved_cluster_restored_on_wiped_data_dirs_has_and_runs_every_server() -> Re
         let path = dir.join(format!("{what}.snap"));
         std::fs::write(&path, content)?;
         let target = dir.join(format!("restored-{what}"));
-        let (ok, _, stderr) = run(
+        let (ok, _, stderr) = cli_run(
             &cluster.addr(1),
             &[
                 "snapshot",
@@ -130,10 +127,6 @@ fn a_saved_cluster_restored_on_wiped_data_dirs_has_and_runs_every_server() -> Re
     }
 
     // Every node stops and its data dir is wiped; each is restored from the file.
-    let initial: Vec<String> = (1..=3)
-        .map(|id| format!("{id}={}", cluster.addr(id)))
-        .collect();
-    let initial = initial.join(",");
     for id in 1..=3 {
         cluster.node(id).terminate(Duration::from_secs(20))?;
     }
@@ -144,43 +137,19 @@ fn a_saved_cluster_restored_on_wiped_data_dirs_has_and_runs_every_server() -> Re
     for id in 1..=3 {
         let data = cluster.node(id).data.clone();
         std::fs::remove_dir_all(&data)?;
-        let restored = cli_json(
-            &cluster.addr(1),
-            &[
-                "snapshot",
-                "restore",
-                &file_arg,
-                "--data",
-                &data.display().to_string(),
-                "--id",
-                &id.to_string(),
-                "--initial-cluster",
-                &initial,
-            ],
-        )?;
+        let args = restore_args(&cluster, &file_arg, id);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let restored = cli_json(&cluster.addr(1), &args)?;
         assert_eq!(restored["revision"].as_u64(), Some(revision), "{restored}");
         // A second restore into the same dir is refused.
-        let (ok, _, stderr) = run(
-            &cluster.addr(1),
-            &[
-                "snapshot",
-                "restore",
-                &file_arg,
-                "--data",
-                &data.display().to_string(),
-                "--id",
-                &id.to_string(),
-                "--initial-cluster",
-                &initial,
-            ],
-        );
+        let (ok, _, stderr) = cli_run(&cluster.addr(1), &args);
         ensure!(!ok && stderr.contains("is not empty"), "{stderr}");
     }
     for id in 1..=3 {
         cluster.node(id).restart()?;
     }
     wait_for_leader(&cluster.addr(1), Duration::from_secs(30))?;
-    assert_eq!(specs(&cluster.addr(2))?, before);
+    assert_eq!(server_specs(&cluster.addr(2))?, before);
     let status = cli_json(&cluster.addr(1), &["cluster", "status"])?;
     ensure!(
         status["revision"].as_u64() >= Some(revision),
@@ -246,27 +215,12 @@ fn a_cluster_that_lost_its_majority_is_recovered_from_a_survivor() -> Result<()>
     cluster.node(3).terminate(Duration::from_secs(20))?;
 
     // A new cluster of three, on new data dirs and the same addresses.
-    let initial: Vec<String> = (1..=3)
-        .map(|id| format!("{id}={}", cluster.addr(id)))
-        .collect();
-    let initial = initial.join(",");
     for id in 1..=3 {
         let data = cluster.node(id).data.clone();
         std::fs::remove_dir_all(&data)?;
-        cli_json(
-            &cluster.addr(1),
-            &[
-                "snapshot",
-                "restore",
-                &file,
-                "--data",
-                &data.display().to_string(),
-                "--id",
-                &id.to_string(),
-                "--initial-cluster",
-                &initial,
-            ],
-        )?;
+        let args = restore_args(&cluster, &file, id);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli_json(&cluster.addr(1), &args)?;
         cluster.node(id).restart()?;
     }
     wait_for_leader(&cluster.addr(1), Duration::from_secs(30))?;

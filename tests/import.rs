@@ -19,28 +19,14 @@ fn write(dir: &Path, name: &str, value: &Value) -> Result<String> {
     Ok(path.display().to_string())
 }
 
-/// Runs a client command; gives (success, stdout, stderr).
-fn run(endpoint: &str, args: &[&str]) -> (bool, String, String) {
-    let output = cli(endpoint, args);
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
-/// Every server as `server ls -o json` gives it, without its revisions.
-fn specs(endpoint: &str) -> Result<Vec<Value>> {
-    let mut list = cli_json(endpoint, &["server", "ls"])?
+/// What an import's JSON answer planned for each server, in order.
+fn actions(answer: &Value) -> Result<Vec<&str>> {
+    Ok(answer["servers"]
         .as_array()
-        .context("ls prints an array")?
-        .clone();
-    for server in &mut list {
-        let object = server.as_object_mut().context("a server")?;
-        object.remove("create_revision");
-        object.remove("mod_revision");
-    }
-    Ok(list)
+        .context("servers")?
+        .iter()
+        .filter_map(|s| s["action"].as_str())
+        .collect())
 }
 
 #[test]
@@ -101,27 +87,21 @@ fn six_servers_in_every_dialect_import_run_and_export_back() -> Result<()> {
 
     // A dry run shows the plan and writes nothing.
     let plan = cli_json(&endpoint, &["import", &claude, "--dry-run"])?;
-    let actions: Vec<&str> = plan["servers"]
-        .as_array()
-        .context("servers")?
-        .iter()
-        .filter_map(|s| s["action"].as_str())
-        .collect();
-    assert_eq!(actions, ["add"; 4], "{plan}");
+    assert_eq!(actions(&plan)?, ["add"; 4], "{plan}");
     assert!(plan["revision"].is_null(), "{plan}");
     assert!(server_names(&endpoint, false)?.is_empty());
 
     // An input the file has no default for must be given.
-    let (ok, _, stderr) = run(&endpoint, &["import", &vscode]);
+    let (ok, _, stderr) = cli_run(&endpoint, &["import", &vscode]);
     ensure!(!ok && stderr.contains("--input api-key=VALUE"), "{stderr}");
 
-    let (ok, stdout, stderr) = run(&endpoint, &["import", &claude]);
+    let (ok, stdout, stderr) = cli_run(&endpoint, &["import", &claude]);
     ensure!(ok, "{stderr}");
     ensure!(
         stdout.contains("imported 4 server(s) in one write"),
         "{stdout}"
     );
-    let (ok, _, stderr) = run(&endpoint, &["import", &vscode, "--input", "api-key=k-123"]);
+    let (ok, _, stderr) = cli_run(&endpoint, &["import", &vscode, "--input", "api-key=k-123"]);
     ensure!(ok, "{stderr}");
     assert_eq!(
         server_names(&endpoint, false)?,
@@ -175,7 +155,7 @@ fn six_servers_in_every_dialect_import_run_and_export_back() -> Result<()> {
     // Export gives a file that imports back as the same registry: on this cluster
     // nothing changes, and a fresh cluster ends with the same servers.
     let exported = dir.join("exported.json");
-    let (ok, _, stderr) = run(
+    let (ok, _, stderr) = cli_run(
         &endpoint,
         &["export", "--file", &exported.display().to_string()],
     );
@@ -185,7 +165,7 @@ fn six_servers_in_every_dialect_import_run_and_export_back() -> Result<()> {
         std::fs::metadata(&exported)?.permissions().mode() & 0o777,
         0o600
     );
-    let (ok, stdout, _) = run(&endpoint, &["export"]);
+    let (ok, stdout, _) = cli_run(&endpoint, &["export"]);
     ensure!(ok);
     assert_eq!(stdout, std::fs::read_to_string(&exported)?);
     let text: Value = serde_json::from_str(&stdout)?;
@@ -195,25 +175,19 @@ fn six_servers_in_every_dialect_import_run_and_export_back() -> Result<()> {
         "{text}"
     );
     let again = cli_json(&endpoint, &["import", &exported.display().to_string()])?;
-    let actions: Vec<&str> = again["servers"]
-        .as_array()
-        .context("servers")?
-        .iter()
-        .filter_map(|s| s["action"].as_str())
-        .collect();
-    assert_eq!(actions, ["unchanged"; 6], "{again}");
+    assert_eq!(actions(&again)?, ["unchanged"; 6], "{again}");
     assert!(again["revision"].is_null());
 
     let fresh = Cluster::start(1)?;
     wait_for_leader(&fresh.addr(1), Duration::from_secs(20))?;
-    let (ok, _, stderr) = run(&fresh.addr(1), &["import", &exported.display().to_string()]);
+    let (ok, _, stderr) = cli_run(&fresh.addr(1), &["import", &exported.display().to_string()]);
     ensure!(ok, "{stderr}");
-    assert_eq!(specs(&fresh.addr(1))?, specs(&endpoint)?);
+    assert_eq!(server_specs(&fresh.addr(1))?, server_specs(&endpoint)?);
     drop(fresh);
 
     // An existing server is kept unless --replace is given; then only its transport
     // changes, and its other settings stay.
-    let (ok, _, stderr) = run(
+    let (ok, _, stderr) = cli_run(
         &endpoint,
         &[
             "server",
@@ -282,7 +256,7 @@ fn a_bad_file_names_its_line_and_field_and_registers_nothing() -> Result<()> {
     for (i, (text, expected)) in cases.iter().enumerate() {
         let path = dir.join(format!("bad{i}.json"));
         std::fs::write(&path, text)?;
-        let (ok, _, stderr) = run(&endpoint, &["import", &path.display().to_string()]);
+        let (ok, _, stderr) = cli_run(&endpoint, &["import", &path.display().to_string()]);
         ensure!(!ok, "case {i} was accepted");
         ensure!(
             stderr.contains(expected) && stderr.contains(&path.display().to_string()),
@@ -301,9 +275,9 @@ fn a_bad_file_names_its_line_and_field_and_registers_nothing() -> Result<()> {
         r#"{"mcpServers": {"a": {"command": "echo"}, "b": {"command": "echo"}}}"#,
     )?;
     let missing = dir.join("missing.json");
-    let (ok, _, stderr) = run(&endpoint, &["import", &missing.display().to_string()]);
+    let (ok, _, stderr) = cli_run(&endpoint, &["import", &missing.display().to_string()]);
     ensure!(!ok && stderr.contains("cannot read"), "{stderr}");
-    let (ok, _, stderr) = run(&endpoint, &["import", &good.display().to_string()]);
+    let (ok, _, stderr) = cli_run(&endpoint, &["import", &good.display().to_string()]);
     ensure!(ok, "{stderr}");
     assert_eq!(server_names(&endpoint, false)?, ["a", "b"]);
     Ok(())

@@ -54,6 +54,31 @@ pub fn cli(endpoint: &str, args: &[&str]) -> Output {
         .expect("run mcpfleet")
 }
 
+/// Runs a client command; gives (success, stdout, stderr).
+pub fn cli_run(endpoint: &str, args: &[&str]) -> (bool, String, String) {
+    let output = cli(endpoint, args);
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Every server as `server ls -o json` gives it, without its revisions: what two
+/// registries must agree on after an export and import, or a backup and restore.
+pub fn server_specs(endpoint: &str) -> Result<Vec<serde_json::Value>> {
+    let mut list = cli_json(endpoint, &["server", "ls"])?
+        .as_array()
+        .context("ls prints an array")?
+        .clone();
+    for server in &mut list {
+        let object = server.as_object_mut().context("a server")?;
+        object.remove("create_revision");
+        object.remove("mod_revision");
+    }
+    Ok(list)
+}
+
 /// Runs a client command and parses its JSON output; fails on a non-zero exit.
 pub fn cli_json(endpoint: &str, args: &[&str]) -> Result<serde_json::Value> {
     let mut all: Vec<&str> = args.to_vec();
