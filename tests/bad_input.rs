@@ -260,6 +260,40 @@ fn bad_serve_flags_and_data_dirs_are_refused() -> Result<()> {
         assert_refused(&output, &format!("written in format version {version}"))?;
     }
 
+    // Beyond loopback, with no TLS or authentication yet: refused unless --insecure.
+    let open_port = free_port();
+    let open = format!("0.0.0.0:{open_port}");
+    let output = serve(&["--listen", &open, "--data", &data_arg]);
+    assert_refused(&output, "refusing to listen on 0.0.0.0")?;
+    let output = Command::new(binary())
+        .args(["serve", "--listen", &second_listen, "--data", &data_arg])
+        .args(["--http", &format!("[::]:{open_port}")])
+        .env("RUST_LOG", "off")
+        .output()?;
+    assert_refused(
+        &output,
+        "not loopback, and mcpfleet has no TLS or authentication",
+    )?;
+    // --insecure (or `insecure = true`) takes the risk; without it, the same file is
+    // refused by `config check` too.
+    let file = dir.path().join("open.toml");
+    std::fs::write(&file, format!("listen = \"{open}\"\ninsecure = true\n"))?;
+    let check = Command::new(binary())
+        .args(["config", "check"])
+        .arg(&file)
+        .output()?;
+    ensure!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    std::fs::write(&file, format!("listen = \"{open}\"\n"))?;
+    let check = Command::new(binary())
+        .args(["config", "check"])
+        .arg(&file)
+        .output()?;
+    assert_refused(&check, "refusing to listen on 0.0.0.0")?;
+
     // A data dir that is a file.
     let file = dir.path().join("file");
     std::fs::write(&file, b"not a directory")?;

@@ -154,6 +154,15 @@ pub fn parse(
             errors.push(error(unknown_key(key.get_ref(), serve)));
             continue;
         };
+        if matches!(arg.get_action(), ArgAction::SetTrue) {
+            match value.get_ref() {
+                toml::Value::Boolean(on) => {
+                    values.insert(arg.get_id().to_string(), vec![on.to_string()]);
+                }
+                _ => errors.push(error("takes true or false".into())),
+            }
+            continue;
+        }
         let repeated = matches!(arg.get_action(), ArgAction::Append);
         let items: Vec<&toml::Value> = match value.get_ref() {
             toml::Value::Array(items) if repeated => items.iter().collect(),
@@ -287,6 +296,7 @@ pub fn reference() -> String {
             .map(|v| v.to_string_lossy().into_owned())
             .collect();
         let default = match defaults.as_slice() {
+            [] if matches!(arg.get_action(), ArgAction::SetTrue) => "`false`".to_string(),
             [] => "(none)".to_string(),
             values => format!("`{}`", values.join(",")),
         };
@@ -359,6 +369,13 @@ mod tests {
         for (error, expected) in errors.iter().zip(expected) {
             assert!(error.starts_with(expected), "{error} / {expected}");
         }
+        let flag = parse("f.toml", "insecure = \"yes\"\n", &serve()).unwrap_err();
+        assert_eq!(
+            flag[0].to_string(),
+            "f.toml:1: insecure: takes true or false"
+        );
+        let on = parse("f.toml", "insecure = true\n", &serve()).unwrap();
+        assert_eq!(on["insecure"], ["true"]);
         let syntax = parse("f.toml", "listen = \n", &serve()).unwrap_err();
         assert!(
             matches!(&syntax[0], ConfigFileError::Syntax { line: 1, .. }),

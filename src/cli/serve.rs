@@ -107,6 +107,34 @@ pub struct ServeArgs {
     /// Most watch streams this node serves at once; one more gets RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = crate::config::DEFAULT_MAX_WATCHES)]
     pub max_watches: usize,
+    /// Listen on addresses other than loopback although mcpfleet has no TLS or
+    /// authentication yet: anyone who reaches the ports can run programs on this host.
+    /// Only on a network that you alone reach.
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+/// The addresses of `config` that are not loopback: each is open to whoever reaches
+/// it, as (what, address).
+fn exposed(config: &Config) -> Vec<(&'static str, String)> {
+    let mut exposed = Vec::new();
+    if !is_loopback(&config.listen) {
+        exposed.push(("--listen", config.listen.clone()));
+    }
+    if let Some(http) = config.http.as_ref().filter(|h| !is_loopback(&h.listen)) {
+        exposed.push(("--http", http.listen.clone()));
+    }
+    exposed
+}
+
+/// Whether HOST:PORT names a loopback address (127.0.0.0/8, ::1, localhost).
+fn is_loopback(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl ServeArgs {
@@ -160,6 +188,14 @@ impl ServeArgs {
             ..Config::default()
         };
         config.validate().map_err(usage)?;
+        if let (false, Some((flag, addr))) = (self.insecure, exposed(&config).first()) {
+            return Err(CliError::Usage(format!(
+                "refusing to listen on {addr} ({flag}): it is not loopback, and mcpfleet has \
+                 no TLS or authentication yet, so anyone who reaches it could run programs \
+                 on this host; listen on 127.0.0.1, or give --insecure (insecure = true) on \
+                 a network only you reach"
+            )));
+        }
         Ok(config)
     }
 }
@@ -203,6 +239,13 @@ pub async fn run_serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), CliError> {
     let config = args.to_config()?;
+    for (flag, addr) in exposed(&config) {
+        tracing::warn!(
+            %addr,
+            flag,
+            "--insecure: listening beyond loopback with no TLS or authentication"
+        );
+    }
     let disk = SledDisk::open(&config.data_dir).map_err(|e| CliError::Failed(e.to_string()))?;
     claim_data_dir(&disk, config.id, &config.data_dir).await?;
     let mut env = Environment::production(Arc::new(disk));
