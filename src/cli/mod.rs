@@ -162,10 +162,10 @@ pub enum NodeCommand {
 /// The flags of every client command (`serve` ignores them).
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
-    /// Any node of the cluster (HOST:PORT).
+    /// For client commands: any node of the cluster (HOST:PORT). `serve` ignores it.
     #[arg(long, global = true, env = "MCPFLEET_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
     pub endpoint: String,
-    /// Output format.
+    /// For client commands: the output format. `serve` ignores it.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
 }
