@@ -278,20 +278,14 @@ fn bad_serve_flags_and_data_dirs_are_refused() -> Result<()> {
     // refused by `config check` too.
     let file = dir.path().join("open.toml");
     std::fs::write(&file, format!("listen = \"{open}\"\ninsecure = true\n"))?;
-    let check = Command::new(binary())
-        .args(["config", "check"])
-        .arg(&file)
-        .output()?;
+    let check = config_check(&file);
     ensure!(
         check.status.success(),
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
     std::fs::write(&file, format!("listen = \"{open}\"\n"))?;
-    let check = Command::new(binary())
-        .args(["config", "check"])
-        .arg(&file)
-        .output()?;
+    let check = config_check(&file);
     assert_refused(&check, "refusing to listen on 0.0.0.0")?;
 
     // A data dir that is a file.

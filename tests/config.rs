@@ -26,10 +26,7 @@ fn flags_override_variables_which_override_the_file() -> Result<()> {
             data.display()
         ),
     )?;
-    let check = Command::new(binary())
-        .args(["config", "check"])
-        .arg(&file)
-        .output()?;
+    let check = config_check(&file);
     ensure!(
         check.status.success(),
         "{}",
@@ -118,9 +115,7 @@ fn a_bad_file_is_named_key_by_key_and_no_node_starts() -> Result<()> {
         format!("{shown}:3: lease-ms: invalid value 'soon'"),
         format!("{shown}:4: log-format: invalid value 'xml'"),
     ];
-    let check = Command::new(binary())
-        .args(["config", "check", &shown])
-        .output()?;
+    let check = config_check(&shown);
     let stderr = String::from_utf8_lossy(&check.stderr);
     ensure!(check.status.code() == Some(1), "{stderr}");
     for line in &expected {
@@ -139,9 +134,7 @@ fn a_bad_file_is_named_key_by_key_and_no_node_starts() -> Result<()> {
         &file,
         "election-timeout-min-ms = 900\nelection-timeout-max-ms = 500\n",
     )?;
-    let check = Command::new(binary())
-        .args(["config", "check", &shown])
-        .output()?;
+    let check = config_check(&shown);
     let stderr = String::from_utf8_lossy(&check.stderr);
     ensure!(
         !check.status.success()
@@ -150,18 +143,14 @@ fn a_bad_file_is_named_key_by_key_and_no_node_starts() -> Result<()> {
     );
     // A file that is not TOML, and one that is missing.
     std::fs::write(&file, "listen = \n")?;
-    let check = Command::new(binary())
-        .args(["config", "check", &shown])
-        .output()?;
+    let check = config_check(&shown);
     let stderr = String::from_utf8_lossy(&check.stderr);
     ensure!(
         !check.status.success() && stderr.contains(&format!("{shown}:1: ")),
         "{stderr}"
     );
     let missing = dir.path().join("missing.toml").display().to_string();
-    let check = Command::new(binary())
-        .args(["config", "check", &missing])
-        .output()?;
+    let check = config_check(&missing);
     ensure!(!check.status.success());
     Ok(())
 }

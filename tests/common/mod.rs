@@ -54,6 +54,15 @@ pub fn cli(endpoint: &str, args: &[&str]) -> Output {
         .expect("run mcpfleet")
 }
 
+/// Runs `mcpfleet config check FILE`.
+pub fn config_check(file: impl AsRef<Path>) -> Output {
+    Command::new(binary())
+        .args(["config", "check"])
+        .arg(file.as_ref())
+        .output()
+        .expect("run mcpfleet config check")
+}
+
 /// Runs a client command; gives (success, stdout, stderr).
 pub fn cli_run(endpoint: &str, args: &[&str]) -> (bool, String, String) {
     let output = cli(endpoint, args);
