@@ -3,12 +3,13 @@
 //! Layers (see DESIGN.md): `registry` (pure state machine), `scheduler` and `router`
 //! (pure policy), `raft` (openraft glue), `control` (the control plane: writes, reads,
 //! membership), `controller` (the leader's liveness and placement loop), `agent` (the
-//! node's replicas), `gateway` (tool calls and `/mcp`), `api` (gRPC services), `node`
+//! node's replicas), `gateway` (tool calls and `/mcp`), `api` (gRPC services), `client` (the Rust client of a cluster, for the CLI and Python), `node`
 //! (wiring), `observe` (metrics and health on the HTTP port), `config`, `env` (the seams to the outside world) and `cli`.
 
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod control;
 pub mod controller;

@@ -72,11 +72,13 @@ pub async fn run_put(args: PutArgs, client: &ClientArgs) -> Result<(), CliError>
     };
     let mut clients = Vec::new();
     for _ in 0..args.clients {
-        clients.push(connect(&client.endpoint).await?);
+        let client = connect(&client.endpoint)?;
+        client.ready().await?;
+        clients.push(client);
     }
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for (number, mut client) in clients.into_iter().enumerate() {
+    for (number, client) in clients.into_iter().enumerate() {
         let value = "v".repeat(args.value_bytes);
         let operation = args.operation;
         tasks.push(tokio::spawn(async move {
@@ -96,32 +98,27 @@ pub async fn run_put(args: PutArgs, client: &ClientArgs) -> Result<(), CliError>
                 };
                 let sent = Instant::now();
                 let answer = match operation {
-                    Operation::Put => client.put_server(request).await.map(|_| ()),
+                    Operation::Put => client
+                        .put_server(request.spec.unwrap_or_default(), None)
+                        .await
+                        .map(|_| ()),
                     Operation::Get | Operation::GetStale => {
                         let name = request.spec.map(|s| s.name).unwrap_or_default();
                         let stale = operation == Operation::GetStale;
                         // The first pass writes each server once so that reads find it.
                         if i < KEYS_PER_CLIENT {
-                            let put = pb::PutServerRequest {
-                                spec: Some(bench_spec(name.clone(), Vec::new())),
-                                expected_revision: None,
-                            };
-                            client.put_server(put).await.map(|_| ())
+                            let spec = bench_spec(name.clone(), Vec::new());
+                            client.put_server(spec, None).await.map(|_| ())
                         } else {
-                            client
-                                .get_server(pb::GetServerRequest { name, stale })
-                                .await
-                                .map(|_| ())
+                            client.get_server(&name, stale).await.map(|_| ())
                         }
                     }
                 };
                 match answer {
                     Ok(()) => result.latencies_us.push(sent.elapsed().as_micros() as u64),
-                    Err(status) => {
+                    Err(error) => {
                         result.errors += 1;
-                        result
-                            .first_error
-                            .get_or_insert_with(|| status.message().to_string());
+                        result.first_error.get_or_insert_with(|| error.reason());
                     }
                 }
                 i += 1;

@@ -2,92 +2,38 @@
 
 use std::time::Duration;
 
-use tonic::transport::Channel;
-
-use super::output::{print_json, print_table, server_json, server_row, ServerJson, SERVER_HEADER};
+use super::output::{print_json, print_table, server_row, SERVER_HEADER};
 use super::{AddServerArgs, ClientArgs, ClusterCommand, NodeCommand, OutputFormat, ServerCommand};
 use crate::api::convert::parse_pairs;
+pub use crate::client::Client;
+use crate::client::{json as views, ClientError};
 use crate::proto::v1 as pb;
-use crate::proto::v1::registry_client::RegistryClient;
 
 /// How long a client command waits for its answer.
-pub const CLIENT_TIMEOUT_MS: u64 = 15_000;
+pub const CLIENT_TIMEOUT_MS: u64 = crate::client::DEFAULT_TIMEOUT_MS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    #[error("invalid endpoint {endpoint:?}: {reason}")]
-    Endpoint { endpoint: String, reason: String },
-    #[error("cannot reach {endpoint}: {reason}")]
-    Unreachable { endpoint: String, reason: String },
-    #[error("{}", describe_status(.0))]
-    Status(tonic::Status),
+    #[error(transparent)]
+    Client(#[from] ClientError),
     #[error("{0}")]
     Usage(String),
     #[error("{0}")]
     Failed(String),
 }
 
-fn describe_status(status: &tonic::Status) -> String {
-    let message = status.message().replace('\n', " ");
-    let hint = status
-        .metadata()
-        .get("x-mcpfleet-leader")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| format!(" (leader hint: {v})"))
-        .unwrap_or_default();
-    match status.code() {
-        tonic::Code::NotFound => format!("not found: {message}"),
-        tonic::Code::InvalidArgument => format!("invalid: {message}"),
-        tonic::Code::FailedPrecondition => format!("rejected: {message}"),
-        tonic::Code::Unavailable => format!("unavailable: {message}{hint}"),
-        tonic::Code::OutOfRange => format!("out of range: {message}"),
-        tonic::Code::ResourceExhausted => format!("too large or too many: {message}"),
-        code => format!("{code:?}: {message}"),
-    }
-}
-
 impl From<tonic::Status> for CliError {
     fn from(status: tonic::Status) -> Self {
-        CliError::Status(status)
+        CliError::Client(ClientError::Status(status))
     }
 }
 
-/// Connects to `endpoint` (HOST:PORT).
-pub async fn connect(endpoint: &str) -> Result<RegistryClient<Channel>, CliError> {
-    connect_with_timeout(endpoint, Duration::from_millis(CLIENT_TIMEOUT_MS)).await
-}
-
-async fn connect_with_timeout(
-    endpoint: &str,
-    timeout: Duration,
-) -> Result<RegistryClient<Channel>, CliError> {
-    let channel = crate::env::network::endpoint(endpoint)
-        .map_err(|e| CliError::Endpoint {
-            endpoint: endpoint.to_string(),
-            reason: e.to_string(),
-        })?
-        .timeout(timeout)
-        .connect()
-        .await
-        .map_err(|e| CliError::Unreachable {
-            endpoint: endpoint.to_string(),
-            reason: source_chain(&e),
-        })?;
-    Ok(RegistryClient::new(channel))
-}
-
-fn source_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        // Layers often repeat their inner error's text; say each part once.
-        let part = inner.to_string();
-        if !text.ends_with(&part) {
-            text = format!("{text}: {part}");
-        }
-        source = inner.source();
-    }
-    text
+/// A client of the nodes at `endpoints` (`HOST:PORT`, or several joined by commas).
+pub fn connect(endpoints: &str) -> Result<Client, CliError> {
+    Ok(Client::from_list(
+        endpoints,
+        Duration::from_millis(CLIENT_TIMEOUT_MS),
+    )?)
 }
 
 pub enum ClientCommand {
@@ -112,34 +58,18 @@ pub enum ClientCommand {
 
 pub async fn run_client(args: ClientArgs, command: ClientCommand) -> Result<(), CliError> {
     let json = args.output == OutputFormat::Json;
-    if let ClientCommand::Call {
-        server,
-        tool,
-        arguments,
-        timeout_ms,
-    } = command
-    {
-        // A call may take longer than other requests: the node's default, or as asked.
-        let limit = match timeout_ms {
-            0 => crate::gateway::DEFAULT_CALL_TIMEOUT_MS,
-            ms => ms,
-        };
-        let mut client = connect_with_timeout(
-            &args.endpoint,
-            Duration::from_millis(limit + CLIENT_TIMEOUT_MS),
-        )
-        .await?;
-        return call_tool(&mut client, server, tool, arguments, timeout_ms, json).await;
-    }
-    let mut client = connect(&args.endpoint).await?;
+    let client = connect(&args.endpoint)?;
     match command {
-        ClientCommand::Call { .. } => unreachable!("handled above"),
-        ClientCommand::Tools { server } => list_tools(&mut client, server, json).await,
-        ClientCommand::Server(command) => server_command(&mut client, command, json).await,
-        ClientCommand::Cluster(command) => cluster_command(&mut client, command, json).await,
-        ClientCommand::Status { stale, every: None } => {
-            fleet_status(&mut client, stale, json).await
-        }
+        ClientCommand::Call {
+            server,
+            tool,
+            arguments,
+            timeout_ms,
+        } => call_tool(&client, server, tool, arguments, timeout_ms, json).await,
+        ClientCommand::Tools { server } => list_tools(&client, server, json).await,
+        ClientCommand::Server(command) => server_command(&client, command, json).await,
+        ClientCommand::Cluster(command) => cluster_command(&client, command, json).await,
+        ClientCommand::Status { stale, every: None } => fleet_status(&client, stale, json).await,
         ClientCommand::Status {
             stale,
             every: Some(every),
@@ -147,7 +77,7 @@ pub async fn run_client(args: ClientArgs, command: ClientCommand) -> Result<(), 
             // Clear the screen, draw, wait; an answer that fails is drawn as its error,
             // and the next round asks again.
             print!("\x1b[H\x1b[2J");
-            if let Err(error) = fleet_status(&mut client, stale, json).await {
+            if let Err(error) = fleet_status(&client, stale, json).await {
                 println!("error: {error}");
             }
             println!("\n(every {} ms; Ctrl-C to stop)", every.as_millis());
@@ -162,52 +92,22 @@ pub async fn run_client(args: ClientArgs, command: ClientCommand) -> Result<(), 
                 }
                 NodeCommand::Undrain { id } => (id, "active", "active again"),
             };
-            let response = client
-                .set_node_status(pb::SetNodeStatusRequest {
-                    id,
-                    status: status.into(),
-                })
-                .await?
-                .into_inner();
+            let revision = client.set_node_status(id, status).await?;
             if json {
-                print_json(
-                    &serde_json::json!({"id": id, "status": status, "revision": response.revision}),
-                )
-                .map_err(CliError::Failed)?;
+                print_json(&serde_json::json!({"id": id, "status": status, "revision": revision}))
+                    .map_err(CliError::Failed)?;
             } else {
-                println!("node {id} {done} (revision {})", response.revision);
+                println!("node {id} {done} (revision {revision})");
             }
             Ok(())
         }
     }
 }
 
-async fn list_tools(
-    client: &mut RegistryClient<Channel>,
-    server: Option<String>,
-    json: bool,
-) -> Result<(), CliError> {
-    let tools = client
-        .list_tools(pb::ListToolsRequest {
-            server: server.unwrap_or_default(),
-        })
-        .await?
-        .into_inner()
-        .tools;
+async fn list_tools(client: &Client, server: Option<String>, json: bool) -> Result<(), CliError> {
+    let tools = client.list_tools(server.as_deref()).await?;
     if json {
-        let tools: Vec<serde_json::Value> = tools
-            .iter()
-            .map(|t| {
-                serde_json::json!({
-                    "name": t.name,
-                    "server": t.server,
-                    "tool": t.tool,
-                    "definition": serde_json::from_str::<serde_json::Value>(&t.tool_json)
-                        .unwrap_or(serde_json::Value::Null),
-                })
-            })
-            .collect();
-        return print_json(&tools).map_err(CliError::Failed);
+        return print_json(&views::tools(&tools)).map_err(CliError::Failed);
     }
     let rows: Vec<Vec<String>> = tools
         .iter()
@@ -222,23 +122,17 @@ async fn list_tools(
 }
 
 async fn call_tool(
-    client: &mut RegistryClient<Channel>,
+    client: &Client,
     server: String,
     tool: String,
     arguments: Option<String>,
     timeout_ms: u64,
     json: bool,
 ) -> Result<(), CliError> {
-    let response = client
-        .call_tool(pb::CallToolRequest {
-            server,
-            tool,
-            arguments_json: arguments.unwrap_or_default(),
-            timeout_ms,
-        })
-        .await?
-        .into_inner();
-    let result: rmcp::model::CallToolResult = serde_json::from_str(&response.result_json)
+    let result_json = client
+        .call_tool(&server, &tool, &arguments.unwrap_or_default(), timeout_ms)
+        .await?;
+    let result: rmcp::model::CallToolResult = serde_json::from_str(&result_json)
         .map_err(|e| CliError::Failed(format!("unreadable result: {e}")))?;
     let text: Vec<&str> = result
         .content
@@ -247,8 +141,8 @@ async fn call_tool(
         .collect();
     let failed = result.is_error == Some(true);
     if json {
-        let value: serde_json::Value = serde_json::from_str(&response.result_json)
-            .map_err(|e| CliError::Failed(e.to_string()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&result_json).map_err(|e| CliError::Failed(e.to_string()))?;
         print_json(&value).map_err(CliError::Failed)?;
     } else if !failed {
         for line in &text {
@@ -374,46 +268,21 @@ fn breaker_from_args(args: &AddServerArgs) -> Option<pb::CircuitBreaker> {
     })
 }
 
-/// Every server, page after page, in name order.
-pub(super) async fn all_servers(
-    client: &mut RegistryClient<Channel>,
-    stale: bool,
-) -> Result<Vec<pb::Server>, CliError> {
-    let mut servers = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = client
-            .list_servers(pb::ListServersRequest {
-                stale,
-                page_size: 0,
-                page_token: token.clone(),
-            })
-            .await?
-            .into_inner();
-        servers.extend(page.servers);
-        token = next_page(&token, page.next_page_token)?;
-        if token.is_empty() {
-            return Ok(servers);
-        }
-    }
-}
-
-fn to_json(server: pb::Server) -> Result<ServerJson, CliError> {
-    server_json(server).map_err(CliError::Failed)
+fn to_json(server: pb::Server) -> Result<views::ServerJson, CliError> {
+    views::server_json(server).map_err(CliError::Failed)
 }
 
 async fn server_command(
-    client: &mut RegistryClient<Channel>,
+    client: &Client,
     command: ServerCommand,
     json: bool,
 ) -> Result<(), CliError> {
     match command {
         ServerCommand::Add(args) => {
             let name = args.name.clone();
-            let response = client
-                .put_server(spec_from_args(*args)?)
-                .await?
-                .into_inner();
+            let request = spec_from_args(*args)?;
+            let spec = request.spec.expect("made with a spec");
+            let response = client.put_server(spec, request.expected_revision).await?;
             if json {
                 print_json(&serde_json::json!({
                     "name": name,
@@ -425,15 +294,7 @@ async fn server_command(
             }
         }
         ServerCommand::Get { name, stale } => {
-            let response = client
-                .get_server(pb::GetServerRequest { name, stale })
-                .await?
-                .into_inner();
-            let server = to_json(
-                response
-                    .server
-                    .ok_or_else(|| CliError::Failed("empty answer".into()))?,
-            )?;
+            let server = to_json(client.get_server(&name, stale).await?)?;
             if json {
                 print_json(&server).map_err(CliError::Failed)?;
             } else {
@@ -441,7 +302,8 @@ async fn server_command(
             }
         }
         ServerCommand::Ls { stale } => {
-            let servers = all_servers(client, stale)
+            let servers = client
+                .list_servers(stale)
                 .await?
                 .into_iter()
                 .map(to_json)
@@ -457,36 +319,18 @@ async fn server_command(
             name,
             expected_revision,
         } => {
-            let response = client
-                .delete_server(pb::DeleteServerRequest {
-                    name: name.clone(),
-                    expected_revision,
-                })
-                .await?
-                .into_inner();
+            let revision = client.delete_server(&name, expected_revision).await?;
             if json {
-                print_json(&serde_json::json!({"name": name, "revision": response.revision}))
+                print_json(&serde_json::json!({"name": name, "revision": revision}))
                     .map_err(CliError::Failed)?;
             } else {
-                println!("server {name} removed at revision {}", response.revision);
+                println!("server {name} removed at revision {revision}");
             }
         }
         ServerCommand::Status { name, stale } => {
-            let response = client
-                .server_status(pb::ServerStatusRequest {
-                    name: name.clone(),
-                    stale,
-                })
-                .await?
-                .into_inner();
+            let response = client.server_status(&name, stale).await?;
             if json {
-                print_json(&serde_json::json!({
-                    "name": name,
-                    "server_info": response.server_info,
-                    "replicas": replicas_json(&response.replicas),
-                    "revision": response.revision,
-                }))
-                .map_err(CliError::Failed)?;
+                print_json(&views::server_status(&name, &response)).map_err(CliError::Failed)?;
             } else {
                 if !response.server_info.is_empty() {
                     println!("server: {}", response.server_info);
@@ -495,36 +339,22 @@ async fn server_command(
             }
         }
         ServerCommand::Watch { from_revision } => {
-            let mut stream = client
-                .watch_servers(pb::WatchServersRequest { from_revision })
-                .await?
-                .into_inner();
-            while let Some(event) = stream.message().await? {
-                let kind = if event.kind == pb::watch_event::Kind::Delete as i32 {
-                    "delete"
-                } else {
-                    "put"
-                };
+            let mut watch = client.watch(from_revision).await?;
+            while let Some(event) = watch.next().await? {
                 if json {
-                    let server = event.server.map(to_json).transpose()?;
-                    let line = serde_json::json!({
-                        "kind": kind, "revision": event.revision, "name": event.name, "server": server,
-                    });
-                    println!("{line}");
+                    println!("{}", views::watch_event(event).map_err(CliError::Failed)?);
                 } else {
+                    let kind = if event.kind == pb::watch_event::Kind::Delete as i32 {
+                        "delete"
+                    } else {
+                        "put"
+                    };
                     println!("{} {kind} {}", event.revision, event.name);
                 }
             }
         }
     }
     Ok(())
-}
-
-fn members_json(members: &[pb::Member]) -> serde_json::Value {
-    members
-        .iter()
-        .map(|m| serde_json::json!({"id": m.id, "addr": m.addr, "voter": m.voter}))
-        .collect()
 }
 
 fn print_members(members: &[pb::Member], leader: Option<u64>) {
@@ -545,7 +375,8 @@ fn print_members(members: &[pb::Member], leader: Option<u64>) {
 /// Prints the members after a membership change.
 fn print_membership(members: &[pb::Member], json: bool) -> Result<(), CliError> {
     if json {
-        print_json(&serde_json::json!({"members": members_json(members)})).map_err(CliError::Failed)
+        print_json(&serde_json::json!({"members": views::members(members)}))
+            .map_err(CliError::Failed)
     } else {
         print_members(members, None);
         Ok(())
@@ -553,30 +384,15 @@ fn print_membership(members: &[pb::Member], json: bool) -> Result<(), CliError> 
 }
 
 async fn cluster_command(
-    client: &mut RegistryClient<Channel>,
+    client: &Client,
     command: ClusterCommand,
     json: bool,
 ) -> Result<(), CliError> {
     match command {
         ClusterCommand::Status => {
-            let status = client
-                .cluster_status(pb::ClusterStatusRequest {})
-                .await?
-                .into_inner();
+            let status = client.cluster_status().await?;
             if json {
-                print_json(&serde_json::json!({
-                    "node_id": status.node_id,
-                    "leader_id": status.leader_id,
-                    "leader_addr": status.leader_addr,
-                    "term": status.term,
-                    "commit_index": status.commit_index,
-                    "applied_index": status.applied_index,
-                    "revision": status.revision,
-                    "server_count": status.server_count,
-                    "data_bytes": status.data_bytes,
-                    "members": members_json(&status.members),
-                }))
-                .map_err(CliError::Failed)?;
+                print_json(&views::cluster(&status)).map_err(CliError::Failed)?;
             } else {
                 print_members(&status.members, status.leader_id);
                 println!();
@@ -596,41 +412,13 @@ async fn cluster_command(
             }
         }
         ClusterCommand::AddNode { id, addr } => {
-            let response = client
-                .add_node(pb::AddNodeRequest { id, addr })
-                .await?
-                .into_inner();
-            print_membership(&response.members, json)?;
+            print_membership(&client.add_node(id, &addr).await?, json)?;
         }
         ClusterCommand::RemoveNode { id } => {
-            let response = client
-                .remove_node(pb::RemoveNodeRequest { id })
-                .await?
-                .into_inner();
-            print_membership(&response.members, json)?;
+            print_membership(&client.remove_node(id).await?, json)?;
         }
     }
     Ok(())
-}
-
-fn replicas_json(replicas: &[pb::Replica]) -> serde_json::Value {
-    replicas
-        .iter()
-        .map(|r| {
-            serde_json::json!({
-                "slot": r.slot,
-                "node_id": r.node_id,
-                "node_addr": (!r.node_addr.is_empty()).then_some(&r.node_addr),
-                "epoch": r.epoch,
-                "state": r.state,
-                "breaker": r.breaker,
-                "restarts": r.restarts,
-                "last_error": (!r.last_error.is_empty()).then_some(&r.last_error),
-                "probe_latency_ms": r.probe_latency_ms,
-                "unplaced_reason": (!r.unplaced_reason.is_empty()).then_some(&r.unplaced_reason),
-            })
-        })
-        .collect()
 }
 
 fn replica_rows(server: Option<&str>, replicas: &[pb::Replica]) -> Vec<Vec<String>> {
@@ -679,78 +467,12 @@ fn print_replicas(replicas: &[pb::Replica]) {
     print_table(&REPLICA_HEADER, &replica_rows(None, replicas));
 }
 
-/// The token of the page after the one fetched with `token`: names only grow, so a
-/// node that answers otherwise would have the listing loop forever.
-fn next_page(token: &str, next: String) -> Result<String, CliError> {
-    if !next.is_empty() && next.as_str() <= token {
-        return Err(CliError::Failed(format!(
-            "the node answered page {token:?} with next page {next:?}, which does not follow it"
-        )));
-    }
-    Ok(next)
-}
-
-async fn fleet_status(
-    client: &mut RegistryClient<Channel>,
-    stale: bool,
-    json: bool,
-) -> Result<(), CliError> {
-    let mut fleet = client
-        .fleet_status(pb::FleetStatusRequest {
-            stale,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    // The cluster and nodes as of the first page; the servers of every page.
-    let mut token = next_page("", std::mem::take(&mut fleet.next_page_token))?;
-    while !token.is_empty() {
-        let page = client
-            .fleet_status(pb::FleetStatusRequest {
-                stale,
-                page_size: 0,
-                page_token: token.clone(),
-            })
-            .await?
-            .into_inner();
-        fleet.servers.extend(page.servers);
-        token = next_page(&token, page.next_page_token)?;
-    }
-    let cluster = fleet.cluster.unwrap_or_default();
+async fn fleet_status(client: &Client, stale: bool, json: bool) -> Result<(), CliError> {
+    let fleet = client.fleet_status(stale).await?;
     if json {
-        let nodes: Vec<serde_json::Value> = fleet
-            .nodes
-            .iter()
-            .map(|n| {
-                let member = cluster.members.iter().find(|m| m.id == n.id);
-                serde_json::json!({
-                    "id": n.id, "addr": n.addr, "status": n.status, "admin": n.admin,
-                    "tags": n.tags,
-                    "replicas": n.replicas, "capacity": n.capacity,
-                    "voter": member.map(|m| m.voter),
-                    "leader": cluster.leader_id == Some(n.id),
-                })
-            })
-            .collect();
-        let servers: Vec<serde_json::Value> = fleet
-            .servers
-            .iter()
-            .map(|s| {
-                serde_json::json!({
-                    "name": s.name, "desired": s.desired, "placed": s.placed,
-                    "healthy": s.healthy, "replicas": replicas_json(&s.replicas),
-                })
-            })
-            .collect();
-        return print_json(&serde_json::json!({
-            "leader_id": cluster.leader_id,
-            "term": cluster.term,
-            "revision": cluster.revision,
-            "nodes": nodes,
-            "servers": servers,
-        }))
-        .map_err(CliError::Failed);
+        return print_json(&views::fleet(&fleet)).map_err(CliError::Failed);
     }
+    let cluster = fleet.cluster.clone().unwrap_or_default();
     let leader = cluster
         .leader_id
         .map_or("none".to_string(), |id| id.to_string());

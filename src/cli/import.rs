@@ -6,15 +6,13 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use tonic::transport::Channel;
 
-use super::client::{all_servers, connect, CliError};
+use super::client::{connect, CliError, Client};
 use super::mcpservers::{self, Variables, MAX_FILE_BYTES};
 use super::output::{print_json, print_table, server_row, ServerJson};
 use super::{ClientArgs, OutputFormat};
 use crate::api::convert::{parse_pairs, spec_from_proto, spec_to_proto};
 use crate::proto::v1 as pb;
-use crate::proto::v1::registry_client::RegistryClient;
 use crate::registry::{ServerSpec, MAX_SERVERS_PER_WRITE};
 
 #[derive(Args, Debug)]
@@ -85,8 +83,8 @@ pub async fn run_import(args: ImportArgs, client_args: &ClientArgs) -> Result<()
     for ignored in &parsed.ignored {
         eprintln!("note: ignored {ignored}");
     }
-    let mut client = connect(&client_args.endpoint).await?;
-    let current = current_specs(&mut client).await?;
+    let client = connect(&client_args.endpoint)?;
+    let current = current_specs(&client).await?;
     let plan: Vec<Planned> = parsed
         .servers
         .iter()
@@ -136,10 +134,7 @@ pub async fn run_import(args: ImportArgs, client_args: &ClientArgs) -> Result<()
                 expected_revision: Some(p.expected_revision),
             })
             .collect();
-        let response = client
-            .put_servers(pb::PutServersRequest { puts })
-            .await?
-            .into_inner();
+        let response = client.put_servers(puts).await?;
         Some(response.revision)
     };
     if json {
@@ -182,8 +177,8 @@ pub async fn run_import(args: ImportArgs, client_args: &ClientArgs) -> Result<()
 }
 
 pub async fn run_export(args: ExportArgs, client_args: &ClientArgs) -> Result<(), CliError> {
-    let mut client = connect(&client_args.endpoint).await?;
-    let specs: Vec<ServerSpec> = current_specs(&mut client)
+    let client = connect(&client_args.endpoint)?;
+    let specs: Vec<ServerSpec> = current_specs(&client)
         .await?
         .into_values()
         .map(|(spec, _)| spec)
@@ -206,10 +201,9 @@ pub async fn run_export(args: ExportArgs, client_args: &ClientArgs) -> Result<()
 }
 
 /// Every server's spec and revision, as of a linearizable read.
-async fn current_specs(
-    client: &mut RegistryClient<Channel>,
-) -> Result<BTreeMap<String, (ServerSpec, u64)>, CliError> {
-    all_servers(client, false)
+async fn current_specs(client: &Client) -> Result<BTreeMap<String, (ServerSpec, u64)>, CliError> {
+    client
+        .list_servers(false)
         .await?
         .into_iter()
         .map(|server| {

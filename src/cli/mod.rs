@@ -162,7 +162,8 @@ pub enum NodeCommand {
 /// The flags of every client command (`serve` ignores them).
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
-    /// For client commands: any node of the cluster (HOST:PORT). `serve` ignores it.
+    /// For client commands: any node of the cluster (HOST:PORT), or several joined by
+    /// commas, tried in turn. `serve` ignores it.
     #[arg(long, global = true, env = "MCPFLEET_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
     pub endpoint: String,
     /// For client commands: the output format. `serve` ignores it.

@@ -2,26 +2,8 @@
 
 use serde::Serialize;
 
-use crate::api::convert::spec_from_proto;
-use crate::proto::v1 as pb;
-use crate::registry::{ServerSpec, Transport};
-
-#[derive(Serialize)]
-pub struct ServerJson {
-    #[serde(flatten)]
-    pub spec: ServerSpec,
-    pub create_revision: u64,
-    pub mod_revision: u64,
-}
-
-pub fn server_json(server: pb::Server) -> Result<ServerJson, String> {
-    let spec = server.spec.ok_or("server without a spec in the answer")?;
-    Ok(ServerJson {
-        spec: spec_from_proto(spec)?,
-        create_revision: server.create_revision,
-        mod_revision: server.mod_revision,
-    })
-}
+pub use crate::client::json::ServerJson;
+use crate::registry::Transport;
 
 pub fn print_json<T: Serialize>(value: &T) -> Result<(), String> {
     let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;

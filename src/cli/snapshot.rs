@@ -13,7 +13,6 @@ use super::output::print_json;
 use super::{ClientArgs, OutputFormat};
 use crate::config::{parse_initial_cluster, DEFAULT_LISTEN};
 use crate::env::{Disk, SledDisk};
-use crate::proto::v1 as pb;
 use crate::raft::backup::{self, Backup, MAX_BACKUP_BYTES};
 
 #[derive(Subcommand, Debug)]
@@ -64,11 +63,7 @@ pub async fn run_snapshot(command: SnapshotCommand, client: &ClientArgs) -> Resu
 }
 
 async fn save(file: &Path, stale: bool, endpoint: &str, json: bool) -> Result<(), CliError> {
-    let mut client = connect(endpoint).await?;
-    let mut stream = client
-        .save_snapshot(pb::SaveSnapshotRequest { stale })
-        .await?
-        .into_inner();
+    let mut stream = connect(endpoint)?.save_snapshot(stale).await?;
     let mut bytes = Vec::new();
     let mut total = None;
     while let Some(chunk) = stream.next().await {
