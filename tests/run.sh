@@ -4,9 +4,11 @@
 #     they are missing;
 #  1. `cargo test --workspace`: unit tables, the storage suite, multi-process tests on
 #     loopback, and the simulator's own tests;
-#  2. a sweep of the chaos simulation over 200 seeds (release build), and of the
+#  2. the Python package (tests/python.sh): its wheel built and installed into a venv,
+#     and its pytest suite against three real nodes of the release binary;
+#  3. a sweep of the chaos simulation over 200 seeds (release build), and of the
 #     write-storm scenario (exactly-once writes at a high rate) over 20;
-#  3. every deliberate bug of the simulator switched on in turn: each must be caught.
+#  4. every deliberate bug of the simulator switched on in turn: each must be caught.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +25,7 @@ if ! command -v chromium >/dev/null; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
 fi
 cargo test --workspace
+tests/python.sh
 
 cargo build --release -p mcpfleet-sim
 sim=./target/release/mcpfleet-sim

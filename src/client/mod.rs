@@ -262,8 +262,8 @@ impl Client {
                     endpoint: addr.clone(),
                     reason: e.to_string(),
                 })?;
-            // Connecting is bounded by the network's connect timeout, and by ours.
-            let endpoint = endpoint.timeout(self.timeout);
+            // Connecting is bounded by the network's connect timeout, and by ours. Each
+            // request has its own limit (`request`), so the channel has none.
             match tokio::time::timeout(self.timeout, endpoint.connect()).await {
                 Ok(Ok(channel)) => {
                     let client = RegistryClient::new(channel);
@@ -310,30 +310,46 @@ impl Client {
         F: Fn(RegistryClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let attempts = match retry {
-            Retry::Read => self.endpoints.len() + 1,
+        // A read goes to each endpoint once at most, and to a leader named outside
+        // the list once more.
+        let mut attempts = match retry {
+            Retry::Read => self.endpoints.len(),
             Retry::Write => 1,
         };
-        let mut last = None;
-        for _ in 0..attempts {
+        let mut hinted = false;
+        let mut tried = 0;
+        loop {
+            tried += 1;
             let (addr, client) = self.connection().await?;
-            match tokio::time::timeout(limit, send(client)).await {
+            let error = match tokio::time::timeout(limit, send(client)).await {
                 Ok(Ok(response)) => return Ok(response.into_inner()),
                 Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
-                    self.failed(&addr, leader_hint(&status));
-                    last = Some(ClientError::Status(status));
+                    let hint = leader_hint(&status);
+                    if retry == Retry::Read && !hinted {
+                        if let Some(hint) = &hint {
+                            if !self.endpoints.contains(hint) {
+                                hinted = true;
+                                attempts += 1;
+                            }
+                        }
+                    }
+                    self.failed(&addr, hint);
+                    ClientError::Status(status)
                 }
                 Ok(Err(status)) => return Err(ClientError::Status(status)),
                 Err(_) => {
+                    // A node that stops answering (paused, overloaded) is left too.
                     self.failed(&addr, None);
-                    return Err(ClientError::Timeout {
+                    ClientError::Timeout {
                         endpoint: addr,
                         ms: limit.as_millis() as u64,
-                    });
+                    }
                 }
+            };
+            if tried >= attempts {
+                return Err(error);
             }
         }
-        Err(last.expect("at least one attempt"))
     }
 
     pub async fn put_server(
