@@ -83,9 +83,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await?
         }
-        TopCommand::Supervise { fence_fd, command } => {
+        TopCommand::Supervise {
+            fence_fd,
+            user,
+            memory_bytes,
+            open_files,
+            processes,
+            command,
+        } => {
+            use mcpfleet::env::isolation;
             let (program, args) = command.split_first().expect("clap requires a command");
-            let code = mcpfleet::env::launcher::supervise(program, args, fence_fd).await;
+            let user = match user.as_deref().map(isolation::parse_user_arg).transpose() {
+                Ok(user) => user,
+                Err(error) => {
+                    eprintln!("mcpfleet supervise: {error}");
+                    std::process::exit(2);
+                }
+            };
+            let limits = isolation::Limits {
+                memory_bytes,
+                open_files,
+                processes,
+            };
+            let code =
+                mcpfleet::env::launcher::supervise(program, args, fence_fd, user, limits).await;
             std::process::exit(code);
         }
         TopCommand::Config {

@@ -139,6 +139,19 @@ pub enum TopCommand {
         /// is killed.
         #[arg(long)]
         fence_fd: Option<i32>,
+        /// Run the server as UID:GID (no supplementary groups).
+        #[arg(long)]
+        user: Option<String>,
+        /// Most memory the server and its children use (cgroup memory.max, else
+        /// RLIMIT_AS).
+        #[arg(long)]
+        memory_bytes: Option<u64>,
+        /// Most open files of each of the server's processes (RLIMIT_NOFILE).
+        #[arg(long)]
+        open_files: Option<u64>,
+        /// Most processes (cgroup pids.max, else RLIMIT_NPROC).
+        #[arg(long)]
+        processes: Option<u64>,
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },

@@ -11,6 +11,7 @@ use super::client::CliError;
 use crate::config::Config;
 use crate::config::HttpConfig;
 use crate::config::{parse_initial_cluster, DEFAULT_DATA_DIR, DEFAULT_HTTP_LISTEN, DEFAULT_LISTEN};
+use crate::env::isolation::{Isolation, IsolationError, Limits, RunAs};
 use crate::env::launcher::ProcessLauncher;
 use crate::env::{Disk, SledDisk};
 use crate::node::Environment;
@@ -107,6 +108,26 @@ pub struct ServeArgs {
     /// Most watch streams this node serves at once; one more gets RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = crate::config::DEFAULT_MAX_WATCHES)]
     pub max_watches: usize,
+    /// Run stdio servers as this user (a name or uid; needs root). Default: as this
+    /// node's user.
+    #[arg(long)]
+    pub replica_user: Option<String>,
+    /// The variables of this node's environment that stdio servers get, besides their
+    /// spec's env (comma-separated; "" for none). Nothing else of it reaches them.
+    #[arg(long, value_delimiter = ',', default_values = crate::env::isolation::DEFAULT_PASS_ENV)]
+    pub replica_pass_env: Vec<String>,
+    /// Most memory one stdio server and its children use, in MiB (cgroup memory.max
+    /// where cgroup v2 allows, else RLIMIT_AS). Default: no limit.
+    #[arg(long)]
+    pub replica_memory_mib: Option<u64>,
+    /// Most open files of each process of a stdio server (RLIMIT_NOFILE). Default: as
+    /// this node's.
+    #[arg(long)]
+    pub replica_open_files: Option<u64>,
+    /// Most processes of one stdio server (cgroup pids.max, else RLIMIT_NPROC, which
+    /// counts every process of the server's user). Default: no limit.
+    #[arg(long)]
+    pub replica_processes: Option<u64>,
     /// Listen on addresses other than loopback although mcpfleet has no TLS or
     /// authentication yet: anyone who reaches the ports can run programs on this host.
     /// Only on a network that you alone reach.
@@ -138,6 +159,36 @@ fn is_loopback(addr: &str) -> bool {
 }
 
 impl ServeArgs {
+    /// How stdio servers start, checked: the user exists and may be taken on, the
+    /// limits are sane.
+    pub fn isolation(&self) -> Result<Isolation, CliError> {
+        let usage = |e: IsolationError| CliError::Usage(e.to_string());
+        let user = self
+            .replica_user
+            .as_deref()
+            .map(RunAs::lookup)
+            .transpose()
+            .map_err(usage)?;
+        let isolation = Isolation {
+            user,
+            pass_env: self
+                .replica_pass_env
+                .iter()
+                .filter(|v| !v.is_empty())
+                .cloned()
+                .collect(),
+            limits: Limits {
+                memory_bytes: self
+                    .replica_memory_mib
+                    .map(|mib| mib.saturating_mul(1 << 20)),
+                open_files: self.replica_open_files,
+                processes: self.replica_processes,
+            },
+        };
+        isolation.check().map_err(usage)?;
+        Ok(isolation)
+    }
+
     pub fn to_config(&self) -> Result<Config, CliError> {
         let usage = |e: crate::config::ConfigError| CliError::Usage(e.to_string());
         let initial_cluster = match (&self.initial_cluster, &self.join) {
@@ -239,6 +290,9 @@ pub async fn run_serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), CliError> {
     let config = args.to_config()?;
+    // Checked before anything is made: a node that cannot start servers as asked
+    // does not start.
+    let isolation = args.isolation()?;
     for (flag, addr) in exposed(&config) {
         tracing::warn!(
             %addr,
@@ -258,6 +312,7 @@ pub async fn run_serve(
     })?;
     env.launcher = Some(Arc::new(ProcessLauncher {
         supervisor: Some(supervisor),
+        isolation,
     }));
     crate::node::run(config, env, shutdown)
         .await

@@ -15,6 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
 
+use super::isolation::{self, Isolation};
 use crate::registry::Transport;
 
 /// Lines of a server's stderr kept for its last error.
@@ -91,9 +92,11 @@ pub trait McpLauncher: Send + Sync + 'static {
 }
 
 /// Launches real processes. With `supervisor` (the path of the `mcpfleet` binary),
-/// every server runs under `mcpfleet supervise`, which outlives no node.
+/// every server runs under `mcpfleet supervise`, which outlives no node. Each server
+/// runs as `isolation` says (src/env/isolation.rs).
 pub struct ProcessLauncher {
     pub supervisor: Option<PathBuf>,
+    pub isolation: Isolation,
 }
 
 #[async_trait]
@@ -138,15 +141,20 @@ impl McpLauncher for ProcessLauncher {
                     .arg("supervise")
                     .arg("--fence-fd")
                     .arg(FENCE_FD.to_string())
+                    .args(self.isolation.supervisor_args())
                     .arg("--")
                     .arg(command);
                 builder
             }
             None => tokio::process::Command::new(command),
         };
+        // A cleared environment: the variables the isolation passes, then the spec's.
+        let node_env = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
         builder
             .args(args)
-            .envs(env)
+            .env_clear()
+            .envs(self.isolation.environment(node_env, env))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -162,6 +170,15 @@ impl McpLauncher for ProcessLauncher {
             libc::SIGKILL
         };
         let fence_read = fence_pipe.as_ref().map(|pipe| pipe.read);
+        // Unsupervised, the server takes its limits and user here; a supervisor stays
+        // as it is and gives them to the server it starts.
+        let (rlimits, user) = match &self.supervisor {
+            Some(_) => (Vec::new(), None),
+            None => (
+                isolation::rlimits(&self.isolation.limits, false, false),
+                self.isolation.user.as_ref().map(|u| (u.uid, u.gid)),
+            ),
+        };
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             builder.pre_exec(move || {
@@ -178,7 +195,8 @@ impl McpLauncher for ProcessLauncher {
                 if libc::setpgid(0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                // Die with the node (the signal comes when the node's thread exits; the
+                isolation::enter(&rlimits, user)?;
+                // Die with the node (after the user change, which clears the setting) (the signal comes when the node's thread exits; the
                 // node spawns from its one runtime thread, which lives as long as it).
                 libc::prctl(libc::PR_SET_PDEATHSIG, death_signal);
                 if libc::getppid() != parent {
@@ -482,7 +500,13 @@ enum SupervisorStop {
 /// - when COMMAND exits: whatever it left behind (daemons included) goes too.
 ///
 /// Returns the exit code.
-pub async fn supervise(command: &str, args: &[String], fence_fd: Option<i32>) -> i32 {
+pub async fn supervise(
+    command: &str,
+    args: &[String],
+    fence_fd: Option<i32>,
+    user: Option<(u32, u32)>,
+    limits: isolation::Limits,
+) -> i32 {
     use super::process_tree::{self, ReplicaCgroup};
     use tokio::signal::unix::{signal, SignalKind};
     let parent = std::os::unix::process::parent_id();
@@ -531,6 +555,17 @@ pub async fn supervise(command: &str, args: &[String], fence_fd: Option<i32>) ->
             .ok()
     });
     let procs_fd = procs.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+    // The group carries the memory and process limits where its controllers allow;
+    // rlimits carry the rest.
+    let in_group = |file: &str, value: Option<u64>| match (&cgroup, value) {
+        (Some(cgroup), Some(value)) => cgroup.set_limit(file, value),
+        _ => false,
+    };
+    let rlimits = isolation::rlimits(
+        &limits,
+        in_group("memory.max", limits.memory_bytes),
+        in_group("pids.max", limits.processes),
+    );
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         builder.pre_exec(move || {
@@ -538,8 +573,9 @@ pub async fn supervise(command: &str, args: &[String], fence_fd: Option<i32>) ->
             if let Some(fd) = procs_fd {
                 libc::write(fd, b"0".as_ptr().cast(), 1);
             }
+            isolation::enter(&rlimits, user)?;
             // Without cgroups, the server at least dies with a supervisor killed by
-            // SIGKILL.
+            // SIGKILL (set after the user change, which clears it).
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             Ok(())
         });

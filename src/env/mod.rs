@@ -5,6 +5,7 @@
 
 pub mod bugs;
 pub mod disk;
+pub mod isolation;
 pub mod launcher;
 pub mod network;
 pub mod process_tree;

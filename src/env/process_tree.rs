@@ -78,6 +78,12 @@ impl ReplicaCgroup {
         Some(ReplicaCgroup { dir })
     }
 
+    /// Sets one of the group's limits (`memory.max`, `pids.max`); false where its
+    /// controller is not enabled for the group.
+    pub fn set_limit(&self, file: &str, value: u64) -> bool {
+        std::fs::write(self.dir.join(file), value.to_string()).is_ok()
+    }
+
     /// The file a process writes "0" to, to move itself into the group.
     pub fn procs_file(&self) -> PathBuf {
         self.dir.join("cgroup.procs")
