@@ -123,6 +123,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         TopCommand::Import(args) => cli::import::run_import(args, &client).await?,
         TopCommand::Export(args) => cli::import::run_export(args, &client).await?,
         TopCommand::Snapshot { command } => cli::snapshot::run_snapshot(command, &client).await?,
+        TopCommand::Cert { command } => {
+            cli::cert::run_cert(command, client.output == cli::OutputFormat::Json)?
+        }
         TopCommand::Bench { command } => match command {
             cli::BenchCommand::Put(args) => cli::bench::run_put(args, &client).await?,
             cli::BenchCommand::Call(args) => cli::bench::run_call(args, &client).await?,
@@ -161,17 +164,28 @@ const MAX_BLOCKING_THREADS: usize = 16;
 
 fn main() {
     let cli = parse_command_line();
-    // A client command whose output is cut short (`| head`) ends quietly, as other
-    // command-line tools do, instead of panicking on the broken pipe. A node keeps
-    // ignoring SIGPIPE: a peer that closes its socket must not kill it.
+    // A client command whose output is cut short (`| head`) ends quietly, with the
+    // status a SIGPIPE death gives, as other command-line tools do, instead of
+    // panicking on the broken pipe. SIGPIPE itself stays ignored, in clients as in
+    // nodes: a peer that closes its socket (a TLS node refusing a plaintext client,
+    // say) must surface as an error, not kill the process.
     if !matches!(
         cli.command,
         TopCommand::Serve(_) | TopCommand::Supervise { .. }
     ) {
-        // SAFETY: restoring a signal's default action, before any thread is started.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("");
+            if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+                std::process::exit(128 + libc::SIGPIPE);
+            }
+            default_hook(info);
+        }));
     }
     // One scheduler thread: on small hosts a single thread avoids cross-thread
     // wake-ups. fsyncs, log purges and snapshots' encoding run on the blocking pool

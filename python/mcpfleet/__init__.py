@@ -415,11 +415,20 @@ class Client:
     the client talks to one at a time, goes to the leader a node names or to the next
     endpoint when one cannot serve, and sends a read again at once. A write that fails
     with ``Unavailable`` is not sent again: the caller decides. ``timeout`` is in
-    seconds, per request. Nothing connects until the first request.
+    seconds, per request. Nothing connects until the first request. ``cacert``,
+    ``cert`` and ``key`` (PEM files, all three) connect over mutual TLS, to nodes
+    started with ``--tls-ca``, ``--tls-cert`` and ``--tls-key``.
     """
 
-    def __init__(self, endpoints: Union[str, Sequence[str]] = "127.0.0.1:7700", timeout: float = DEFAULT_TIMEOUT) -> None:
-        self._native = _native.NativeClient(_endpoints(endpoints), float(timeout))
+    def __init__(
+        self,
+        endpoints: Union[str, Sequence[str]] = "127.0.0.1:7700",
+        timeout: float = DEFAULT_TIMEOUT,
+        cacert: Optional[str] = None,
+        cert: Optional[str] = None,
+        key: Optional[str] = None,
+    ) -> None:
+        self._native = _native.NativeClient(_endpoints(endpoints), float(timeout), cacert, cert, key)
 
     @property
     def endpoints(self) -> List[str]:
@@ -546,8 +555,15 @@ class Watch:
 class AsyncClient:
     """``Client``'s methods as coroutines, on one shared tokio runtime."""
 
-    def __init__(self, endpoints: Union[str, Sequence[str]] = "127.0.0.1:7700", timeout: float = DEFAULT_TIMEOUT) -> None:
-        self._native = _native.NativeClient(_endpoints(endpoints), float(timeout))
+    def __init__(
+        self,
+        endpoints: Union[str, Sequence[str]] = "127.0.0.1:7700",
+        timeout: float = DEFAULT_TIMEOUT,
+        cacert: Optional[str] = None,
+        cert: Optional[str] = None,
+        key: Optional[str] = None,
+    ) -> None:
+        self._native = _native.NativeClient(_endpoints(endpoints), float(timeout), cacert, cert, key)
 
     @property
     def endpoints(self) -> List[str]:

@@ -4,6 +4,7 @@
 //! the CLI prints with `-o json`; the typed Python package (mcpfleet/) turns them into
 //! objects, and each [`ClientError`] into its exception class (mcpfleet/_errors.py).
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
 use mcpfleet::client::{json as views, Client, ClientError, ErrorKind, SpecInput, Watch};
+use mcpfleet::env::tls::{Tls, TlsFiles};
 
 /// How often a blocked `wait()` looks for a signal (Ctrl-C) to raise.
 const SIGNAL_CHECK_MS: u64 = 100;
@@ -113,14 +115,33 @@ struct NativeClient {
 #[pymethods]
 impl NativeClient {
     #[new]
-    fn new(endpoints: Vec<String>, timeout_seconds: f64) -> PyResult<NativeClient> {
+    #[pyo3(signature = (endpoints, timeout_seconds, cacert=None, cert=None, key=None))]
+    fn new(
+        endpoints: Vec<String>,
+        timeout_seconds: f64,
+        cacert: Option<PathBuf>,
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+    ) -> PyResult<NativeClient> {
         if !(timeout_seconds.is_finite() && timeout_seconds > 0.0 && timeout_seconds <= 86_400.0) {
             return Err(PyValueError::new_err(format!(
                 "timeout must be above 0 and at most 86400 seconds, not {timeout_seconds}"
             )));
         }
-        let inner =
-            Client::new(endpoints, Duration::from_secs_f64(timeout_seconds)).map_err(to_py_err)?;
+        let files = TlsFiles::from_parts(
+            cacert.as_deref(),
+            cert.as_deref(),
+            key.as_deref(),
+            ["cacert", "cert", "key"],
+        )
+        .map_err(|e| to_py_err(ClientError::Invalid(e.to_string())))?;
+        let tls = files
+            .map(|files| Tls::load(&files))
+            .transpose()
+            .map_err(|e| to_py_err(ClientError::Invalid(e.to_string())))?;
+        let inner = Client::new(endpoints, Duration::from_secs_f64(timeout_seconds))
+            .map_err(to_py_err)?
+            .with_tls(tls);
         Ok(NativeClient {
             inner: Arc::new(inner),
         })

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import List
 
 import pytest
@@ -251,3 +253,31 @@ def test_writes_go_on_through_a_leader_kill(cluster: Cluster) -> None:
     eventually(lambda: mcpfleet.Client([cluster.nodes[leader].addr], timeout=2).cluster_status().leader_id, what="the restarted node")
     for name in acknowledged:
         client.delete_server(name)
+
+
+def test_mutual_tls_with_the_clusters_certificates(tmp_path: Path) -> None:
+    from conftest import BINARY, Node, free_port
+
+    certs = str(tmp_path / "certs")
+    for args in (["ca"], ["node", "--id", "1", "--host", "127.0.0.1"], ["client", "py"]):
+        subprocess.run([str(BINARY), "cert", *args, "--dir", certs], check=True, capture_output=True)
+    addr = f"127.0.0.1:{free_port()}"
+    flags = ["--http", "off", "--tls-ca", f"{certs}/ca.pem", "--tls-cert", f"{certs}/node-1.pem"]
+    node = Node(1, addr, tmp_path / "node1", [*flags, "--tls-key", f"{certs}/node-1-key.pem"])
+    try:
+        tls = mcpfleet.Client(
+            [addr], timeout=5, cacert=f"{certs}/ca.pem", cert=f"{certs}/client-py.pem", key=f"{certs}/client-py-key.pem"
+        )
+
+        def elected() -> None:
+            assert tls.cluster_status().leader_id is not None
+
+        eventually(elected, what="a leader over TLS")
+        assert tls.add_http("over-tls", "http://127.0.0.1:9/mcp").name == "over-tls"
+        with pytest.raises(mcpfleet.Unavailable):
+            mcpfleet.Client([addr], timeout=2).servers()
+        with pytest.raises(mcpfleet.InvalidArgument) as partial:
+            mcpfleet.Client([addr], cacert=f"{certs}/ca.pem")
+        assert "all of cacert, cert and key" in partial.value.reason
+    finally:
+        node.kill()

@@ -46,6 +46,7 @@ pub async fn serve(
     incoming: Incoming,
     gateway: FleetServer,
     directory: Arc<Directory>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 ) -> Result<(), NodeError> {
     let client = RegistryServer::new(ClientApi::new(handle.clone(), gateway))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
@@ -68,7 +69,14 @@ pub async fn serve(
         |e: tonic_reflection::server::Error| NodeError::Raft(format!("gRPC reflection: {e}"));
     let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
-    Server::builder()
+    let mut server = Server::builder();
+    if let Some(tls) = tls {
+        // With TLS, every connection is TLS with a certificate the cluster's CA signed.
+        server = server
+            .tls_config(tls)
+            .map_err(|e| NodeError::Raft(format!("TLS: {e}")))?;
+    }
+    server
         .tcp_nodelay(true)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .concurrency_limit_per_connection(MAX_CONCURRENT_STREAMS as usize)

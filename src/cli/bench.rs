@@ -72,7 +72,7 @@ pub async fn run_put(args: PutArgs, client: &ClientArgs) -> Result<(), CliError>
     };
     let mut clients = Vec::new();
     for _ in 0..args.clients {
-        let client = connect(&client.endpoint)?;
+        let client = connect(client)?;
         client.ready().await?;
         clients.push(client);
     }

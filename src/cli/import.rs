@@ -83,7 +83,7 @@ pub async fn run_import(args: ImportArgs, client_args: &ClientArgs) -> Result<()
     for ignored in &parsed.ignored {
         eprintln!("note: ignored {ignored}");
     }
-    let client = connect(&client_args.endpoint)?;
+    let client = connect(client_args)?;
     let current = current_specs(&client).await?;
     let plan: Vec<Planned> = parsed
         .servers
@@ -177,7 +177,7 @@ pub async fn run_import(args: ImportArgs, client_args: &ClientArgs) -> Result<()
 }
 
 pub async fn run_export(args: ExportArgs, client_args: &ClientArgs) -> Result<(), CliError> {
-    let client = connect(&client_args.endpoint)?;
+    let client = connect(client_args)?;
     let specs: Vec<ServerSpec> = current_specs(&client)
         .await?
         .into_values()

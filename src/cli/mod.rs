@@ -2,6 +2,7 @@
 //! client API or starts a node, prints a table or JSON. Errors become one line.
 
 pub mod bench;
+pub mod cert;
 mod client;
 pub mod config_file;
 pub mod import;
@@ -126,6 +127,12 @@ pub enum TopCommand {
         #[command(subcommand)]
         command: snapshot::SnapshotCommand,
     },
+    /// Make a development CA and the node and client certificates it signs, for
+    /// mutual TLS (--tls-* on serve; --cacert, --cert and --key on clients).
+    Cert {
+        #[command(subcommand)]
+        command: cert::CertCommand,
+    },
     /// Load generators: writes, and tool calls through /mcp.
     Bench {
         #[command(subcommand)]
@@ -179,6 +186,17 @@ pub struct ClientArgs {
     /// commas, tried in turn. `serve` ignores it.
     #[arg(long, global = true, env = "MCPFLEET_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
     pub endpoint: String,
+    /// For client commands: the cluster's CA certificate (PEM), for mutual TLS with
+    /// --cert and --key. `serve` ignores it.
+    #[arg(long, global = true, env = "MCPFLEET_CACERT")]
+    pub cacert: Option<std::path::PathBuf>,
+    /// For client commands: this client's certificate (PEM), signed by the cluster's
+    /// CA. `serve` ignores it.
+    #[arg(long, global = true, env = "MCPFLEET_CERT")]
+    pub cert: Option<std::path::PathBuf>,
+    /// For client commands: this client's private key (PEM). `serve` ignores it.
+    #[arg(long, global = true, env = "MCPFLEET_KEY")]
+    pub key: Option<std::path::PathBuf>,
     /// For client commands: the output format. `serve` ignores it.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,

@@ -13,6 +13,8 @@ use crate::config::HttpConfig;
 use crate::config::{parse_initial_cluster, DEFAULT_DATA_DIR, DEFAULT_HTTP_LISTEN, DEFAULT_LISTEN};
 use crate::env::isolation::{Isolation, IsolationError, Limits, RunAs};
 use crate::env::launcher::ProcessLauncher;
+use crate::env::tls::{Tls, TlsFiles};
+use crate::env::TcpNetwork;
 use crate::env::{Disk, SledDisk};
 use crate::node::Environment;
 
@@ -128,18 +130,31 @@ pub struct ServeArgs {
     /// counts every process of the server's user). Default: no limit.
     #[arg(long)]
     pub replica_processes: Option<u64>,
-    /// Listen on addresses other than loopback although mcpfleet has no TLS or
-    /// authentication yet: anyone who reaches the ports can run programs on this host.
-    /// Only on a network that you alone reach.
+    /// The cluster's CA certificate (PEM). With --tls-cert and --tls-key, the gRPC port
+    /// serves only mutual TLS, to nodes and clients whose certificate this CA signed,
+    /// and this node dials other nodes over TLS too (`mcpfleet cert` makes them).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM), signed by --tls-ca, naming the host that others
+    /// dial it at (an IP address or DNS name).
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// Listen on addresses other than loopback without protection: the gRPC port
+    /// without TLS, or the HTTP port (which has no TLS or authentication yet). Anyone
+    /// who reaches such a port can run programs on this host. Only on a network that
+    /// you alone reach.
     #[arg(long)]
     pub insecure: bool,
 }
 
-/// The addresses of `config` that are not loopback: each is open to whoever reaches
-/// it, as (what, address).
-fn exposed(config: &Config) -> Vec<(&'static str, String)> {
+/// The addresses of `config` that are not loopback and not protected (the gRPC port
+/// with TLS is): each is open to whoever reaches it, as (what, address).
+fn exposed(config: &Config, tls: bool) -> Vec<(&'static str, String)> {
     let mut exposed = Vec::new();
-    if !is_loopback(&config.listen) {
+    if !tls && !is_loopback(&config.listen) {
         exposed.push(("--listen", config.listen.clone()));
     }
     if let Some(http) = config.http.as_ref().filter(|h| !is_loopback(&h.listen)) {
@@ -159,6 +174,17 @@ fn is_loopback(addr: &str) -> bool {
 }
 
 impl ServeArgs {
+    /// The TLS files, all three or none.
+    pub fn tls_files(&self) -> Result<Option<TlsFiles>, CliError> {
+        TlsFiles::from_parts(
+            self.tls_ca.as_deref(),
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            ["--tls-ca", "--tls-cert", "--tls-key"],
+        )
+        .map_err(|e| CliError::Usage(e.to_string()))
+    }
+
     /// How stdio servers start, checked: the user exists and may be taken on, the
     /// limits are sane.
     pub fn isolation(&self) -> Result<Isolation, CliError> {
@@ -239,12 +265,23 @@ impl ServeArgs {
             ..Config::default()
         };
         config.validate().map_err(usage)?;
-        if let (false, Some((flag, addr))) = (self.insecure, exposed(&config).first()) {
+        let tls = self.tls_files()?.is_some();
+        if let (false, Some((flag, addr))) = (self.insecure, exposed(&config, tls).first()) {
+            let (missing, remedy) = match *flag {
+                "--listen" => (
+                    "this port has no TLS",
+                    "give --tls-ca, --tls-cert and --tls-key, ",
+                ),
+                _ => (
+                    "mcpfleet has no TLS or authentication on its HTTP port yet",
+                    "",
+                ),
+            };
             return Err(CliError::Usage(format!(
-                "refusing to listen on {addr} ({flag}): it is not loopback, and mcpfleet has \
-                 no TLS or authentication yet, so anyone who reaches it could run programs \
-                 on this host; listen on 127.0.0.1, or give --insecure (insecure = true) on \
-                 a network only you reach"
+                "refusing to listen on {addr} ({flag}): it is not loopback, and {missing}, \
+                 so anyone who reaches it could run programs on this host; listen on \
+                 127.0.0.1, {remedy}or give --insecure (insecure = true) on a network only \
+                 you reach"
             )));
         }
         Ok(config)
@@ -293,7 +330,12 @@ pub async fn run_serve(
     // Checked before anything is made: a node that cannot start servers as asked
     // does not start.
     let isolation = args.isolation()?;
-    for (flag, addr) in exposed(&config) {
+    // The certificates are read and checked before anything is made.
+    let tls = match args.tls_files()? {
+        Some(files) => Some(Tls::load(&files).map_err(|e| CliError::Usage(e.to_string()))?),
+        None => None,
+    };
+    for (flag, addr) in exposed(&config, tls.is_some()) {
         tracing::warn!(
             %addr,
             flag,
@@ -303,6 +345,7 @@ pub async fn run_serve(
     let disk = SledDisk::open(&config.data_dir).map_err(|e| CliError::Failed(e.to_string()))?;
     claim_data_dir(&disk, config.id, &config.data_dir).await?;
     let mut env = Environment::production(Arc::new(disk));
+    env.network = Arc::new(TcpNetwork { tls });
     // Every MCP server runs under this same binary's `supervise`, which takes it down
     // if this node dies.
     let supervisor = std::env::current_exe().map_err(|e| {

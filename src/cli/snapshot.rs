@@ -53,7 +53,7 @@ pub struct RestoreArgs {
 pub async fn run_snapshot(command: SnapshotCommand, client: &ClientArgs) -> Result<(), CliError> {
     let json = client.output == OutputFormat::Json;
     match command {
-        SnapshotCommand::Save { file, stale } => save(&file, stale, &client.endpoint, json).await,
+        SnapshotCommand::Save { file, stale } => save(&file, stale, client, json).await,
         SnapshotCommand::Restore(args) => restore(args, json).await,
         SnapshotCommand::Status { file } => {
             let backup = read(&file)?;
@@ -62,8 +62,8 @@ pub async fn run_snapshot(command: SnapshotCommand, client: &ClientArgs) -> Resu
     }
 }
 
-async fn save(file: &Path, stale: bool, endpoint: &str, json: bool) -> Result<(), CliError> {
-    let mut stream = connect(endpoint)?.save_snapshot(stale).await?;
+async fn save(file: &Path, stale: bool, client: &ClientArgs, json: bool) -> Result<(), CliError> {
+    let mut stream = connect(client)?.save_snapshot(stale).await?;
     let mut bytes = Vec::new();
     let mut total = None;
     while let Some(chunk) = stream.next().await {

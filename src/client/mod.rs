@@ -12,13 +12,15 @@
 pub mod json;
 
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
 use tonic::transport::Channel;
 
 use crate::api::convert::spec_to_proto;
+use crate::env::network::endpoint_with;
+use crate::env::tls::Tls;
 use crate::proto::v1 as pb;
 use crate::proto::v1::registry_client::RegistryClient;
 use crate::registry::{CircuitBreaker, HealthCheck, RestartPolicy, ServerSpec, Transport};
@@ -135,20 +137,6 @@ impl From<tonic::Status> for ClientError {
     }
 }
 
-fn source_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        // Layers often repeat their inner error's text; say each part once.
-        let part = inner.to_string();
-        if !text.ends_with(&part) {
-            text = format!("{text}: {part}");
-        }
-        source = inner.source();
-    }
-    text
-}
-
 /// Whether a request may be sent again to another node after a failure.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Retry {
@@ -173,6 +161,8 @@ pub struct Client {
     /// The endpoint to try first when there is no connection: the leader a node
     /// named, or the one after the endpoint that last failed.
     preferred: Mutex<Option<String>>,
+    /// Mutual TLS with the nodes, when set.
+    tls: Option<Arc<Tls>>,
 }
 
 impl Client {
@@ -209,7 +199,15 @@ impl Client {
             timeout,
             current: Mutex::new(None),
             preferred: Mutex::new(None),
+            tls: None,
         })
+    }
+
+    /// The same client, over mutual TLS with `tls` (the nodes' certificates must name
+    /// the hosts of the endpoints).
+    pub fn with_tls(mut self, tls: Option<Arc<Tls>>) -> Client {
+        self.tls = tls;
+        self
     }
 
     /// A client of the nodes in `endpoints`, given as `A,B,C`.
@@ -258,7 +256,7 @@ impl Client {
         let mut reasons = Vec::new();
         for addr in self.candidates() {
             let endpoint =
-                crate::env::network::endpoint(&addr).map_err(|e| ClientError::Endpoint {
+                endpoint_with(&addr, self.tls.as_deref()).map_err(|e| ClientError::Endpoint {
                     endpoint: addr.clone(),
                     reason: e.to_string(),
                 })?;
@@ -273,7 +271,7 @@ impl Client {
                     });
                     return Ok((addr, client));
                 }
-                Ok(Err(error)) => reasons.push(source_chain(&error)),
+                Ok(Err(error)) => reasons.push(crate::env::error_chain(&error)),
                 Err(_) => reasons.push(format!("no connection within {:?}", self.timeout)),
             }
         }
@@ -335,6 +333,26 @@ impl Client {
                     }
                     self.failed(&addr, hint);
                     ClientError::Status(status)
+                }
+                // The connection failed under the request (closed, reset, a TLS
+                // handshake refused): as unreachable as a node that is down.
+                // (Only such a failure has a source: a node's own answers come as
+                // headers.)
+                Ok(Err(status)) if std::error::Error::source(&status).is_some() => {
+                    self.failed(&addr, None);
+                    let mut reason = std::error::Error::source(&status)
+                        .map(crate::env::error_chain)
+                        .unwrap_or_default();
+                    if self.tls.is_none() {
+                        reason.push_str(
+                            " (a node with TLS on closes plaintext connections: give the \
+                             client the cluster's CA, a certificate and its key)",
+                        );
+                    }
+                    ClientError::Unreachable {
+                        endpoints: addr,
+                        reason,
+                    }
                 }
                 Ok(Err(status)) => return Err(ClientError::Status(status)),
                 Err(_) => {

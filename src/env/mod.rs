@@ -10,6 +10,7 @@ pub mod launcher;
 pub mod network;
 pub mod process_tree;
 pub mod runtime;
+pub mod tls;
 
 pub use disk::{Disk, DiskError, MemoryDisk, SledDisk};
 pub use network::{Connection, Incoming, Network, NetworkError, TcpNetwork};
@@ -47,4 +48,19 @@ pub fn entropy_seed() -> u64 {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0),
     }
+}
+
+/// An error and its sources, each part said once (layers often repeat their inner
+/// error's text).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        let part = inner.to_string();
+        if !text.ends_with(&part) {
+            text = format!("{text}: {part}");
+        }
+        source = inner.source();
+    }
+    text
 }

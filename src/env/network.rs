@@ -15,6 +15,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::transport::{Channel, Endpoint};
 
+use super::tls::Tls;
+
 /// How long dialing a peer may take.
 pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
 
@@ -133,31 +135,53 @@ pub trait Network: Send + Sync + 'static {
     fn channel(&self, addr: &str) -> Result<Channel, NetworkError>;
     /// Starts listening on `addr` ("host:port").
     async fn listen(&self, addr: &str) -> Result<Incoming, NetworkError>;
+    /// The TLS settings the gRPC server serves with, if any.
+    fn server_tls(&self) -> Option<tonic::transport::ServerTlsConfig> {
+        None
+    }
 }
 
 /// The endpoint settings every channel shares, whatever the transport.
 pub fn endpoint(addr: &str) -> Result<Endpoint, NetworkError> {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .map(|e| {
-            e.connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(10))
-                .keep_alive_timeout(Duration::from_secs(5))
-        })
-        .map_err(|e| NetworkError::InvalidAddress {
-            addr: addr.to_string(),
-            reason: e.to_string(),
-        })
+    endpoint_with(addr, None)
 }
 
-/// Production networking: kernel TCP.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct TcpNetwork;
+/// As `endpoint`, over mutual TLS when `tls` is given (the peer's certificate must
+/// name the host of `addr`).
+pub fn endpoint_with(addr: &str, tls: Option<&Tls>) -> Result<Endpoint, NetworkError> {
+    let invalid = |reason: String| NetworkError::InvalidAddress {
+        addr: addr.to_string(),
+        reason,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| invalid(e.to_string()))?
+        .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5));
+    match tls {
+        None => Ok(endpoint),
+        Some(tls) => endpoint
+            .tls_config(tls.client_config(super::tls::host_of(addr)))
+            .map_err(|e| invalid(super::error_chain(&e))),
+    }
+}
+
+/// Production networking: kernel TCP, over mutual TLS when `tls` is set.
+#[derive(Debug, Default, Clone)]
+pub struct TcpNetwork {
+    pub tls: Option<Arc<Tls>>,
+}
 
 #[async_trait]
 impl Network for TcpNetwork {
     fn channel(&self, addr: &str) -> Result<Channel, NetworkError> {
-        Ok(endpoint(addr)?.connect_lazy())
+        Ok(endpoint_with(addr, self.tls.as_deref())?.connect_lazy())
+    }
+
+    fn server_tls(&self) -> Option<tonic::transport::ServerTlsConfig> {
+        self.tls.as_ref().map(|tls| tls.server_config())
     }
 
     async fn listen(&self, addr: &str) -> Result<Incoming, NetworkError> {

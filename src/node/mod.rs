@@ -40,7 +40,7 @@ impl Environment {
     pub fn production(disk: Arc<dyn Disk>) -> Environment {
         Environment {
             seed: crate::env::entropy_seed(),
-            network: Arc::new(TcpNetwork),
+            network: Arc::new(TcpNetwork::default()),
             disk,
             probe: None,
             launcher: None,
@@ -188,8 +188,10 @@ pub async fn run(
     tasks.spawn({
         let control = control.clone();
         let directory = directory.clone();
+        let tls = env.network.server_tls();
         async move {
-            if let Err(error) = crate::api::serve(control, incoming, gateway, directory).await {
+            if let Err(error) = crate::api::serve(control, incoming, gateway, directory, tls).await
+            {
                 tracing::error!(%error, "the API server failed");
             }
         }
