@@ -33,30 +33,33 @@ fn cert(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// `names` (the CA, certificate and key flags) with the CA in `dir` and the
+/// certificate `stem` there.
+fn tls_flags(dir: &Path, names: [&str; 3], stem: &str) -> Vec<String> {
+    let files = [
+        "ca.pem".to_string(),
+        format!("{stem}.pem"),
+        format!("{stem}-key.pem"),
+    ];
+    names
+        .iter()
+        .zip(files)
+        .flat_map(|(name, file)| [name.to_string(), dir.join(file).display().to_string()])
+        .collect()
+}
+
 /// The client flags for the certificate `stem` in `dir`.
 fn client_flags(dir: &Path, stem: &str) -> Vec<String> {
-    let path = |name: String| dir.join(name).display().to_string();
-    vec![
-        "--cacert".into(),
-        path("ca.pem".into()),
-        "--cert".into(),
-        path(format!("{stem}.pem")),
-        "--key".into(),
-        path(format!("{stem}-key.pem")),
-    ]
+    tls_flags(dir, ["--cacert", "--cert", "--key"], stem)
 }
 
 /// The serve flags of node `id` with the certificates in `dir`.
 fn node_flags(dir: &Path, id: u64) -> Vec<String> {
-    let path = |name: String| dir.join(name).display().to_string();
-    vec![
-        "--tls-ca".into(),
-        path("ca.pem".into()),
-        "--tls-cert".into(),
-        path(format!("node-{id}.pem")),
-        "--tls-key".into(),
-        path(format!("node-{id}-key.pem")),
-    ]
+    tls_flags(
+        dir,
+        ["--tls-ca", "--tls-cert", "--tls-key"],
+        &format!("node-{id}"),
+    )
 }
 
 /// `mcpfleet --endpoint ENDPOINT FLAGS... ARGS... -o json`, parsed.
