@@ -343,7 +343,12 @@ impl Client {
                     let mut reason = std::error::Error::source(&status)
                         .map(crate::env::error_chain)
                         .unwrap_or_default();
-                    if self.tls.is_none() {
+                    // What a TLS port does to a plaintext client: it answers the
+                    // HTTP/2 preface with a TLS alert and closes.
+                    let like_tls = ["broken pipe", "protocol error", "http2 error"]
+                        .iter()
+                        .any(|sign| reason.contains(sign));
+                    if self.tls.is_none() && like_tls {
                         reason.push_str(
                             " (a node with TLS on closes plaintext connections: give the \
                              client the cluster's CA, a certificate and its key)",
