@@ -408,17 +408,8 @@ def _timeout_ms(timeout: Optional[float]) -> int:
     return max(1, round(timeout * 1000))
 
 
-class Client:
-    """A client of one cluster, blocking.
-
-    ``endpoints`` are nodes as ``"host:port"`` (a list, or one string joined by commas):
-    the client talks to one at a time, goes to the leader a node names or to the next
-    endpoint when one cannot serve, and sends a read again at once. A write that fails
-    with ``Unavailable`` is not sent again: the caller decides. ``timeout`` is in
-    seconds, per request. Nothing connects until the first request. ``cacert``,
-    ``cert`` and ``key`` (PEM files, all three) connect over mutual TLS, to nodes
-    started with ``--tls-ca``, ``--tls-cert`` and ``--tls-key``.
-    """
+class _Connected:
+    """What both clients hold: the Rust client of the cluster."""
 
     def __init__(
         self,
@@ -433,6 +424,19 @@ class Client:
     @property
     def endpoints(self) -> List[str]:
         return self._native.endpoints
+
+
+class Client(_Connected):
+    """A client of one cluster, blocking.
+
+    ``endpoints`` are nodes as ``"host:port"`` (a list, or one string joined by commas):
+    the client talks to one at a time, goes to the leader a node names or to the next
+    endpoint when one cannot serve, and sends a read again at once. A write that fails
+    with ``Unavailable`` is not sent again: the caller decides. ``timeout`` is in
+    seconds, per request. Nothing connects until the first request. ``cacert``,
+    ``cert`` and ``key`` (PEM files, all three) connect over mutual TLS, to nodes
+    started with ``--tls-ca``, ``--tls-cert`` and ``--tls-key``.
+    """
 
     def __enter__(self) -> "Client":
         return self
@@ -552,22 +556,8 @@ class Watch:
         self.close()
 
 
-class AsyncClient:
+class AsyncClient(_Connected):
     """``Client``'s methods as coroutines, on one shared tokio runtime."""
-
-    def __init__(
-        self,
-        endpoints: Union[str, Sequence[str]] = "127.0.0.1:7700",
-        timeout: float = DEFAULT_TIMEOUT,
-        cacert: Optional[str] = None,
-        cert: Optional[str] = None,
-        key: Optional[str] = None,
-    ) -> None:
-        self._native = _native.NativeClient(_endpoints(endpoints), float(timeout), cacert, cert, key)
-
-    @property
-    def endpoints(self) -> List[str]:
-        return self._native.endpoints
 
     async def __aenter__(self) -> "AsyncClient":
         return self
