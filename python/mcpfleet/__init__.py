@@ -396,7 +396,7 @@ def _spec_json(spec: Union[Server, Mapping[str, Any]]) -> str:
 
 def _endpoints(endpoints: Union[str, Sequence[str]]) -> List[str]:
     if isinstance(endpoints, str):
-        return [e for e in endpoints.split(",")]
+        return endpoints.split(",")
     return list(endpoints)
 
 

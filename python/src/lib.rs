@@ -13,7 +13,7 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
 use mcpfleet::client::{json as views, Client, ClientError, ErrorKind, SpecInput, Watch};
-use mcpfleet::env::tls::{Tls, TlsFiles};
+use mcpfleet::env::tls::Tls;
 
 /// How often a blocked `wait()` looks for a signal (Ctrl-C) to raise.
 const SIGNAL_CHECK_MS: u64 = 100;
@@ -128,17 +128,13 @@ impl NativeClient {
                 "timeout must be above 0 and at most 86400 seconds, not {timeout_seconds}"
             )));
         }
-        let files = TlsFiles::from_parts(
+        let tls = Tls::load_given(
             cacert.as_deref(),
             cert.as_deref(),
             key.as_deref(),
             ["cacert", "cert", "key"],
         )
         .map_err(|e| to_py_err(ClientError::Invalid(e.to_string())))?;
-        let tls = files
-            .map(|files| Tls::load(&files))
-            .transpose()
-            .map_err(|e| to_py_err(ClientError::Invalid(e.to_string())))?;
         let inner = Client::new(endpoints, Duration::from_secs_f64(timeout_seconds))
             .map_err(to_py_err)?
             .with_tls(tls);

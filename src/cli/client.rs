@@ -7,7 +7,7 @@ use super::{AddServerArgs, ClientArgs, ClusterCommand, NodeCommand, OutputFormat
 use crate::api::convert::parse_pairs;
 pub use crate::client::Client;
 use crate::client::{json as views, ClientError};
-use crate::env::tls::{Tls, TlsFiles};
+use crate::env::tls::Tls;
 use crate::proto::v1 as pb;
 
 /// How long a client command waits for its answer.
@@ -32,17 +32,13 @@ impl From<tonic::Status> for CliError {
 /// A client of the nodes the flags name (`--endpoint`, and `--cacert`, `--cert` and
 /// `--key` for mutual TLS).
 pub fn connect(args: &ClientArgs) -> Result<Client, CliError> {
-    let files = TlsFiles::from_parts(
+    let tls = Tls::load_given(
         args.cacert.as_deref(),
         args.cert.as_deref(),
         args.key.as_deref(),
         ["--cacert", "--cert", "--key"],
     )
     .map_err(|e| CliError::Usage(e.to_string()))?;
-    let tls = match files {
-        Some(files) => Some(Tls::load(&files).map_err(|e| CliError::Usage(e.to_string()))?),
-        None => None,
-    };
     Ok(Client::from_list(&args.endpoint, Duration::from_millis(CLIENT_TIMEOUT_MS))?.with_tls(tls))
 }
 

@@ -331,10 +331,11 @@ pub async fn run_serve(
     // does not start.
     let isolation = args.isolation()?;
     // The certificates are read and checked before anything is made.
-    let tls = match args.tls_files()? {
-        Some(files) => Some(Tls::load(&files).map_err(|e| CliError::Usage(e.to_string()))?),
-        None => None,
-    };
+    let tls = args
+        .tls_files()?
+        .map(|files| Tls::load(&files))
+        .transpose()
+        .map_err(|e| CliError::Usage(e.to_string()))?;
     for (flag, addr) in exposed(&config, tls.is_some()) {
         tracing::warn!(
             %addr,

@@ -116,6 +116,19 @@ impl Tls {
         Ok(Arc::new(tls))
     }
 
+    /// The TLS of whichever files are given: all three, or none (then `None`).
+    /// `names` are the flags or parameters, for the error.
+    pub fn load_given(
+        ca: Option<&Path>,
+        cert: Option<&Path>,
+        key: Option<&Path>,
+        names: [&str; 3],
+    ) -> Result<Option<Arc<Tls>>, TlsError> {
+        TlsFiles::from_parts(ca, cert, key, names)?
+            .map(|files| Tls::load(&files))
+            .transpose()
+    }
+
     /// What the gRPC server uses: this identity, and only clients the CA signed.
     pub fn server_config(&self) -> ServerTlsConfig {
         ServerTlsConfig::new()
