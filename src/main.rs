@@ -126,6 +126,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         TopCommand::Cert { command } => {
             cli::cert::run_cert(command, client.output == cli::OutputFormat::Json)?
         }
+        TopCommand::Token { command } => cli::token::run_token(command, &client).await?,
         TopCommand::Bench { command } => match command {
             cli::BenchCommand::Put(args) => cli::bench::run_put(args, &client).await?,
             cli::BenchCommand::Call(args) => cli::bench::run_call(args, &client).await?,

@@ -260,7 +260,7 @@ fn bad_serve_flags_and_data_dirs_are_refused() -> Result<()> {
         assert_refused(&output, &format!("written in format version {version}"))?;
     }
 
-    // Beyond loopback, with no TLS or authentication yet: refused unless --insecure.
+    // Beyond loopback, without TLS and authentication: refused unless --insecure.
     let open_port = free_port();
     let open = format!("0.0.0.0:{open_port}");
     let output = serve(&["--listen", &open, "--data", &data_arg]);
@@ -272,7 +272,7 @@ fn bad_serve_flags_and_data_dirs_are_refused() -> Result<()> {
         .output()?;
     assert_refused(
         &output,
-        "not loopback, and mcpfleet has no TLS or authentication",
+        "not loopback, and mcpfleet has no TLS on its HTTP port",
     )?;
     // --insecure (or `insecure = true`) takes the risk; without it, the same file is
     // refused by `config check` too.

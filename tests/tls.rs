@@ -299,8 +299,8 @@ fn bad_tls_files_stop_a_node_before_it_starts() -> Result<()> {
         ensure!(stderr.contains(says), "{flags:?}: {stderr}");
         ensure!(!data.exists(), "{flags:?} made a data dir");
     }
-    // With TLS, the gRPC port may listen beyond loopback without --insecure (the
-    // HTTP port still may not).
+    // With TLS and auth, the gRPC port may listen beyond loopback without --insecure
+    // (with TLS alone it may not, and the HTTP port still may not).
     let file = dir.path().join("open.toml");
     let tls_keys = format!(
         "tls-ca = \"{}\"\ntls-cert = \"{}\"\ntls-key = \"{}\"\n",
@@ -311,6 +311,16 @@ fn bad_tls_files_stop_a_node_before_it_starts() -> Result<()> {
     std::fs::write(&file, format!("listen = \"0.0.0.0:7700\"\n{tls_keys}"))?;
     let check = config_check(&file);
     ensure!(
+        String::from_utf8_lossy(&check.stderr).contains("this port has no authentication"),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    std::fs::write(
+        &file,
+        format!("listen = \"0.0.0.0:7700\"\nauth = true\n{tls_keys}"),
+    )?;
+    let check = config_check(&file);
+    ensure!(
         check.status.success(),
         "{}",
         String::from_utf8_lossy(&check.stderr)
@@ -318,8 +328,7 @@ fn bad_tls_files_stop_a_node_before_it_starts() -> Result<()> {
     std::fs::write(&file, format!("http = \"0.0.0.0:7800\"\n{tls_keys}"))?;
     let check = config_check(&file);
     ensure!(
-        String::from_utf8_lossy(&check.stderr)
-            .contains("no TLS or authentication on its HTTP port"),
+        String::from_utf8_lossy(&check.stderr).contains("no TLS on its HTTP port"),
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );

@@ -418,8 +418,9 @@ class _Connected:
         cacert: Optional[str] = None,
         cert: Optional[str] = None,
         key: Optional[str] = None,
+        token: Optional[str] = None,
     ) -> None:
-        self._native = _native.NativeClient(_endpoints(endpoints), float(timeout), cacert, cert, key)
+        self._native = _native.NativeClient(_endpoints(endpoints), float(timeout), cacert, cert, key, token)
 
     @property
     def endpoints(self) -> List[str]:
@@ -435,7 +436,10 @@ class Client(_Connected):
     with ``Unavailable`` is not sent again: the caller decides. ``timeout`` is in
     seconds, per request. Nothing connects until the first request. ``cacert``,
     ``cert`` and ``key`` (PEM files, all three) connect over mutual TLS, to nodes
-    started with ``--tls-ca``, ``--tls-cert`` and ``--tls-key``.
+    started with ``--tls-ca``, ``--tls-cert`` and ``--tls-key``. ``token``
+    (``mcpf_...``, from ``mcpfleet token create``) goes with every request, for nodes
+    started with ``--auth``; a missing or bad one, or one with too little privilege,
+    raises ``PermissionDenied``.
     """
 
     def __enter__(self) -> "Client":

@@ -21,6 +21,7 @@ class NativeClient:
         cacert: Optional[str] = None,
         cert: Optional[str] = None,
         key: Optional[str] = None,
+        token: Optional[str] = None,
     ) -> None: ...
     @property
     def endpoints(self) -> List[str]: ...

@@ -115,13 +115,14 @@ struct NativeClient {
 #[pymethods]
 impl NativeClient {
     #[new]
-    #[pyo3(signature = (endpoints, timeout_seconds, cacert=None, cert=None, key=None))]
+    #[pyo3(signature = (endpoints, timeout_seconds, cacert=None, cert=None, key=None, token=None))]
     fn new(
         endpoints: Vec<String>,
         timeout_seconds: f64,
         cacert: Option<PathBuf>,
         cert: Option<PathBuf>,
         key: Option<PathBuf>,
+        token: Option<String>,
     ) -> PyResult<NativeClient> {
         if !(timeout_seconds.is_finite() && timeout_seconds > 0.0 && timeout_seconds <= 86_400.0) {
             return Err(PyValueError::new_err(format!(
@@ -137,7 +138,9 @@ impl NativeClient {
         .map_err(|e| to_py_err(ClientError::Invalid(e.to_string())))?;
         let inner = Client::new(endpoints, Duration::from_secs_f64(timeout_seconds))
             .map_err(to_py_err)?
-            .with_tls(tls);
+            .with_tls(tls)
+            .with_token(token.as_deref())
+            .map_err(to_py_err)?;
         Ok(NativeClient {
             inner: Arc::new(inner),
         })

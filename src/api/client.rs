@@ -7,9 +7,14 @@ use futures::Stream;
 use tokio::sync::{broadcast, mpsc};
 use tonic::{Request, Response, Status};
 
-use super::convert::{fleet_nodes_to_proto, record_to_proto, replicas_to_proto, spec_from_proto};
+use super::convert::{
+    fleet_nodes_to_proto, record_to_proto, replicas_to_proto, spec_from_proto, token_from_proto,
+    token_to_proto,
+};
 use super::paging::page;
 use super::status_from_node_error;
+use crate::auth::grpc::status_from_auth_error;
+use crate::auth::Principal;
 use crate::control::{ControlPlane, LeaderOp, Member};
 use crate::gateway::endpoint::FleetServer;
 use crate::gateway::{CallError, MAX_CALL_TIMEOUT_MS};
@@ -98,6 +103,21 @@ impl ClientApi {
         })
     }
 
+    /// Records a new token (`first`: the bootstrap).
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+        first: bool,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let token = token_from_proto(request.into_inner()).map_err(Status::invalid_argument)?;
+        let command = Command::CreateToken { token, first };
+        command
+            .check()
+            .map_err(|e| status_from_registry_error(&e))?;
+        let revision = self.commit(command).await?;
+        Ok(Response::new(pb::CreateTokenResponse { revision }))
+    }
+
     async fn barrier_unless_stale(&self, stale: bool) -> Result<(), Status> {
         if stale {
             return Ok(());
@@ -147,6 +167,10 @@ fn status_from_registry_error(error: &RegistryError) -> Status {
         // Only a late copy of a write already answered gets this, and nobody waits for
         // its answer any more.
         RegistryError::StaleRequest { .. } => Status::aborted(message),
+        RegistryError::InvalidToken { .. } => Status::invalid_argument(message),
+        RegistryError::TokenExists { .. } => Status::already_exists(message),
+        RegistryError::TokenNotFound { .. } => Status::not_found(message),
+        RegistryError::AlreadyBootstrapped => Status::failed_precondition(message),
     }
 }
 
@@ -546,6 +570,7 @@ impl Registry for ClientApi {
         &self,
         request: Request<pb::ListToolsRequest>,
     ) -> Result<Response<pb::ListToolsResponse>, Status> {
+        let principal = request.extensions().get::<Principal>().cloned();
         let wanted = request.into_inner().server;
         if !wanted.is_empty() {
             let state = self.node.view().read();
@@ -556,6 +581,7 @@ impl Registry for ClientApi {
             .tools
             .iter()
             .filter(|t| wanted.is_empty() || t.server == wanted)
+            .filter(|t| principal.as_ref().is_none_or(|p| p.sees(&t.server, &t.own)))
             .map(|t| pb::Tool {
                 name: t.listed.name.to_string(),
                 server: t.server.clone(),
@@ -576,7 +602,13 @@ impl Registry for ClientApi {
         &self,
         request: Request<pb::CallToolRequest>,
     ) -> Result<Response<pb::CallToolResponse>, Status> {
+        let principal = request.extensions().get::<Principal>().cloned();
         let request = request.into_inner();
+        if let Some(principal) = principal {
+            principal
+                .check_call(&request.server, &request.tool)
+                .map_err(|e| status_from_auth_error(&e))?;
+        }
         let arguments = match request.arguments_json.trim() {
             "" => None,
             text => match serde_json::from_str::<serde_json::Value>(text) {
@@ -610,5 +642,50 @@ impl Registry for ClientApi {
         let result_json =
             serde_json::to_string(&result).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(pb::CallToolResponse { result_json }))
+    }
+
+    async fn bootstrap_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        self.create_token(request, true).await
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        ClientApi::create_token(self, request, false).await
+    }
+
+    async fn list_tokens(
+        &self,
+        _request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        self.barrier_unless_stale(false).await?;
+        let applied = self.node.view().read();
+        Ok(Response::new(pb::ListTokensResponse {
+            tokens: applied
+                .registry
+                .tokens
+                .values()
+                .map(token_to_proto)
+                .collect(),
+            revision: applied.registry.revision,
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        let command = Command::RevokeToken {
+            id: request.into_inner().id,
+        };
+        command
+            .check()
+            .map_err(|e| status_from_registry_error(&e))?;
+        let revision = self.commit(command).await?;
+        Ok(Response::new(pb::RevokeTokenResponse { revision }))
     }
 }

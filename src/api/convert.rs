@@ -217,3 +217,37 @@ pub fn fleet_nodes_to_proto(registry: &crate::registry::Registry) -> Vec<pb::Fle
         })
         .collect()
 }
+
+/// A token as the API shows it: never its digest.
+pub fn token_to_proto(token: &crate::registry::TokenRecord) -> pb::Token {
+    pb::Token {
+        id: token.id.clone(),
+        name: token.name.clone(),
+        role: token.role.name().to_string(),
+        servers: token.servers.clone(),
+        tools: token.tools.clone(),
+        create_revision: token.create_revision,
+    }
+}
+
+/// A new token from the wire (its checks are the command's).
+pub fn token_from_proto(
+    request: pb::CreateTokenRequest,
+) -> Result<crate::registry::TokenRecord, String> {
+    let token = request.token.ok_or("token is required")?;
+    let role = crate::registry::Role::parse(&token.role).ok_or_else(|| {
+        format!(
+            "unknown role {:?}: reader, caller, operator or admin",
+            token.role
+        )
+    })?;
+    Ok(crate::registry::TokenRecord {
+        id: token.id,
+        name: token.name,
+        role,
+        servers: token.servers,
+        tools: token.tools,
+        secret_sha256: request.secret_sha256,
+        create_revision: 0,
+    })
+}

@@ -69,7 +69,11 @@ pub async fn serve(
         |e: tonic_reflection::server::Error| NodeError::Raft(format!("gRPC reflection: {e}"));
     let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
-    let mut server = Server::builder();
+    let auth = handle
+        .config
+        .auth
+        .then(|| crate::auth::Authenticator::new(crate::control::Reader::new(handle.clone())));
+    let mut server = Server::builder().layer(crate::auth::grpc::AuthLayer::new(auth));
     if let Some(tls) = tls {
         // With TLS, every connection is TLS with a certificate the cluster's CA signed.
         server = server

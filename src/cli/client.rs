@@ -29,8 +29,8 @@ impl From<tonic::Status> for CliError {
     }
 }
 
-/// A client of the nodes the flags name (`--endpoint`, and `--cacert`, `--cert` and
-/// `--key` for mutual TLS).
+/// A client of the nodes the flags name (`--endpoint`, `--cacert`, `--cert` and
+/// `--key` for mutual TLS, and `--token`).
 pub fn connect(args: &ClientArgs) -> Result<Client, CliError> {
     let tls = Tls::load_given(
         args.cacert.as_deref(),
@@ -39,7 +39,11 @@ pub fn connect(args: &ClientArgs) -> Result<Client, CliError> {
         ["--cacert", "--cert", "--key"],
     )
     .map_err(|e| CliError::Usage(e.to_string()))?;
-    Ok(Client::from_list(&args.endpoint, Duration::from_millis(CLIENT_TIMEOUT_MS))?.with_tls(tls))
+    Ok(
+        Client::from_list(&args.endpoint, Duration::from_millis(CLIENT_TIMEOUT_MS))?
+            .with_tls(tls)
+            .with_token(args.token.as_deref())?,
+    )
 }
 
 pub enum ClientCommand {

@@ -10,6 +10,7 @@ pub mod mcpservers;
 mod output;
 pub mod serve;
 pub mod snapshot;
+pub mod token;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -133,6 +134,11 @@ pub enum TopCommand {
         #[command(subcommand)]
         command: cert::CertCommand,
     },
+    /// Bearer tokens, for nodes started with --auth.
+    Token {
+        #[command(subcommand)]
+        command: token::TokenCommand,
+    },
     /// Load generators: writes, and tool calls through /mcp.
     Bench {
         #[command(subcommand)]
@@ -197,6 +203,11 @@ pub struct ClientArgs {
     /// For client commands: this client's private key (PEM). `serve` ignores it.
     #[arg(long, global = true, env = "MCPFLEET_KEY")]
     pub key: Option<std::path::PathBuf>,
+    /// For client commands: the bearer token (`mcpf_...`) for nodes started with
+    /// --auth. Prefer the variable: a flag shows in the process list. `serve` ignores
+    /// it.
+    #[arg(long, global = true, env = "MCPFLEET_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// For client commands: the output format. `serve` ignores it.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,

@@ -142,19 +142,25 @@ pub struct ServeArgs {
     /// This node's private key (PEM).
     #[arg(long)]
     pub tls_key: Option<PathBuf>,
+    /// Require a bearer token of every client request, on the gRPC client API and on
+    /// /mcp, and allow each only what its role allows (`mcpfleet token`). Give it to
+    /// every node of the cluster.
+    #[arg(long)]
+    pub auth: bool,
     /// Listen on addresses other than loopback without protection: the gRPC port
-    /// without TLS, or the HTTP port (which has no TLS or authentication yet). Anyone
-    /// who reaches such a port can run programs on this host. Only on a network that
-    /// you alone reach.
+    /// without both TLS and --auth, or the HTTP port (which has no TLS yet, so its
+    /// tokens would cross the network in clear). Anyone who reaches an unprotected
+    /// port can run programs on this host. Only on a network that you alone reach.
     #[arg(long)]
     pub insecure: bool,
 }
 
 /// The addresses of `config` that are not loopback and not protected (the gRPC port
-/// with TLS is): each is open to whoever reaches it, as (what, address).
+/// with TLS and auth is): each is open to whoever reaches it, as (what, address).
 fn exposed(config: &Config, tls: bool) -> Vec<(&'static str, String)> {
     let mut exposed = Vec::new();
-    if !tls && !is_loopback(&config.listen) {
+    let protected = tls && config.auth;
+    if !protected && !is_loopback(&config.listen) {
         exposed.push(("--listen", config.listen.clone()));
     }
     if let Some(http) = config.http.as_ref().filter(|h| !is_loopback(&h.listen)) {
@@ -262,20 +268,23 @@ impl ServeArgs {
                 call_timeout_ms: self.call_timeout_ms,
             }),
             max_watches: self.max_watches,
+            auth: self.auth,
             ..Config::default()
         };
         config.validate().map_err(usage)?;
         let tls = self.tls_files()?.is_some();
         if let (false, Some((flag, addr))) = (self.insecure, exposed(&config, tls).first()) {
-            let (missing, remedy) = match *flag {
-                "--listen" => (
+            let (missing, remedy) = match (*flag, tls, config.auth) {
+                ("--listen", false, false) => (
+                    "this port has no TLS and no authentication",
+                    "give --tls-ca, --tls-cert, --tls-key and --auth, ",
+                ),
+                ("--listen", false, true) => (
                     "this port has no TLS",
                     "give --tls-ca, --tls-cert and --tls-key, ",
                 ),
-                _ => (
-                    "mcpfleet has no TLS or authentication on its HTTP port yet",
-                    "",
-                ),
+                ("--listen", true, _) => ("this port has no authentication", "give --auth, "),
+                _ => ("mcpfleet has no TLS on its HTTP port yet", ""),
             };
             return Err(CliError::Usage(format!(
                 "refusing to listen on {addr} ({flag}): it is not loopback, and {missing}, \
@@ -340,7 +349,7 @@ pub async fn run_serve(
         tracing::warn!(
             %addr,
             flag,
-            "--insecure: listening beyond loopback with no TLS or authentication"
+            "--insecure: listening beyond loopback without TLS and authentication"
         );
     }
     let disk = SledDisk::open(&config.data_dir).map_err(|e| CliError::Failed(e.to_string()))?;

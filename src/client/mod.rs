@@ -24,6 +24,7 @@ use crate::env::tls::Tls;
 use crate::proto::v1 as pb;
 use crate::proto::v1::registry_client::RegistryClient;
 use crate::registry::{CircuitBreaker, HealthCheck, RestartPolicy, ServerSpec, Transport};
+use tonic::service::interceptor::InterceptedService;
 
 /// How long a request waits for its answer unless the caller says otherwise.
 pub const DEFAULT_TIMEOUT_MS: u64 = 15_000;
@@ -149,7 +150,28 @@ enum Retry {
 /// The connection in use: which endpoint, and its channel.
 struct Current {
     addr: String,
-    client: RegistryClient<Channel>,
+    client: Api,
+}
+
+/// The client API over one connection, each request with the client's token.
+type Api = RegistryClient<InterceptedService<Channel, Bearer>>;
+
+/// Puts `Authorization: Bearer <token>` on every request, when the client has one.
+#[derive(Clone)]
+struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
 }
 
 /// A client of one cluster. Cheap to share: requests on one client run concurrently
@@ -163,6 +185,8 @@ pub struct Client {
     preferred: Mutex<Option<String>>,
     /// Mutual TLS with the nodes, when set.
     tls: Option<Arc<Tls>>,
+    /// The bearer token's header value, when set.
+    bearer: Bearer,
 }
 
 impl Client {
@@ -200,7 +224,25 @@ impl Client {
             current: Mutex::new(None),
             preferred: Mutex::new(None),
             tls: None,
+            bearer: Bearer(None),
         })
+    }
+
+    /// The same client, sending `token` (`mcpf_...`) with every request, for nodes
+    /// started with `--auth`.
+    pub fn with_token(mut self, token: Option<&str>) -> Result<Client, ClientError> {
+        self.bearer = Bearer(
+            token
+                .map(|token| {
+                    crate::auth::parse_token(token.trim())
+                        .map_err(|e| ClientError::Invalid(format!("the token: {e}")))?;
+                    format!("Bearer {}", token.trim())
+                        .parse()
+                        .map_err(|_| ClientError::Invalid("the token is not ASCII".into()))
+                })
+                .transpose()?,
+        );
+        Ok(self)
     }
 
     /// The same client, over mutual TLS with `tls` (the nodes' certificates must name
@@ -249,7 +291,7 @@ impl Client {
     }
 
     /// The connection in use, or a new one to the first endpoint that answers.
-    async fn connection(&self) -> Result<(String, RegistryClient<Channel>), ClientError> {
+    async fn connection(&self) -> Result<(String, Api), ClientError> {
         if let Some(current) = self.current.lock().expect("poisoned").as_ref() {
             return Ok((current.addr.clone(), current.client.clone()));
         }
@@ -264,7 +306,7 @@ impl Client {
             // request has its own limit (`request`), so the channel has none.
             match tokio::time::timeout(self.timeout, endpoint.connect()).await {
                 Ok(Ok(channel)) => {
-                    let client = RegistryClient::new(channel);
+                    let client = RegistryClient::with_interceptor(channel, self.bearer.clone());
                     *self.current.lock().expect("poisoned") = Some(Current {
                         addr: addr.clone(),
                         client: client.clone(),
@@ -305,7 +347,7 @@ impl Client {
         send: F,
     ) -> Result<T, ClientError>
     where
-        F: Fn(RegistryClient<Channel>) -> Fut,
+        F: Fn(Api) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         // A read goes to each endpoint once at most, and to a leader named outside
@@ -608,6 +650,52 @@ impl Client {
             })
             .await?;
         Ok(response.result_json)
+    }
+
+    /// Records a new token (`first`: the cluster's first, which needs no token).
+    pub async fn create_token(
+        &self,
+        token: pb::Token,
+        secret_sha256: String,
+        first: bool,
+    ) -> Result<u64, ClientError> {
+        let request = pb::CreateTokenRequest {
+            token: Some(token),
+            secret_sha256,
+        };
+        let response = self
+            .request(Retry::Write, self.timeout, |mut c| {
+                let request = request.clone();
+                async move {
+                    if first {
+                        c.bootstrap_token(request).await
+                    } else {
+                        c.create_token(request).await
+                    }
+                }
+            })
+            .await?;
+        Ok(response.revision)
+    }
+
+    pub async fn list_tokens(&self) -> Result<Vec<pb::Token>, ClientError> {
+        let response = self
+            .request(Retry::Read, self.timeout, |mut c| async move {
+                c.list_tokens(pb::ListTokensRequest {}).await
+            })
+            .await?;
+        Ok(response.tokens)
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<u64, ClientError> {
+        let request = pb::RevokeTokenRequest { id: id.to_string() };
+        let response = self
+            .request(Retry::Write, self.timeout, |mut c| {
+                let request = request.clone();
+                async move { c.revoke_token(request).await }
+            })
+            .await?;
+        Ok(response.revision)
     }
 
     /// A copy of the registry, in chunks (`mcpfleet snapshot save`).

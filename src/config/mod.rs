@@ -81,6 +81,8 @@ pub struct Config {
     pub http: Option<HttpConfig>,
     /// Most watch streams this node serves at once; one more is refused.
     pub max_watches: usize,
+    /// Every client request needs a bearer token (`crate::auth`).
+    pub auth: bool,
 }
 
 pub mod timing;
@@ -141,6 +143,7 @@ impl Default for Config {
             lease_ms: 1_100,
             http: None,
             max_watches: DEFAULT_MAX_WATCHES,
+            auth: false,
         }
     }
 }

@@ -4,7 +4,8 @@
 //! registry (`sessions`), so any node carries it on.
 //!
 //! It offers the fleet's tools under the fleet's names (`catalog`, `names`) and routes
-//! each call through `Calls`.
+//! each call through `Calls`. With auth on, every request needs a token of at least the
+//! caller role, and a caller sees and calls only the tools its patterns name.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,8 +31,10 @@ use super::catalog::{self, Catalogs, Fingerprints};
 use super::sessions::RegistrySessions;
 use super::{CallError, Calls};
 use crate::agent::{Answer, ReplicaCallError, Request};
+use crate::auth::{AuthError, Authenticator, Principal};
 use crate::config::HttpConfig;
 use crate::env::network::{accept_limited, Connection, ConnectionLimit, MAX_CONNECTIONS};
+use crate::registry::Role;
 
 /// Largest request body the endpoint reads.
 pub const MAX_REQUEST_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -397,9 +400,22 @@ impl ServerHandler for FleetServer {
     async fn list_tools(
         &self,
         request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let (items, next) = page_of(&self.offered().tools, &request)?;
+        let aggregate = self.offered();
+        // A caller is shown only the tools it may call.
+        let (items, next) = match principal(&context).filter(|p| p.role == Role::Caller) {
+            None => page_of(&aggregate.tools, &request)?,
+            Some(principal) => {
+                let visible: Vec<_> = aggregate
+                    .tools
+                    .iter()
+                    .filter(|t| principal.sees(&t.server, &t.own))
+                    .cloned()
+                    .collect();
+                page_of(&visible, &request)?
+            }
+        };
         let mut result = ListToolsResult::with_all_items(items);
         result.next_cursor = next;
         Ok(result)
@@ -411,7 +427,10 @@ impl ServerHandler for FleetServer {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let aggregate = self.offered();
-        let Some(exposed) = aggregate.find(&request.name) else {
+        // A tool the caller may not call is one it does not see.
+        let Some(exposed) = aggregate.find(&request.name).filter(|exposed| {
+            principal(&context).is_none_or(|p| p.may_call(&exposed.server, &exposed.own))
+        }) else {
             return Err(mcp_error(CallError::UnknownTool(request.name.to_string())));
         };
         let mut params = request;
@@ -433,6 +452,70 @@ impl ServerHandler for FleetServer {
             )),
         }
     }
+}
+
+/// Who sent the HTTP request that carried this MCP request (`None`: auth is off).
+fn principal(context: &RequestContext<RoleServer>) -> Option<&Principal> {
+    context
+        .extensions
+        .get::<http::request::Parts>()?
+        .extensions
+        .get::<Principal>()
+}
+
+/// Lets through requests whose token holds at least the caller role, with their
+/// principal; refuses others as the MCP authorization spec has it: 401 with a
+/// `WWW-Authenticate` challenge, or 403 for too little privilege.
+async fn authorize(
+    axum::extract::State(auth): axum::extract::State<Authenticator>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let header = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .map(|value| value.to_str().unwrap_or(""));
+    let checked = auth
+        .authenticate(header)
+        .and_then(|principal| principal.require(Role::Caller).map(|()| principal));
+    match checked {
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Err(error) => refusal(&error),
+    }
+}
+
+/// The HTTP answer to a refused request.
+fn refusal(error: &AuthError) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use http::{header, StatusCode};
+    let (status, challenge) = match error {
+        AuthError::Missing => (StatusCode::UNAUTHORIZED, r#"Bearer realm="mcpfleet""#),
+        AuthError::Malformed | AuthError::Unknown { .. } => (
+            StatusCode::UNAUTHORIZED,
+            r#"Bearer realm="mcpfleet", error="invalid_token""#,
+        ),
+        AuthError::Denied { .. } | AuthError::NotInScope { .. } => (
+            StatusCode::FORBIDDEN,
+            r#"Bearer realm="mcpfleet", error="insufficient_scope""#,
+        ),
+        AuthError::Stale { .. } => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "1")],
+                error.to_string(),
+            )
+                .into_response()
+        }
+    };
+    (
+        status,
+        [(header::WWW_AUTHENTICATE, challenge)],
+        error.to_string(),
+    )
+        .into_response()
 }
 
 /// Longest the endpoint waits for a client to take one progress notification.
@@ -467,6 +550,7 @@ pub async fn serve(
     server: FleetServer,
     sessions: Arc<RegistrySessions>,
     beside: axum::Router,
+    auth: Option<Authenticator>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let cancel = tokio_util::sync::CancellationToken::new();
@@ -489,9 +573,11 @@ pub async fn serve(
         Arc::new(LocalSessionManager::default()),
         http,
     );
-    let router = axum::Router::new()
-        .nest_service("/mcp", service)
-        .merge(beside);
+    let mut mcp = axum::Router::new().nest_service("/mcp", service);
+    if let Some(auth) = auth {
+        mcp = mcp.layer(axum::middleware::from_fn_with_state(auth, authorize));
+    }
+    let router = mcp.merge(beside);
     let listener = LimitedListener {
         listener,
         limit: ConnectionLimit::new("mcp", MAX_CONNECTIONS),

@@ -175,9 +175,12 @@ pub async fn run(
         let http = http.clone();
         let gateway = gateway.clone();
         let shutdown = control.shutdown_signal();
+        let auth = config
+            .auth
+            .then(|| crate::auth::Authenticator::new(reader.clone()));
         tasks.spawn(async move {
             if let Err(error) = crate::gateway::endpoint::serve(
-                listener, &http, gateway, sessions, beside, shutdown,
+                listener, &http, gateway, sessions, beside, auth, shutdown,
             )
             .await
             {

@@ -12,6 +12,8 @@
 //! time, and the table of client sessions is bounded in sessions and outcomes.
 //! Version 4 adds the `PutServers` command (several servers in one write), which a
 //! version-3 node could not decode.
+//! Version 5 adds bearer tokens: the `CreateToken` and `RevokeToken` commands and the
+//! registry's table of tokens.
 //!
 //! Anything that changes how an entry is encoded or what `apply` decides from it is a
 //! new version: nodes of different versions must not apply the same log.
@@ -19,7 +21,7 @@
 use crate::env::Disk;
 
 /// The format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 /// The disk meta key of the format record.
 const META_KEY: &str = "format";
 /// Written at a data dir's first start, by every version.

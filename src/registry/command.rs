@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::model::{
-    AdminState, Catalog, NodeId, NodeRecord, NodeStatus, ReplicaHealth, ServerSpec,
+    AdminState, Catalog, NodeId, NodeRecord, NodeStatus, ReplicaHealth, ServerSpec, TokenRecord,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +91,16 @@ pub enum Command {
     PutServers {
         puts: Vec<ServerPut>,
     },
+    /// Record a new token (its `create_revision` is set when applied). With `first`,
+    /// only if the registry holds no token yet: the bootstrap of a secured cluster.
+    CreateToken {
+        token: TokenRecord,
+        first: bool,
+    },
+    /// Revoke a token: every node refuses it once it has applied this.
+    RevokeToken {
+        id: String,
+    },
 }
 
 /// One server of a `PutServers` write.
@@ -131,6 +141,8 @@ impl Command {
             Command::PutSession { .. } => "put-session",
             Command::DeleteSession { .. } => "delete-session",
             Command::PutServers { .. } => "put-servers",
+            Command::CreateToken { .. } => "create-token",
+            Command::RevokeToken { .. } => "revoke-token",
         }
     }
 
@@ -199,4 +211,12 @@ pub enum RegistryError {
     Full { reason: String },
     #[error("invalid write: {reason}")]
     InvalidWrite { reason: String },
+    #[error("invalid token: {reason}")]
+    InvalidToken { reason: String },
+    #[error("token {id:?} already exists")]
+    TokenExists { id: String },
+    #[error("token {id:?} not found")]
+    TokenNotFound { id: String },
+    #[error("the cluster already has tokens: ask an admin for one (`mcpfleet token create`)")]
+    AlreadyBootstrapped,
 }

@@ -35,6 +35,12 @@ pub const MAX_SESSION_BYTES: usize = 16 * 1024;
 pub const MAX_CONTENT_BYTES: usize = 128 * 1024 * 1024;
 /// Most nodes the registry holds.
 pub const MAX_NODES: usize = 1_000;
+/// Most tokens the registry holds.
+pub const MAX_TOKENS: usize = 1_000;
+/// Most patterns of servers, and of tools, one token names.
+pub const MAX_TOKEN_PATTERNS: usize = 32;
+/// Longest token name, and longest pattern, in bytes.
+pub const MAX_TOKEN_TEXT: usize = 128;
 /// Most replica slots (the sum of every server's replicas) the registry holds.
 pub const MAX_SLOTS: usize = 20_000;
 
@@ -279,4 +285,54 @@ pub struct SessionRecord {
     pub initialize: String,
     /// The revision that recorded it (older sessions go first when the table is full).
     pub revision: u64,
+}
+
+/// What a token may do. Each role may do all that the roles before it may:
+/// - `Reader`: status and lists (servers, members, tools);
+/// - `Caller`: also call tools, of the servers and tools its patterns name;
+/// - `Operator`: also write servers and drain nodes, and call every tool;
+/// - `Admin`: also membership, tokens and backups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Reader,
+    Caller,
+    Operator,
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Reader, Role::Caller, Role::Operator, Role::Admin];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Reader => "reader",
+            Role::Caller => "caller",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|role| role.name() == text)
+    }
+}
+
+/// A bearer token, as the registry holds it: never its secret, only the secret's
+/// SHA-256.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// The token's public id (16 hex digits), also its first part.
+    pub id: String,
+    /// What the token is for, as its creator named it.
+    pub name: String,
+    pub role: Role,
+    /// For a caller: patterns (`*` for any run of characters) of the servers, and of
+    /// the servers' own tool names, it may call. Empty: any.
+    pub servers: Vec<String>,
+    pub tools: Vec<String>,
+    /// The SHA-256 of the token's secret, in lower-case hex.
+    pub secret_sha256: String,
+    /// The revision that created it.
+    pub create_revision: u64,
 }

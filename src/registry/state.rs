@@ -41,6 +41,8 @@ pub struct Registry {
     pub catalogs: BTreeMap<String, Catalog>,
     /// Legacy MCP sessions, keyed by session id.
     pub sessions: BTreeMap<String, SessionRecord>,
+    /// Bearer tokens, keyed by id (`MAX_TOKENS` at most).
+    pub tokens: BTreeMap<String, TokenRecord>,
     /// What the registry holds against its budgets. Every command keeps it; it is not
     /// stored, and `recount` sets it after a registry is decoded.
     #[serde(skip)]
@@ -179,6 +181,14 @@ impl Registry {
             Command::ApplyPlan { term, placements } => {
                 self.apply_plan(*term, placements, position).map(|()| None)
             }
+            Command::CreateToken { token, first } => self.create_token(token, *first),
+            Command::RevokeToken { id } => match self.tokens.remove(id) {
+                None => Err(RegistryError::TokenNotFound { id: id.clone() }),
+                Some(_) => {
+                    self.revision += 1;
+                    Ok(None)
+                }
+            },
             Command::RemoveNode { id } => {
                 if self.nodes.remove(id).is_none() {
                     Err(RegistryError::NodeNotFound { id: *id })
@@ -374,6 +384,31 @@ impl Registry {
         self.take_room(room, (0, 0));
         self.catalogs.insert(server.to_string(), catalog.clone());
         self.revision += 1;
+        Ok(None)
+    }
+
+    fn create_token(
+        &mut self,
+        token: &TokenRecord,
+        first: bool,
+    ) -> Result<Option<Change>, RegistryError> {
+        if first && !self.tokens.is_empty() {
+            return Err(RegistryError::AlreadyBootstrapped);
+        }
+        if self.tokens.contains_key(&token.id) {
+            return Err(RegistryError::TokenExists {
+                id: token.id.clone(),
+            });
+        }
+        if self.tokens.len() >= MAX_TOKENS {
+            return Err(RegistryError::Full {
+                reason: format!("the registry holds at most {MAX_TOKENS} tokens"),
+            });
+        }
+        self.revision += 1;
+        let mut token = token.clone();
+        token.create_revision = self.revision;
+        self.tokens.insert(token.id.clone(), token);
         Ok(None)
     }
 
@@ -615,6 +650,19 @@ impl Registry {
         }
         if self.sessions.len() > MAX_SESSIONS {
             return Err(format!("{} sessions, over the cap", self.sessions.len()));
+        }
+        if self.tokens.len() > MAX_TOKENS {
+            return Err(format!("{} tokens, over the cap", self.tokens.len()));
+        }
+        if let Some((id, token)) = self
+            .tokens
+            .iter()
+            .find(|(id, t)| **id != t.id || t.create_revision > self.revision)
+        {
+            return Err(format!(
+                "token keyed {id:?} is {:?}, created at revision {}",
+                token.id, token.create_revision
+            ));
         }
         let mut nodes_per_server: BTreeMap<&str, Vec<NodeId>> = BTreeMap::new();
         for ((server, slot), assignment) in &self.assignments {

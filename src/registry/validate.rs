@@ -22,6 +22,8 @@ pub fn check_command(command: &Command) -> Result<(), RegistryError> {
             limit: MAX_CATALOG_BYTES,
         }),
         Command::PutSession { id, initialize } => check_session(id, initialize),
+        Command::CreateToken { token, .. } => check_token(token),
+        Command::RevokeToken { id } => check_token_id(id),
         Command::ReportCatalog { .. }
         | Command::PutNode { .. }
         | Command::RemoveNode { .. }
@@ -69,6 +71,59 @@ fn check_node(id: NodeId, addr: &str, tags: &[String]) -> Result<(), RegistryErr
         return invalid(format!(
             "at most {MAX_LIST_ITEMS} tags of 1..={MAX_NAME_LEN} bytes"
         ));
+    }
+    Ok(())
+}
+
+/// A token id: 16 lower-case hex digits.
+pub fn check_token_id(id: &str) -> Result<(), RegistryError> {
+    if id.len() != 16
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(RegistryError::InvalidToken {
+            reason: format!("id {id:?} is not 16 lower-case hex digits"),
+        });
+    }
+    Ok(())
+}
+
+fn check_token(token: &TokenRecord) -> Result<(), RegistryError> {
+    let invalid = |reason: String| Err(RegistryError::InvalidToken { reason });
+    check_token_id(&token.id)?;
+    if token.name.len() > MAX_TOKEN_TEXT || token.name.chars().any(char::is_control) {
+        return invalid(format!(
+            "name must be at most {MAX_TOKEN_TEXT} bytes with no control characters"
+        ));
+    }
+    if token.secret_sha256.len() != 64
+        || !token
+            .secret_sha256
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return invalid("the secret's digest is not 64 lower-case hex digits".into());
+    }
+    if token.role != Role::Caller && !(token.servers.is_empty() && token.tools.is_empty()) {
+        return invalid(format!(
+            "only a caller's calls are limited to servers and tools, not a {}'s",
+            token.role.name()
+        ));
+    }
+    for patterns in [&token.servers, &token.tools] {
+        if patterns.len() > MAX_TOKEN_PATTERNS {
+            return invalid(format!(
+                "at most {MAX_TOKEN_PATTERNS} patterns of each kind"
+            ));
+        }
+        if let Some(bad) = patterns.iter().find(|p| {
+            p.is_empty() || p.len() > MAX_TOKEN_TEXT || !p.bytes().all(|b| b.is_ascii_graphic())
+        }) {
+            return invalid(format!(
+                "pattern {bad:?} must be 1..={MAX_TOKEN_TEXT} visible ASCII characters"
+            ));
+        }
     }
     Ok(())
 }

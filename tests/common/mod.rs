@@ -238,6 +238,11 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(size: u64) -> Result<Cluster> {
+        Cluster::start_with(size, &[])
+    }
+
+    /// As `start`, with `extra` flags for every node.
+    pub fn start_with(size: u64, extra: &[&str]) -> Result<Cluster> {
         let dir = tempfile::tempdir()?;
         let addrs: Vec<String> = (0..size)
             .map(|_| format!("127.0.0.1:{}", free_port()))
@@ -252,12 +257,9 @@ impl Cluster {
         for (i, addr) in addrs.iter().enumerate() {
             let id = i as u64 + 1;
             let data = dir.path().join(format!("node{id}"));
-            nodes.push(NodeProcess::start(
-                id,
-                addr,
-                &data,
-                &["--initial-cluster".into(), initial.clone()],
-            )?);
+            let mut flags = vec!["--initial-cluster".to_string(), initial.clone()];
+            flags.extend(extra.iter().map(|f| f.to_string()));
+            nodes.push(NodeProcess::start(id, addr, &data, &flags)?);
         }
         Ok(Cluster { dir, nodes })
     }

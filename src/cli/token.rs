@@ -1,0 +1,151 @@
+//! `mcpfleet token bootstrap|create|ls|revoke`: the bearer tokens of a cluster whose
+//! nodes run with `--auth` (src/auth). The secret of a new token is made here, from
+//! the operating system's randomness, and printed once; the nodes get only its
+//! SHA-256.
+
+use clap::Subcommand;
+
+use super::client::{connect, CliError, Client};
+use super::output::{print_json, print_table};
+use super::{ClientArgs, OutputFormat};
+use crate::proto::v1 as pb;
+use crate::registry::Role;
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Make the cluster's first token, an admin's. Needs no token, and works only
+    /// while the cluster has none.
+    Bootstrap {
+        /// What the token is for.
+        #[arg(long, default_value = "bootstrap")]
+        name: String,
+    },
+    /// Make a token (needs an admin's token).
+    Create {
+        /// reader, caller, operator or admin.
+        #[arg(long)]
+        role: String,
+        /// What the token is for.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// For a caller: a server it may call, a pattern with `*` (repeat for more;
+        /// default: any).
+        #[arg(long = "server")]
+        servers: Vec<String>,
+        /// For a caller: a tool (the server's own name for it) it may call, a pattern
+        /// with `*` (repeat for more; default: any).
+        #[arg(long = "tool")]
+        tools: Vec<String>,
+    },
+    /// List the tokens (never their secrets).
+    Ls,
+    /// Revoke a token: every node refuses it within a second.
+    Revoke { id: String },
+}
+
+/// 40 bytes of the operating system's randomness: a token's id and secret.
+fn random_bytes() -> Result<[u8; 40], CliError> {
+    use rand::RngCore;
+    let mut bytes = [0u8; 40];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut bytes)
+        .map_err(|e| CliError::Failed(format!("no randomness for a token: {e}")))?;
+    Ok(bytes)
+}
+
+pub async fn run_token(command: TokenCommand, args: &ClientArgs) -> Result<(), CliError> {
+    let json = args.output == OutputFormat::Json;
+    let client = &connect(args)?;
+    let (name, role, servers, tools, first) = match command {
+        TokenCommand::Ls => return list(client, json).await,
+        TokenCommand::Revoke { id } => {
+            let revision = client.revoke_token(&id).await?;
+            if json {
+                print_json(&serde_json::json!({"id": id, "revision": revision}))
+                    .map_err(CliError::Failed)?;
+            } else {
+                println!("token {id} revoked (revision {revision})");
+            }
+            return Ok(());
+        }
+        TokenCommand::Bootstrap { name } => (name, Role::Admin, vec![], vec![], true),
+        TokenCommand::Create {
+            role,
+            name,
+            servers,
+            tools,
+        } => {
+            let role = Role::parse(&role).ok_or_else(|| {
+                CliError::Usage(format!(
+                    "--role {role:?}: takes reader, caller, operator or admin"
+                ))
+            })?;
+            (name, role, servers, tools, false)
+        }
+    };
+    let (text, record) = crate::auth::new_token(&name, role, servers, tools, random_bytes()?);
+    let token = crate::api::convert::token_to_proto(&record);
+    let revision = client
+        .create_token(token.clone(), record.secret_sha256, first)
+        .await?;
+    if json {
+        print_json(&serde_json::json!({
+            "id": record.id,
+            "role": role.name(),
+            "token": text,
+            "revision": revision,
+        }))
+        .map_err(CliError::Failed)?;
+    } else {
+        // The token itself alone on stdout, for `TOKEN=$(mcpfleet token create ...)`.
+        eprintln!(
+            "token {} ({}) created at revision {revision}; it is shown only this once:",
+            record.id,
+            role.name()
+        );
+        println!("{text}");
+    }
+    Ok(())
+}
+
+async fn list(client: &Client, json: bool) -> Result<(), CliError> {
+    let tokens = client.list_tokens().await?;
+    let scope = |patterns: &[String]| match patterns {
+        [] => "*".to_string(),
+        some => some.join(","),
+    };
+    if json {
+        let views: Vec<serde_json::Value> = tokens
+            .iter()
+            .map(|t: &pb::Token| {
+                serde_json::json!({
+                    "id": t.id,
+                    "name": t.name,
+                    "role": t.role,
+                    "servers": t.servers,
+                    "tools": t.tools,
+                    "create_revision": t.create_revision,
+                })
+            })
+            .collect();
+        return print_json(&views).map_err(CliError::Failed);
+    }
+    let rows: Vec<Vec<String>> = tokens
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.clone(),
+                t.role.clone(),
+                scope(&t.servers),
+                scope(&t.tools),
+                t.create_revision.to_string(),
+                t.name.clone(),
+            ]
+        })
+        .collect();
+    print_table(
+        &["ID", "ROLE", "SERVERS", "TOOLS", "CREATED", "NAME"],
+        &rows,
+    );
+    Ok(())
+}
