@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import threading
@@ -279,5 +280,49 @@ def test_mutual_tls_with_the_clusters_certificates(tmp_path: Path) -> None:
         with pytest.raises(mcpfleet.InvalidArgument) as partial:
             mcpfleet.Client([addr], cacert=f"{certs}/ca.pem")
         assert "all of cacert, cert and key" in partial.value.reason
+    finally:
+        node.kill()
+
+
+def test_tokens_on_a_node_with_auth(tmp_path: Path) -> None:
+    from conftest import BINARY, Node, free_port
+
+    addr = f"127.0.0.1:{free_port()}"
+    node = Node(1, addr, tmp_path / "node1", ["--http", "off", "--auth"])
+    try:
+
+        def bootstrap() -> str:
+            made = subprocess.run(
+                [str(BINARY), "token", "bootstrap", "--endpoint", addr], check=True, capture_output=True, text=True
+            )
+            return made.stdout.strip()
+
+        admin_token = eventually(bootstrap, what="the bootstrap token")
+        admin = mcpfleet.Client([addr], timeout=5, token=admin_token)
+        eventually(lambda: admin.cluster_status(), what="the admin's token taken")
+        reader_token = subprocess.run(
+            [str(BINARY), "token", "create", "--role", "reader", "--endpoint", addr],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "MCPFLEET_TOKEN": admin_token},
+        ).stdout.strip()
+        admin.add_http("web", "http://127.0.0.1:9/mcp")
+
+        reader = mcpfleet.Client([addr], timeout=5, token=reader_token)
+        assert [s.name for s in reader.servers()] == ["web"]
+        with pytest.raises(mcpfleet.PermissionDenied) as weak:
+            reader.delete_server("web")
+        assert "needs operator" in weak.value.reason
+        with pytest.raises(mcpfleet.PermissionDenied) as missing:
+            mcpfleet.Client([addr], timeout=5).servers()
+        assert "needs a bearer token" in missing.value.reason
+        unknown = "mcpf_" + "0" * 16 + "_" + "0" * 64
+        with pytest.raises(mcpfleet.PermissionDenied) as revoked:
+            mcpfleet.Client([addr], timeout=5, token=unknown).servers()
+        assert "unknown or revoked" in revoked.value.reason
+        with pytest.raises(mcpfleet.InvalidArgument):
+            mcpfleet.Client([addr], token="not a token")
+        assert [s.name for s in admin.servers()] == ["web"]
     finally:
         node.kill()

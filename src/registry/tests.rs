@@ -40,6 +40,18 @@ fn delete(name: &str) -> Command {
     }
 }
 
+fn token(id: &str, role: Role) -> TokenRecord {
+    TokenRecord {
+        id: id.into(),
+        name: "test".into(),
+        role,
+        servers: vec![],
+        tools: vec![],
+        secret_sha256: "a".repeat(64),
+        create_revision: 0,
+    }
+}
+
 fn echo(name: &str) -> ServerSpec {
     ServerSpec::stdio(name, "echo", &["hi"])
 }
@@ -799,6 +811,18 @@ fn arbitrary_step() -> impl Strategy<Value = Step> {
                     .collect()
             )
         ),
+        (0u8..3, any::<bool>(), any::<bool>()).prop_map(|(which, first, create)| {
+            // Ids 0 and 1 are valid; 2 is not.
+            let id = ["0000000000000000", "00000000000000ff", "not-hex"][which as usize];
+            if create {
+                Command::CreateToken {
+                    token: token(id, Role::Reader),
+                    first,
+                }
+            } else {
+                Command::RevokeToken { id: id.into() }
+            }
+        }),
     ];
     (1u64..4, command, any::<bool>()).prop_map(|(term, command, current_epoch)| Step {
         term,
@@ -945,6 +969,8 @@ fn fuzzed_logs_apply_every_kind_of_command() {
         "delete-session",
         "apply-plan",
         "put-servers",
+        "create-token",
+        "revoke-token",
     ]
     .into_iter()
     .collect();
@@ -1149,4 +1175,89 @@ fn the_registry_refuses_growth_past_its_budgets_and_keeps_its_usage_exact() {
 
 fn spec_size_of(spec: &ServerSpec) -> usize {
     validate::spec_size(spec)
+}
+
+#[test]
+fn tokens_are_created_once_bootstrapped_once_and_revoked() {
+    let mut registry = Registry::default();
+    let create = |id: &str, first| Command::CreateToken {
+        token: token(id, Role::Admin),
+        first,
+    };
+    let a = "000000000000000a";
+    let b = "000000000000000b";
+    assert_eq!(
+        registry.apply(&create(a, true)).0,
+        Outcome::Applied { revision: 1 }
+    );
+    assert_eq!(registry.tokens[a].create_revision, 1);
+    // The bootstrap works only while there is no token.
+    assert_eq!(
+        registry.apply(&create(b, true)).0,
+        Outcome::Rejected(RegistryError::AlreadyBootstrapped)
+    );
+    assert_eq!(
+        registry.apply(&create(a, false)).0,
+        Outcome::Rejected(RegistryError::TokenExists { id: a.into() })
+    );
+    assert_eq!(
+        registry.apply(&create(b, false)).0,
+        Outcome::Applied { revision: 2 }
+    );
+    assert_eq!(
+        registry.apply(&Command::RevokeToken { id: a.into() }).0,
+        Outcome::Applied { revision: 3 }
+    );
+    assert!(!registry.tokens.contains_key(a));
+    assert_eq!(
+        registry.apply(&Command::RevokeToken { id: a.into() }).0,
+        Outcome::Rejected(RegistryError::TokenNotFound { id: a.into() })
+    );
+    // Malformed tokens change nothing.
+    let before = registry.clone();
+    let bad = |change: fn(&mut TokenRecord)| {
+        let mut token = token("000000000000000c", Role::Reader);
+        change(&mut token);
+        Command::CreateToken {
+            token,
+            first: false,
+        }
+    };
+    for command in [
+        bad(|t| t.id = "ABC".into()),
+        bad(|t| t.secret_sha256 = "xyz".into()),
+        bad(|t| t.name = "a\nb".into()),
+        bad(|t| t.servers = vec!["echo".into()]),
+        bad(|t| {
+            t.role = Role::Caller;
+            t.tools = vec![String::new()];
+        }),
+        bad(|t| {
+            t.role = Role::Caller;
+            t.tools = vec!["x".into(); MAX_TOKEN_PATTERNS + 1];
+        }),
+        Command::RevokeToken { id: "x".into() },
+    ] {
+        assert!(
+            matches!(
+                registry.apply(&command).0,
+                Outcome::Rejected(RegistryError::InvalidToken { .. })
+            ),
+            "{command:?}"
+        );
+    }
+    assert_eq!(registry, before);
+    // A caller's patterns are taken.
+    let mut scoped = token("000000000000000d", Role::Caller);
+    scoped.servers = vec!["every*".into()];
+    scoped.tools = vec!["echo".into()];
+    assert!(matches!(
+        registry
+            .apply(&Command::CreateToken {
+                token: scoped,
+                first: false
+            })
+            .0,
+        Outcome::Applied { .. }
+    ));
 }
