@@ -24,6 +24,7 @@ pub mod raft;
 pub mod registry;
 pub mod router;
 pub mod scheduler;
+pub mod secrets;
 
 /// Generated gRPC code.
 pub mod proto {

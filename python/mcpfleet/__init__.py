@@ -378,15 +378,25 @@ def _stdio_spec(
     cwd: Optional[str],
     replicas: int,
     tags: Sequence[str],
+    secret_env: Optional[Mapping[str, str]] = None,
 ) -> Json:
     stdio: Json = {"command": command, "args": list(args), "env": dict(env or {}), "cwd": cwd}
+    if secret_env:
+        stdio["secret_env"] = dict(secret_env)
     return {"name": name, "transport": {"stdio": stdio}, "replicas": replicas, "node_tags": list(tags)}
 
 
 def _http_spec(
-    name: str, url: str, headers: Optional[Mapping[str, str]], replicas: int, tags: Sequence[str]
+    name: str,
+    url: str,
+    headers: Optional[Mapping[str, str]],
+    replicas: int,
+    tags: Sequence[str],
+    secret_headers: Optional[Mapping[str, str]] = None,
 ) -> Json:
     http: Json = {"url": url, "headers": dict(headers or {})}
+    if secret_headers:
+        http["secret_headers"] = dict(secret_headers)
     return {"name": name, "transport": {"http": http}, "replicas": replicas, "node_tags": list(tags)}
 
 
@@ -465,9 +475,14 @@ class Client(_Connected):
         replicas: int = 1,
         tags: Sequence[str] = (),
         expected_revision: Optional[int] = None,
+        secret_env: Optional[Mapping[str, str]] = None,
     ) -> Server:
-        """Writes a stdio server (a command each replica's node runs)."""
-        return self.put_server(_stdio_spec(name, command, args, env, cwd, replicas, tags), expected_revision)
+        """Writes a stdio server (a command each replica's node runs). ``secret_env``
+        values are sealed with the cluster's secrets key before they are stored, and come
+        back sealed (``mcpfleet-sealed:v1:...``); only the server's process gets them in
+        clear."""
+        spec = _stdio_spec(name, command, args, env, cwd, replicas, tags, secret_env)
+        return self.put_server(spec, expected_revision)
 
     def add_http(
         self,
@@ -477,9 +492,12 @@ class Client(_Connected):
         replicas: int = 1,
         tags: Sequence[str] = (),
         expected_revision: Optional[int] = None,
+        secret_headers: Optional[Mapping[str, str]] = None,
     ) -> Server:
-        """Writes a streamable-HTTP server (a URL each replica's node connects to)."""
-        return self.put_server(_http_spec(name, url, headers, replicas, tags), expected_revision)
+        """Writes a streamable-HTTP server (a URL each replica's node connects to);
+        ``secret_headers`` are sealed as ``add_stdio``'s ``secret_env``."""
+        spec = _http_spec(name, url, headers, replicas, tags, secret_headers)
+        return self.put_server(spec, expected_revision)
 
     def get_server(self, name: str, stale: bool = False) -> Server:
         """One server; ``stale`` answers from the node's own state without a read barrier."""
@@ -582,8 +600,10 @@ class AsyncClient(_Connected):
         replicas: int = 1,
         tags: Sequence[str] = (),
         expected_revision: Optional[int] = None,
+        secret_env: Optional[Mapping[str, str]] = None,
     ) -> Server:
-        return await self.put_server(_stdio_spec(name, command, args, env, cwd, replicas, tags), expected_revision)
+        spec = _stdio_spec(name, command, args, env, cwd, replicas, tags, secret_env)
+        return await self.put_server(spec, expected_revision)
 
     async def add_http(
         self,
@@ -593,8 +613,10 @@ class AsyncClient(_Connected):
         replicas: int = 1,
         tags: Sequence[str] = (),
         expected_revision: Optional[int] = None,
+        secret_headers: Optional[Mapping[str, str]] = None,
     ) -> Server:
-        return await self.put_server(_http_spec(name, url, headers, replicas, tags), expected_revision)
+        spec = _http_spec(name, url, headers, replicas, tags, secret_headers)
+        return await self.put_server(spec, expected_revision)
 
     async def get_server(self, name: str, stale: bool = False) -> Server:
         return Server._from(_json(await self._native.get_server(name, stale)))

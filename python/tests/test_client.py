@@ -326,3 +326,30 @@ def test_tokens_on_a_node_with_auth(tmp_path: Path) -> None:
         assert [s.name for s in admin.servers()] == ["web"]
     finally:
         node.kill()
+
+
+def test_secret_values_are_sealed_and_come_back_sealed(tmp_path: Path) -> None:
+    from conftest import BINARY, Node, free_port
+
+    key = tmp_path / "secrets.key"
+    subprocess.run([str(BINARY), "secrets-key", str(key)], check=True, capture_output=True)
+    addr = f"127.0.0.1:{free_port()}"
+    node = Node(1, addr, tmp_path / "node1", ["--http", "off", "--secrets-key-file", str(key)])
+    try:
+        client = mcpfleet.Client([addr], timeout=5)
+        eventually(lambda: client.cluster_status().leader_id, what="a leader")
+        web = client.add_http("web", "http://127.0.0.1:9/mcp", secret_headers={"Authorization": "Bearer py-secret"})
+        sealed = web.to_dict()["transport"]["http"]["headers"]["Authorization"]
+        assert sealed.startswith("mcpfleet-sealed:v1:")
+        assert "py-secret" not in str(web.to_dict())
+        # Written back as it came, the sealed value is kept.
+        again = client.put_server(web.to_dict())
+        assert again.to_dict()["transport"]["http"]["headers"]["Authorization"] == sealed
+        moved = web.to_dict()
+        moved["name"] = "moved"
+        with pytest.raises(mcpfleet.InvalidArgument) as refused:
+            client.put_server(moved)
+        assert "does not open" in refused.value.reason
+        assert [s.name for s in client.servers()] == ["web"]
+    finally:
+        node.kill()

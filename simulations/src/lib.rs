@@ -247,6 +247,7 @@ pub fn add_nodes(
                 disk: disk.clone(),
                 probe: Some(node_probe.clone()),
                 clock: Arc::new(SimClock),
+                secrets: None,
                 launcher: Some(Arc::new(mcp::SimLauncher::new(
                     id,
                     node_seed,

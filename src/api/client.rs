@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{
     fleet_nodes_to_proto, record_to_proto, replicas_to_proto, spec_from_proto, token_from_proto,
-    token_to_proto,
+    token_to_proto, Secrets,
 };
 use super::paging::page;
 use super::status_from_node_error;
@@ -23,21 +23,29 @@ use crate::proto::v1::registry_server::Registry;
 use crate::raft::WatchMessage;
 use crate::registry::validate::{validate_name, validate_spec};
 use crate::registry::{AdminState, Change, Command, Outcome, RegistryError, ServerPut};
+use crate::secrets::SecretsKey;
 
 pub struct ClientApi {
     node: Arc<ControlPlane>,
     gateway: FleetServer,
     /// One permit per watch stream served (`max_watches` of them).
     watches: Arc<tokio::sync::Semaphore>,
+    /// Seals the secret values of the specs written through this node.
+    secrets: Option<Arc<SecretsKey>>,
 }
 
 impl ClientApi {
-    pub fn new(node: Arc<ControlPlane>, gateway: FleetServer) -> ClientApi {
+    pub fn new(
+        node: Arc<ControlPlane>,
+        gateway: FleetServer,
+        secrets: Option<Arc<SecretsKey>>,
+    ) -> ClientApi {
         let watches = Arc::new(tokio::sync::Semaphore::new(node.config.max_watches));
         ClientApi {
             node,
             gateway,
             watches,
+            secrets,
         }
     }
 
@@ -129,12 +137,16 @@ impl ClientApi {
     }
 }
 
-/// A spec and its precondition from the wire, the spec checked.
-fn put_from_proto(request: pb::PutServerRequest) -> Result<ServerPut, Status> {
+/// A spec and its precondition from the wire, its secret values sealed with `key`,
+/// and the spec checked.
+fn put_from_proto(
+    request: pb::PutServerRequest,
+    key: Option<&SecretsKey>,
+) -> Result<ServerPut, Status> {
     let spec = request
         .spec
         .ok_or_else(|| Status::invalid_argument("spec is required"))?;
-    let spec = spec_from_proto(spec).map_err(Status::invalid_argument)?;
+    let spec = spec_from_proto(spec, Secrets::Seal(key)).map_err(Status::invalid_argument)?;
     validate_spec(&spec).map_err(|e| status_from_registry_error(&e))?;
     Ok(ServerPut {
         spec,
@@ -256,7 +268,7 @@ impl Registry for ClientApi {
         &self,
         request: Request<pb::PutServerRequest>,
     ) -> Result<Response<pb::PutServerResponse>, Status> {
-        let put = put_from_proto(request.into_inner())?;
+        let put = put_from_proto(request.into_inner(), self.secrets.as_deref())?;
         let name = put.spec.name.clone();
         let revision = self
             .commit(Command::PutServer {
@@ -276,7 +288,7 @@ impl Registry for ClientApi {
             .into_inner()
             .puts
             .into_iter()
-            .map(put_from_proto)
+            .map(|put| put_from_proto(put, self.secrets.as_deref()))
             .collect::<Result<Vec<_>, _>>()?;
         let names: Vec<String> = puts.iter().map(|put| put.spec.name.clone()).collect();
         let command = Command::PutServers { puts };

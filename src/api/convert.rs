@@ -8,18 +8,43 @@ use crate::registry::{
     DEFAULT_MAX_CONCURRENT_CALLS,
 };
 
-/// A proto spec as the registry holds it, with defaults for unset settings.
-pub fn spec_from_proto(spec: pb::ServerSpec) -> Result<ServerSpec, String> {
+/// What becomes of the secret values of a spec from the wire.
+#[derive(Clone, Copy)]
+pub enum Secrets<'a> {
+    /// An answer, as a client reads it: values as they are, sealed ones sealed.
+    AsGiven,
+    /// A write through this node: the values marked secret are sealed with its key,
+    /// and sealed values given back must open with it for their place.
+    Seal(Option<&'a crate::secrets::SecretsKey>),
+}
+
+/// A proto spec as the registry holds it, with defaults for unset settings, and its
+/// secret values as `secrets` says (`crate::secrets`). A write is refused when it has
+/// secrets and the node no key, a name is both plain and secret, or a sealed value
+/// does not open for its place in this server.
+pub fn spec_from_proto(spec: pb::ServerSpec, secrets: Secrets<'_>) -> Result<ServerSpec, String> {
     let transport = match spec.transport {
         Some(pb::server_spec::Transport::Stdio(stdio)) => Transport::Stdio {
             command: stdio.command,
             args: stdio.args,
-            env: stdio.env.into_iter().collect(),
+            env: sealed_map(
+                secrets,
+                &spec.name,
+                stdio.env,
+                stdio.secret_env,
+                crate::secrets::env_place,
+            )?,
             cwd: (!stdio.cwd.is_empty()).then_some(stdio.cwd),
         },
         Some(pb::server_spec::Transport::Http(http)) => Transport::Http {
             url: http.url,
-            headers: http.headers.into_iter().collect(),
+            headers: sealed_map(
+                secrets,
+                &spec.name,
+                http.headers,
+                http.secret_headers,
+                crate::secrets::header_place,
+            )?,
         },
         None => {
             return Err(format!(
@@ -64,6 +89,41 @@ pub fn spec_from_proto(spec: pb::ServerSpec) -> Result<ServerSpec, String> {
     })
 }
 
+/// The plain values and the secret ones of a spec's env or headers, as one map in
+/// which the secret ones are sealed.
+fn sealed_map(
+    secrets: Secrets<'_>,
+    server: &str,
+    plain: impl IntoIterator<Item = (String, String)>,
+    secret: impl IntoIterator<Item = (String, String)>,
+    place: fn(&str) -> String,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut values: BTreeMap<String, String> = plain.into_iter().collect();
+    let mut secret = secret.into_iter().peekable();
+    let key = match secrets {
+        Secrets::AsGiven if secret.peek().is_some() => {
+            return Err("secret values come only in writes".into())
+        }
+        Secrets::AsGiven => return Ok(values),
+        Secrets::Seal(key) => key,
+    };
+    crate::secrets::check_sealed(key, server, &values, place).map_err(|e| e.to_string())?;
+    for (name, value) in secret {
+        let key = key.ok_or_else(|| {
+            crate::secrets::SecretsError::NoKey {
+                server: server.to_string(),
+                place: place(&name),
+            }
+            .to_string()
+        })?;
+        let sealed = key.seal(server, &place(&name), &value);
+        if values.insert(name.clone(), sealed).is_some() {
+            return Err(format!("{} is given both plain and secret", place(&name)));
+        }
+    }
+    Ok(values)
+}
+
 pub fn spec_to_proto(spec: &ServerSpec) -> pb::ServerSpec {
     let transport = match &spec.transport {
         Transport::Stdio {
@@ -76,10 +136,12 @@ pub fn spec_to_proto(spec: &ServerSpec) -> pb::ServerSpec {
             args: args.clone(),
             env: env.clone().into_iter().collect(),
             cwd: cwd.clone().unwrap_or_default(),
+            secret_env: Default::default(),
         }),
         Transport::Http { url, headers } => pb::server_spec::Transport::Http(pb::HttpTransport {
             url: url.clone(),
             headers: headers.clone().into_iter().collect(),
+            secret_headers: Default::default(),
         }),
     };
     let h = spec.health_check;

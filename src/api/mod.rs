@@ -47,8 +47,9 @@ pub async fn serve(
     gateway: FleetServer,
     directory: Arc<Directory>,
     tls: Option<tonic::transport::ServerTlsConfig>,
+    secrets: Option<Arc<crate::secrets::SecretsKey>>,
 ) -> Result<(), NodeError> {
-    let client = RegistryServer::new(ClientApi::new(handle.clone(), gateway))
+    let client = RegistryServer::new(ClientApi::new(handle.clone(), gateway, secrets))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let dataplane = ToolCallsServer::new(DataPlaneApi::new(directory, handle.tasks().clone()))
         .max_decoding_message_size(MAX_CALL_BYTES)

@@ -76,7 +76,7 @@ fn validity(params: &mut CertificateParams, days: i64) -> Result<(), CliError> {
 
 /// Writes `text` to a file that must not exist yet; keys are readable by their owner
 /// only.
-fn write_new(path: &Path, text: &str, private: bool) -> Result<(), CliError> {
+pub(super) fn write_new(path: &Path, text: &str, private: bool) -> Result<(), CliError> {
     if path.exists() {
         return Err(CliError::Failed(format!(
             "{} exists already; remove it first to make a new one",

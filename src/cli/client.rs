@@ -178,10 +178,18 @@ fn spec_from_args(args: AddServerArgs) -> Result<pb::PutServerRequest, CliError>
                 .into_iter()
                 .collect(),
             cwd: args.cwd.clone().unwrap_or_default(),
+            secret_env: parse_pairs(&args.secret_env, "--secret-env")
+                .map_err(CliError::Usage)?
+                .into_iter()
+                .collect(),
         }),
         (None, Some(url)) => pb::server_spec::Transport::Http(pb::HttpTransport {
             url: url.clone(),
             headers: parse_pairs(&args.headers, "--header")
+                .map_err(CliError::Usage)?
+                .into_iter()
+                .collect(),
+            secret_headers: parse_pairs(&args.secret_headers, "--secret-header")
                 .map_err(CliError::Usage)?
                 .into_iter()
                 .collect(),

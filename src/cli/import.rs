@@ -11,7 +11,7 @@ use super::client::{connect, CliError, Client};
 use super::mcpservers::{self, Variables, MAX_FILE_BYTES};
 use super::output::{print_json, print_table, server_row, ServerJson};
 use super::{ClientArgs, OutputFormat};
-use crate::api::convert::{parse_pairs, spec_from_proto, spec_to_proto};
+use crate::api::convert::{parse_pairs, spec_from_proto, spec_to_proto, Secrets};
 use crate::proto::v1 as pb;
 use crate::registry::{ServerSpec, MAX_SERVERS_PER_WRITE};
 
@@ -31,6 +31,11 @@ pub struct ImportArgs {
     /// for more).
     #[arg(long = "input")]
     pub inputs: Vec<String>,
+    /// An env variable or header of the file's servers to store as a secret, by name
+    /// (repeat for more): sealed with the cluster's secrets key, as `server add
+    /// --secret-env` does, and shown as <secret> in this command's output.
+    #[arg(long = "secret")]
+    pub secrets: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -130,13 +135,21 @@ pub async fn run_import(args: ImportArgs, client_args: &ClientArgs) -> Result<()
         let puts = writes
             .iter()
             .map(|p| pb::PutServerRequest {
-                spec: Some(spec_to_proto(&p.spec)),
+                spec: Some(with_secrets(spec_to_proto(&p.spec), &args.secrets)),
                 expected_revision: Some(p.expected_revision),
             })
             .collect();
         let response = client.put_servers(puts).await?;
         Some(response.revision)
     };
+    let written = writes.len();
+    let plan: Vec<Planned> = plan
+        .into_iter()
+        .map(|mut p| {
+            redact(&mut p.spec, &args.secrets);
+            p
+        })
+        .collect();
     if json {
         return print_json(&serde_json::json!({
             "dry_run": args.dry_run,
@@ -166,10 +179,9 @@ pub async fn run_import(args: ImportArgs, client_args: &ClientArgs) -> Result<()
         println!("{kept} existing server(s) differ from the file and were kept (--replace replaces them)");
     }
     match revision {
-        Some(revision) => println!(
-            "imported {} server(s) in one write (revision {revision})",
-            writes.len()
-        ),
+        Some(revision) => {
+            println!("imported {written} server(s) in one write (revision {revision})")
+        }
         None if args.dry_run => println!("dry run: nothing was written"),
         None => println!("nothing to change"),
     }
@@ -200,6 +212,48 @@ pub async fn run_export(args: ExportArgs, client_args: &ClientArgs) -> Result<()
     }
 }
 
+/// `spec` with the env values and headers named in `secrets` (and not sealed yet)
+/// moved to the values the node seals.
+fn with_secrets(mut spec: pb::ServerSpec, secrets: &[String]) -> pb::ServerSpec {
+    let take = |plain: &mut std::collections::HashMap<String, String>,
+                secret: &mut std::collections::HashMap<String, String>| {
+        for name in secrets {
+            if plain
+                .get(name)
+                .is_some_and(|v| !crate::secrets::is_sealed(v))
+            {
+                if let Some(value) = plain.remove(name) {
+                    secret.insert(name.clone(), value);
+                }
+            }
+        }
+    };
+    match &mut spec.transport {
+        Some(pb::server_spec::Transport::Stdio(stdio)) => {
+            take(&mut stdio.env, &mut stdio.secret_env)
+        }
+        Some(pb::server_spec::Transport::Http(http)) => {
+            take(&mut http.headers, &mut http.secret_headers)
+        }
+        None => {}
+    }
+    spec
+}
+
+/// `spec` as this command shows it: the values named in `secrets`, and sealed ones,
+/// as <secret>.
+fn redact(spec: &mut ServerSpec, secrets: &[String]) {
+    let values = match &mut spec.transport {
+        crate::registry::Transport::Stdio { env, .. } => env,
+        crate::registry::Transport::Http { headers, .. } => headers,
+    };
+    for (name, value) in values.iter_mut() {
+        if secrets.contains(name) || crate::secrets::is_sealed(value) {
+            *value = crate::secrets::REDACTED.to_string();
+        }
+    }
+}
+
 /// Every server's spec and revision, as of a linearizable read.
 async fn current_specs(client: &Client) -> Result<BTreeMap<String, (ServerSpec, u64)>, CliError> {
     client
@@ -210,7 +264,7 @@ async fn current_specs(client: &Client) -> Result<BTreeMap<String, (ServerSpec, 
             let spec = server
                 .spec
                 .ok_or_else(|| CliError::Failed("server without a spec in the answer".into()))?;
-            let spec = spec_from_proto(spec).map_err(CliError::Failed)?;
+            let spec = spec_from_proto(spec, Secrets::AsGiven).map_err(CliError::Failed)?;
             Ok((spec.name.clone(), (spec, server.mod_revision)))
         })
         .collect()

@@ -134,6 +134,12 @@ pub enum TopCommand {
         #[command(subcommand)]
         command: cert::CertCommand,
     },
+    /// Make the cluster's secrets key, which seals secret env values and headers
+    /// (serve --secrets-key-file; the same file on every node).
+    SecretsKey {
+        /// The file to write (readable by its owner only; never overwritten).
+        file: std::path::PathBuf,
+    },
     /// Bearer tokens, for nodes started with --auth.
     Token {
         #[command(subcommand)]
@@ -268,6 +274,10 @@ pub struct AddServerArgs {
     /// An environment variable for the command, KEY=VALUE (repeat for more).
     #[arg(long = "env")]
     pub env: Vec<String>,
+    /// A secret environment variable, KEY=VALUE (repeat for more): stored sealed with
+    /// the cluster's secrets key, shown as <secret>, given in clear only to the server.
+    #[arg(long = "secret-env", conflicts_with = "url")]
+    pub secret_env: Vec<String>,
     /// Working directory for the command.
     #[arg(long)]
     pub cwd: Option<String>,
@@ -277,6 +287,9 @@ pub struct AddServerArgs {
     /// An HTTP header, KEY=VALUE (repeat for more).
     #[arg(long = "header")]
     pub headers: Vec<String>,
+    /// A secret HTTP header, KEY=VALUE (repeat for more), sealed as --secret-env is.
+    #[arg(long = "secret-header", conflicts_with = "command")]
+    pub secret_headers: Vec<String>,
     #[arg(long, default_value_t = 1)]
     pub replicas: u32,
     /// A tag a node must carry to run this server (repeat for more).

@@ -142,6 +142,12 @@ pub struct ServeArgs {
     /// This node's private key (PEM).
     #[arg(long)]
     pub tls_key: Option<PathBuf>,
+    /// The cluster's secrets key (`mcpfleet secrets-key FILE` makes one; the same file
+    /// on every node): this node seals the secret values written through it
+    /// (--secret-env, --secret-header) and opens those of the replicas it launches.
+    /// Without it, secret values are refused.
+    #[arg(long)]
+    pub secrets_key_file: Option<PathBuf>,
     /// Require a bearer token of every client request, on the gRPC client API and on
     /// /mcp, and allow each only what its role allows (`mcpfleet token`). Give it to
     /// every node of the cluster.
@@ -352,6 +358,13 @@ pub async fn run_serve(
             "--insecure: listening beyond loopback without TLS and authentication"
         );
     }
+    let secrets = args
+        .secrets_key_file
+        .as_deref()
+        .map(crate::secrets::SecretsKey::load)
+        .transpose()
+        .map_err(|e| CliError::Usage(e.to_string()))?
+        .map(Arc::new);
     let disk = SledDisk::open(&config.data_dir).map_err(|e| CliError::Failed(e.to_string()))?;
     claim_data_dir(&disk, config.id, &config.data_dir).await?;
     let mut env = Environment::production(Arc::new(disk));
@@ -366,7 +379,9 @@ pub async fn run_serve(
     env.launcher = Some(Arc::new(ProcessLauncher {
         supervisor: Some(supervisor),
         isolation,
+        secrets: secrets.clone(),
     }));
+    env.secrets = secrets;
     crate::node::run(config, env, shutdown)
         .await
         .map_err(|e| CliError::Failed(e.to_string()))

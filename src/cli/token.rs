@@ -1,7 +1,8 @@
 //! `mcpfleet token bootstrap|create|ls|revoke`: the bearer tokens of a cluster whose
 //! nodes run with `--auth` (src/auth). The secret of a new token is made here, from
 //! the operating system's randomness, and printed once; the nodes get only its
-//! SHA-256.
+//! SHA-256. And `mcpfleet secrets-key FILE`, the cluster's key for secret values
+//! (src/secrets), made from the same randomness.
 
 use clap::Subcommand;
 
@@ -43,13 +44,14 @@ pub enum TokenCommand {
     Revoke { id: String },
 }
 
-/// 40 bytes of the operating system's randomness: a token's id and secret.
-fn random_bytes() -> Result<[u8; 40], CliError> {
+/// `N` bytes of the operating system's randomness (a token's id and secret, a
+/// secrets key).
+pub(super) fn os_random<const N: usize>() -> Result<[u8; N], CliError> {
     use rand::RngCore;
-    let mut bytes = [0u8; 40];
+    let mut bytes = [0u8; N];
     rand::rngs::OsRng
         .try_fill_bytes(&mut bytes)
-        .map_err(|e| CliError::Failed(format!("no randomness for a token: {e}")))?;
+        .map_err(|e| CliError::Failed(format!("no randomness from the system: {e}")))?;
     Ok(bytes)
 }
 
@@ -83,7 +85,7 @@ pub async fn run_token(command: TokenCommand, args: &ClientArgs) -> Result<(), C
             (name, role, servers, tools, false)
         }
     };
-    let (text, record) = crate::auth::new_token(&name, role, servers, tools, random_bytes()?);
+    let (text, record) = crate::auth::new_token(&name, role, servers, tools, os_random()?);
     let token = crate::api::convert::token_to_proto(&record);
     let revision = client
         .create_token(token.clone(), record.secret_sha256, first)
@@ -146,6 +148,19 @@ async fn list(client: &Client, json: bool) -> Result<(), CliError> {
     print_table(
         &["ID", "ROLE", "SERVERS", "TOOLS", "CREATED", "NAME"],
         &rows,
+    );
+    Ok(())
+}
+
+/// Writes a new secrets key (64 hex digits) to `file`, which must not exist.
+pub fn write_secrets_key(file: &std::path::Path) -> Result<(), CliError> {
+    let key: [u8; crate::secrets::KEY_BYTES] = os_random()?;
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    super::cert::write_new(file, &format!("{hex}\n"), true)?;
+    eprintln!(
+        "wrote a secrets key to {}: give every node this same file \
+         (serve --secrets-key-file), and keep a copy: without it no sealed value opens",
+        file.display()
     );
     Ok(())
 }

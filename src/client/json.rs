@@ -4,7 +4,7 @@
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::api::convert::spec_from_proto;
+use crate::api::convert::{spec_from_proto, Secrets};
 use crate::proto::v1 as pb;
 use crate::registry::ServerSpec;
 
@@ -20,7 +20,7 @@ pub struct ServerJson {
 pub fn server_json(server: pb::Server) -> Result<ServerJson, String> {
     let spec = server.spec.ok_or("server without a spec in the answer")?;
     Ok(ServerJson {
-        spec: spec_from_proto(spec)?,
+        spec: spec_from_proto(spec, Secrets::AsGiven)?,
         create_revision: server.create_revision,
         mod_revision: server.mod_revision,
     })

@@ -770,11 +770,16 @@ pub enum TransportInput {
         env: std::collections::BTreeMap<String, String>,
         #[serde(default)]
         cwd: Option<String>,
+        /// Values the node seals before it stores them (`crate::secrets`).
+        #[serde(default)]
+        secret_env: std::collections::BTreeMap<String, String>,
     },
     Http {
         url: String,
         #[serde(default)]
         headers: std::collections::BTreeMap<String, String>,
+        #[serde(default)]
+        secret_headers: std::collections::BTreeMap<String, String>,
     },
 }
 
@@ -795,21 +800,29 @@ impl SpecInput {
 
     /// The spec with defaults filled in, as the wire carries it. The node checks it.
     pub fn into_proto(self) -> pb::ServerSpec {
-        let transport = match self.transport {
+        let (transport, secrets) = match self.transport {
             TransportInput::Stdio {
                 command,
                 args,
                 env,
                 cwd,
-            } => Transport::Stdio {
-                command,
-                args,
-                env,
-                cwd,
-            },
-            TransportInput::Http { url, headers } => Transport::Http { url, headers },
+                secret_env,
+            } => (
+                Transport::Stdio {
+                    command,
+                    args,
+                    env,
+                    cwd,
+                },
+                secret_env,
+            ),
+            TransportInput::Http {
+                url,
+                headers,
+                secret_headers,
+            } => (Transport::Http { url, headers }, secret_headers),
         };
-        spec_to_proto(&ServerSpec {
+        let mut spec = spec_to_proto(&ServerSpec {
             name: self.name,
             transport,
             replicas: self.replicas.unwrap_or(1),
@@ -820,7 +833,17 @@ impl SpecInput {
             max_concurrent_calls: self
                 .max_concurrent_calls
                 .unwrap_or(crate::registry::DEFAULT_MAX_CONCURRENT_CALLS),
-        })
+        });
+        match &mut spec.transport {
+            Some(pb::server_spec::Transport::Stdio(stdio)) => {
+                stdio.secret_env = secrets.into_iter().collect()
+            }
+            Some(pb::server_spec::Transport::Http(http)) => {
+                http.secret_headers = secrets.into_iter().collect()
+            }
+            None => {}
+        }
+        spec
     }
 }
 

@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+
+use crate::secrets::{env_place, header_place, open_all};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
 
 use super::isolation::{self, Isolation};
@@ -97,25 +99,36 @@ pub trait McpLauncher: Send + Sync + 'static {
 pub struct ProcessLauncher {
     pub supervisor: Option<PathBuf>,
     pub isolation: Isolation,
+    /// Opens the spec's sealed env values and headers, which only a launch sees in
+    /// clear (`crate::secrets`).
+    pub secrets: Option<std::sync::Arc<crate::secrets::SecretsKey>>,
 }
 
 #[async_trait]
 impl McpLauncher for ProcessLauncher {
     async fn launch(
         &self,
-        _replica: &ReplicaId,
+        replica: &ReplicaId,
         transport: &Transport,
         fence: Fence,
     ) -> Result<Launched, LaunchError> {
+        let key = self.secrets.as_deref();
         let (command, args, env, cwd) = match transport {
             Transport::Http { url, headers } => {
+                let headers =
+                    open_all(key, &replica.server, headers, header_place).map_err(|e| {
+                        LaunchError::Spawn {
+                            command: url.clone(),
+                            reason: e.to_string(),
+                        }
+                    })?;
                 return Ok(Launched {
                     io: McpIo::Http {
                         url: url.clone(),
-                        headers: headers.clone(),
+                        headers,
                     },
                     process: None,
-                })
+                });
             }
             Transport::Stdio {
                 command,
@@ -128,6 +141,8 @@ impl McpLauncher for ProcessLauncher {
             command: command.clone(),
             reason,
         };
+        let env = &open_all(key, &replica.server, env, env_place)
+            .map_err(|e| spawn_error(e.to_string()))?;
         // The pipe through which the node renews the supervisor's deadline; the
         // supervisor reads it as fd FENCE_FD.
         let fence_pipe = match &self.supervisor {

@@ -33,6 +33,9 @@ pub struct Environment {
     pub launcher: Option<Arc<dyn crate::env::launcher::McpLauncher>>,
     /// The wall clock the node stamps its log entries with as leader.
     pub clock: Arc<dyn crate::env::Clock>,
+    /// The cluster's key for secret env values and headers (`crate::secrets`): this
+    /// node seals what clients write through it with it. `None`: secrets are refused.
+    pub secrets: Option<Arc<crate::secrets::SecretsKey>>,
 }
 
 impl Environment {
@@ -45,6 +48,7 @@ impl Environment {
             probe: None,
             launcher: None,
             clock: Arc::new(crate::env::SystemClock),
+            secrets: None,
         }
     }
 }
@@ -192,9 +196,10 @@ pub async fn run(
         let control = control.clone();
         let directory = directory.clone();
         let tls = env.network.server_tls();
+        let secrets = env.secrets.clone();
         async move {
-            if let Err(error) = crate::api::serve(control, incoming, gateway, directory, tls).await
-            {
+            let served = crate::api::serve(control, incoming, gateway, directory, tls, secrets);
+            if let Err(error) = served.await {
                 tracing::error!(%error, "the API server failed");
             }
         }
