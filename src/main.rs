@@ -127,6 +127,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cli::cert::run_cert(command, client.output == cli::OutputFormat::Json)?
         }
         TopCommand::Token { command } => cli::token::run_token(command, &client).await?,
+        TopCommand::Audit { since } => cli::token::run_audit(since, &client).await?,
         TopCommand::SecretsKey { file } => cli::token::write_secrets_key(&file)?,
         TopCommand::Bench { command } => match command {
             cli::BenchCommand::Put(args) => cli::bench::run_put(args, &client).await?,

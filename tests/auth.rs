@@ -323,6 +323,63 @@ fn each_role_may_do_what_it_allows_and_nothing_more() -> Result<()> {
     let after = python_token(&["status", &url, &caller])?;
     ensure!(after["status"] == 401, "revoked on /mcp: {after}");
 
+    // The audit log names who made each change, with the leader's time; only an
+    // admin reads it.
+    refused(&two, Some(&reader), &["audit"], "needs admin")?;
+    let audit: serde_json::Value =
+        serde_json::from_str(&allowed(&two, &admin, &["audit", "-o", "json"])?)?;
+    let entries = audit["entries"].as_array().context("entries")?;
+    let by = |actor: &str, action: &str, target: &str| {
+        entries.iter().any(|e| {
+            e["actor"].as_str().is_some_and(|a| a.starts_with(actor))
+                && e["action"] == action
+                && e["target"] == target
+        })
+    };
+    let admin_id = format!("token {}", &admin[5..21]);
+    let operator_id = format!("token {}", &operator[5..21]);
+    ensure!(
+        by(
+            "anonymous",
+            "create-token",
+            &format!("token {}", &admin[5..21])
+        ),
+        "{audit}"
+    );
+    ensure!(by(&admin_id, "put-server", "everything"), "{audit}");
+    ensure!(by(&operator_id, "put-server", "extra"), "{audit}");
+    ensure!(by(&operator_id, "delete-server", "extra"), "{audit}");
+    ensure!(by(&operator_id, "set-node-admin", "node 3"), "{audit}");
+    ensure!(
+        by(
+            &admin_id,
+            "revoke-token",
+            &format!("token {}", &caller[5..21])
+        ),
+        "{audit}"
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    ensure!(
+        entries.iter().all(|e| e["stamp_ms"]
+            .as_u64()
+            .is_some_and(|t| t <= now_ms + 5_000 && t + 600_000 > now_ms)),
+        "{audit}"
+    );
+    // Refused requests left no entry.
+    ensure!(
+        !entries.iter().any(|e| e["actor"]
+            .as_str()
+            .is_some_and(|a| a.contains(&reader[5..21]))),
+        "{audit}"
+    );
+    let table = allowed(&two, &admin, &["audit"])?;
+    ensure!(
+        table.starts_with("REVISION") && table.contains(&admin_id),
+        "{table}"
+    );
+
     // A node cut off from the others refuses every token once it has not heard from
     // a leader for a second, and takes them again when it has.
     allowed(&one, &admin, &["cluster", "status"])?;

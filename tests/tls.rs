@@ -162,6 +162,14 @@ fn a_tls_cluster_serves_only_what_its_ca_signed() -> Result<()> {
     )?;
     let servers = json(&addrs[2], &ops, &["server", "ls"])?;
     ensure!(servers[0]["name"] == "remote", "{servers}");
+    // The audit log names the client by its certificate.
+    let audit = json(&addrs[2], &ops, &["audit"])?;
+    ensure!(
+        audit["entries"].as_array().is_some_and(|e| e
+            .iter()
+            .any(|e| e["actor"] == "cert ops" && e["target"] == "remote")),
+        "{audit}"
+    );
 
     // No certificate, a certificate of another CA, or no TLS at all: refused, and
     // nothing changes.

@@ -68,11 +68,12 @@ impl ClientApi {
             .collect()
     }
 
-    /// Commits a command; a rejection becomes the status that fits it.
-    async fn commit(&self, command: Command) -> Result<u64, Status> {
+    /// Commits a command that `actor` asked for; a rejection becomes the status that
+    /// fits it.
+    async fn commit(&self, command: Command, actor: String) -> Result<u64, Status> {
         match self
             .node
-            .propose(command)
+            .propose_as(command, Some(actor))
             .await
             .map_err(status_from_node_error)?
         {
@@ -117,12 +118,13 @@ impl ClientApi {
         request: Request<pb::CreateTokenRequest>,
         first: bool,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let actor = actor_of(&request);
         let token = token_from_proto(request.into_inner()).map_err(Status::invalid_argument)?;
         let command = Command::CreateToken { token, first };
         command
             .check()
             .map_err(|e| status_from_registry_error(&e))?;
-        let revision = self.commit(command).await?;
+        let revision = self.commit(command, actor).await?;
         Ok(Response::new(pb::CreateTokenResponse { revision }))
     }
 
@@ -268,13 +270,17 @@ impl Registry for ClientApi {
         &self,
         request: Request<pb::PutServerRequest>,
     ) -> Result<Response<pb::PutServerResponse>, Status> {
+        let actor = actor_of(&request);
         let put = put_from_proto(request.into_inner(), self.secrets.as_deref())?;
         let name = put.spec.name.clone();
         let revision = self
-            .commit(Command::PutServer {
-                spec: put.spec,
-                expected_revision: put.expected_revision,
-            })
+            .commit(
+                Command::PutServer {
+                    spec: put.spec,
+                    expected_revision: put.expected_revision,
+                },
+                actor,
+            )
             .await?;
         let server = self.written([(name.as_str(), revision)]).pop().flatten();
         Ok(Response::new(pb::PutServerResponse { revision, server }))
@@ -284,6 +290,7 @@ impl Registry for ClientApi {
         &self,
         request: Request<pb::PutServersRequest>,
     ) -> Result<Response<pb::PutServersResponse>, Status> {
+        let actor = actor_of(&request);
         let puts = request
             .into_inner()
             .puts
@@ -295,7 +302,7 @@ impl Registry for ClientApi {
         command
             .check()
             .map_err(|e| status_from_registry_error(&e))?;
-        let revision = self.commit(command).await?;
+        let revision = self.commit(command, actor).await?;
         // Each server has its own revision, in order, up to the write's.
         let first = revision + 1 - names.len() as u64;
         let servers = self
@@ -310,13 +317,17 @@ impl Registry for ClientApi {
         &self,
         request: Request<pb::DeleteServerRequest>,
     ) -> Result<Response<pb::DeleteServerResponse>, Status> {
+        let actor = actor_of(&request);
         let request = request.into_inner();
         validate_name(&request.name).map_err(|e| status_from_registry_error(&e))?;
         let revision = self
-            .commit(Command::DeleteServer {
-                name: request.name,
-                expected_revision: request.expected_revision,
-            })
+            .commit(
+                Command::DeleteServer {
+                    name: request.name,
+                    expected_revision: request.expected_revision,
+                },
+                actor,
+            )
             .await?;
         Ok(Response::new(pb::DeleteServerResponse { revision }))
     }
@@ -519,6 +530,7 @@ impl Registry for ClientApi {
         &self,
         request: Request<pb::SetNodeStatusRequest>,
     ) -> Result<Response<pb::SetNodeStatusResponse>, Status> {
+        let actor = actor_of(&request);
         let request = request.into_inner();
         // Operators set the admin state only; liveness belongs to the leader's heartbeat
         // check, so undraining a node that is down never makes it up.
@@ -532,10 +544,13 @@ impl Registry for ClientApi {
             }
         };
         let revision = self
-            .commit(Command::SetNodeAdmin {
-                id: request.id,
-                admin,
-            })
+            .commit(
+                Command::SetNodeAdmin {
+                    id: request.id,
+                    admin,
+                },
+                actor,
+            )
             .await?;
         Ok(Response::new(pb::SetNodeStatusResponse { revision }))
     }
@@ -691,13 +706,62 @@ impl Registry for ClientApi {
         &self,
         request: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        let actor = actor_of(&request);
         let command = Command::RevokeToken {
             id: request.into_inner().id,
         };
         command
             .check()
             .map_err(|e| status_from_registry_error(&e))?;
-        let revision = self.commit(command).await?;
+        let revision = self.commit(command, actor).await?;
         Ok(Response::new(pb::RevokeTokenResponse { revision }))
     }
+
+    async fn list_audit(
+        &self,
+        request: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        let since = request.into_inner().since_revision;
+        self.barrier_unless_stale(false).await?;
+        let applied = self.node.view().read();
+        let entries = applied
+            .registry
+            .audit
+            .iter()
+            .filter(|e| e.revision > since)
+            .map(|e| pb::AuditEntry {
+                revision: e.revision,
+                stamp_ms: e.stamp_ms,
+                actor: e.actor.clone(),
+                action: e.action.clone(),
+                target: e.target.clone(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListAuditResponse {
+            entries,
+            revision: applied.registry.revision,
+            oldest_revision: applied.registry.audit.front().map_or(0, |e| e.revision),
+        }))
+    }
+}
+
+/// Who sent `request`, as the audit log names it: the token's id, else the common
+/// name of the client's certificate, else "anonymous".
+fn actor_of<T>(request: &Request<T>) -> String {
+    if let Some(principal) = request.extensions().get::<Principal>() {
+        return format!("token {} ({})", principal.token_id, principal.role.name());
+    }
+    // The node's connections carry no connect info of their own (`env::network`),
+    // so tonic files the TLS session's under `()`.
+    request
+        .extensions()
+        .get::<tonic::transport::server::TlsConnectInfo<()>>()
+        .and_then(|info| info.peer_certs())
+        .or_else(|| request.peer_certs())
+        .and_then(|certs| {
+            certs
+                .first()
+                .and_then(|der| crate::env::tls::common_name(der))
+        })
+        .map_or_else(|| "anonymous".to_string(), |name| format!("cert {name}"))
 }

@@ -140,6 +140,13 @@ pub enum TopCommand {
         /// The file to write (readable by its owner only; never overwritten).
         file: std::path::PathBuf,
     },
+    /// The audit log: who changed what in the registry, and when (needs an admin's
+    /// token with --auth).
+    Audit {
+        /// Only changes after this revision.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+    },
     /// Bearer tokens, for nodes started with --auth.
     Token {
         #[command(subcommand)]

@@ -164,3 +164,72 @@ pub fn write_secrets_key(file: &std::path::Path) -> Result<(), CliError> {
     );
     Ok(())
 }
+
+/// `mcpfleet audit`: the audit log's entries after `since`, oldest first.
+pub async fn run_audit(since: u64, args: &ClientArgs) -> Result<(), CliError> {
+    let client = connect(args)?;
+    let answer = client.list_audit(since).await?;
+    if args.output == OutputFormat::Json {
+        let entries: Vec<serde_json::Value> = answer
+            .entries
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "revision": e.revision,
+                    "stamp_ms": e.stamp_ms,
+                    "actor": e.actor,
+                    "action": e.action,
+                    "target": e.target,
+                })
+            })
+            .collect();
+        return print_json(&serde_json::json!({
+            "entries": entries,
+            "revision": answer.revision,
+            "oldest_revision": answer.oldest_revision,
+        }))
+        .map_err(CliError::Failed);
+    }
+    let rows: Vec<Vec<String>> = answer
+        .entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.revision.to_string(),
+                utc(e.stamp_ms),
+                e.actor.clone(),
+                e.action.clone(),
+                e.target.clone(),
+            ]
+        })
+        .collect();
+    print_table(
+        &["REVISION", "TIME (UTC)", "ACTOR", "ACTION", "TARGET"],
+        &rows,
+    );
+    if since > 0 && answer.oldest_revision > since + 1 {
+        println!(
+            "(entries up to revision {} were dropped: the log keeps the last {})",
+            answer.oldest_revision - 1,
+            crate::registry::MAX_AUDIT_ENTRIES
+        );
+    }
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS.mmm`.
+fn utc(ms: u64) -> String {
+    let Ok(at) = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) else {
+        return ms.to_string();
+    };
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:03}",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second(),
+        at.millisecond()
+    )
+}

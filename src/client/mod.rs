@@ -698,6 +698,17 @@ impl Client {
         Ok(response.revision)
     }
 
+    /// The audit log's entries after `since_revision`.
+    pub async fn list_audit(
+        &self,
+        since_revision: u64,
+    ) -> Result<pb::ListAuditResponse, ClientError> {
+        self.request(Retry::Read, self.timeout, |mut c| async move {
+            c.list_audit(pb::ListAuditRequest { since_revision }).await
+        })
+        .await
+    }
+
     /// A copy of the registry, in chunks (`mcpfleet snapshot save`).
     pub async fn save_snapshot(
         &self,

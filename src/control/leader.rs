@@ -408,7 +408,16 @@ impl ControlPlane {
     /// Commits `command` and returns its outcome. However often the attempt is retried
     /// (a lost answer, a leader change), the command is applied at most once.
     pub async fn propose(&self, command: Command) -> Result<Outcome, NodeError> {
-        let (proposal, _open) = self.proposal(command);
+        self.propose_as(command, None).await
+    }
+
+    /// As `propose`, for a client: the audit log records `actor` with the change.
+    pub async fn propose_as(
+        &self,
+        command: Command,
+        actor: Option<String>,
+    ) -> Result<Outcome, NodeError> {
+        let (proposal, _open) = self.proposal(command, actor);
         match self
             .on_leader(LeaderOp::Propose(Box::new(proposal)))
             .await?

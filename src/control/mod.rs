@@ -249,7 +249,7 @@ impl ControlPlane {
     /// A new write of `command`, numbered, with the floor below which every write of
     /// this boot is done. The write counts as open (it may still be sent) until the
     /// returned ticket is dropped.
-    fn proposal(&self, command: Command) -> (Proposal, WriteTicket<'_>) {
+    fn proposal(&self, command: Command, actor: Option<String>) -> (Proposal, WriteTicket<'_>) {
         let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
         let seq = writes.next;
         writes.next += 1;
@@ -264,13 +264,21 @@ impl ControlPlane {
             writes: &self.writes,
             seq,
         };
-        (Proposal { id, floor, command }, ticket)
+        (
+            Proposal {
+                id,
+                floor,
+                command,
+                actor,
+            },
+            ticket,
+        )
     }
 
     /// Commits `command` through this node's proposer only if it leads (never
     /// forwarded): the controller's path, whose proposals must fail once it is deposed.
     pub async fn propose_here(&self, command: Command) -> Result<Outcome, LeaderError> {
-        let (proposal, _open) = self.proposal(command);
+        let (proposal, _open) = self.proposal(command, None);
         let commit = self.proposer.propose(proposal);
         tokio::time::timeout(self.request_timeout(), commit)
             .await

@@ -101,6 +101,7 @@ mod tests {
                 },
                 floor: 3,
                 command: Command::DeleteSession { id: "s".into() },
+                actor: Some("token 0123456789abcdef (admin)".into()),
             }],
         }
     }

@@ -47,6 +47,9 @@ pub struct Proposal {
     /// when this one was made: none of them is sent again.
     pub floor: u64,
     pub command: Command,
+    /// Who asked for the write, for the audit log (`registry::AuditEntry`): a client's
+    /// token or certificate, or "anonymous". `None` for the nodes' own writes.
+    pub actor: Option<String>,
 }
 
 /// One Raft entry: proposals applied in order. Writes that arrive together share an

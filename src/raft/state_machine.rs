@@ -267,6 +267,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         let (outcome, changes) = applied
                             .registry
                             .apply_at(&proposal.command, injected(&proposal.command, position));
+                        if let (Some(actor), Outcome::Applied { .. }) = (&proposal.actor, &outcome)
+                        {
+                            applied
+                                .registry
+                                .record_audit(&proposal.command, actor, batch.stamp_ms);
+                        }
                         if let (Some((id, probe)), Command::ApplyPlan { term, .. }) =
                             (&self.observer, &proposal.command)
                         {

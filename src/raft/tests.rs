@@ -76,6 +76,7 @@ async fn a_retried_proposal_is_applied_once_and_answered_alike() -> Result<(), S
             name: "a".into(),
             expected_revision: None,
         },
+        actor: None,
     };
     let put = Proposal {
         id: id(1),
@@ -84,6 +85,7 @@ async fn a_retried_proposal_is_applied_once_and_answered_alike() -> Result<(), S
             spec: ServerSpec::stdio("a", "echo", &[]),
             expected_revision: None,
         },
+        actor: None,
     };
     let first = state_machine
         .apply([entry(1, vec![put.clone(), delete.clone()])])
@@ -122,6 +124,7 @@ fn put(seq: u64, name: &str) -> Proposal {
             spec: ServerSpec::stdio(name, "echo", &[]),
             expected_revision: None,
         },
+        actor: None,
     }
 }
 

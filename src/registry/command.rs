@@ -146,6 +146,32 @@ impl Command {
         }
     }
 
+    /// What the command changes, as the audit log names it.
+    pub fn target(&self) -> String {
+        match self {
+            Command::PutServer { spec, .. } => spec.name.clone(),
+            Command::PutServers { puts } => puts
+                .iter()
+                .map(|p| p.spec.name.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            Command::DeleteServer { name, .. } => name.clone(),
+            Command::ReportHealth { server, slot, .. }
+            | Command::ReportCatalog { server, slot, .. } => format!("{server}/{slot}"),
+            Command::PutNode { node } => format!("node {}", node.id),
+            Command::RemoveNode { id }
+            | Command::RegisterNode { id, .. }
+            | Command::SetNodeStatus { id, .. }
+            | Command::SetNodeAdmin { id, .. } => format!("node {id}"),
+            Command::PutSession { id, .. } | Command::DeleteSession { id } => {
+                format!("session {id}")
+            }
+            Command::ApplyPlan { placements, .. } => format!("{} placements", placements.len()),
+            Command::CreateToken { token, .. } => format!("token {}", token.id),
+            Command::RevokeToken { id } => format!("token {id}"),
+        }
+    }
+
     /// The checks that need no state, made once when the command is proposed
     /// (`validate::check_command`).
     pub fn check(&self) -> Result<(), RegistryError> {

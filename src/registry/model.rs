@@ -336,3 +336,24 @@ pub struct TokenRecord {
     /// The revision that created it.
     pub create_revision: u64,
 }
+
+/// Most entries the audit log keeps; past it the oldest go.
+pub const MAX_AUDIT_ENTRIES: usize = 10_000;
+/// Longest actor, and longest target, an audit entry keeps, in bytes.
+pub const MAX_AUDIT_TEXT: usize = 256;
+
+/// One change a client made to the registry, as the audit log keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// The registry's revision after the change.
+    pub revision: u64,
+    /// The leader's clock when it made the log entry (ms since the Unix epoch).
+    pub stamp_ms: u64,
+    /// Who: `token ID`, `cert NAME` or `anonymous`.
+    pub actor: String,
+    /// What: the command's kind (`put-server`, `revoke-token`, ...).
+    pub action: String,
+    /// What it changed: a server's name (several joined by commas), a token's id, a
+    /// node's id.
+    pub target: String,
+}

@@ -43,6 +43,8 @@ pub struct Registry {
     pub sessions: BTreeMap<String, SessionRecord>,
     /// Bearer tokens, keyed by id (`MAX_TOKENS` at most).
     pub tokens: BTreeMap<String, TokenRecord>,
+    /// The last `MAX_AUDIT_ENTRIES` changes clients made, oldest first.
+    pub audit: std::collections::VecDeque<AuditEntry>,
     /// What the registry holds against its budgets. Every command keeps it; it is not
     /// stored, and `recount` sets it after a registry is decoded.
     #[serde(skip)]
@@ -122,6 +124,25 @@ impl Registry {
             ),
             Err(error) => (Outcome::Rejected(error), Vec::new()),
         }
+    }
+
+    /// Records that `actor` made `command`, which was just applied at the leader's
+    /// `stamp_ms`, in the audit log; the oldest entry goes past `MAX_AUDIT_ENTRIES`.
+    pub fn record_audit(&mut self, command: &Command, actor: &str, stamp_ms: u64) {
+        let mut actor = actor.to_string();
+        truncate_utf8(&mut actor, MAX_AUDIT_TEXT);
+        let mut target = command.target();
+        truncate_utf8(&mut target, MAX_AUDIT_TEXT);
+        if self.audit.len() >= MAX_AUDIT_ENTRIES {
+            self.audit.pop_front();
+        }
+        self.audit.push_back(AuditEntry {
+            revision: self.revision,
+            stamp_ms,
+            actor,
+            action: command.kind().to_string(),
+            target,
+        });
     }
 
     /// Applies a command other than a write of servers.
@@ -650,6 +671,9 @@ impl Registry {
         }
         if self.sessions.len() > MAX_SESSIONS {
             return Err(format!("{} sessions, over the cap", self.sessions.len()));
+        }
+        if self.audit.len() > MAX_AUDIT_ENTRIES {
+            return Err(format!("{} audit entries, over the cap", self.audit.len()));
         }
         if self.tokens.len() > MAX_TOKENS {
             return Err(format!("{} tokens, over the cap", self.tokens.len()));

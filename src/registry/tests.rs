@@ -1261,3 +1261,29 @@ fn tokens_are_created_once_bootstrapped_once_and_revoked() {
         Outcome::Applied { .. }
     ));
 }
+
+#[test]
+fn the_audit_log_keeps_the_last_entries_and_who_made_them() {
+    let mut registry = Registry::default();
+    for i in 0..MAX_AUDIT_ENTRIES + 5 {
+        let command = put(echo("a"));
+        assert!(matches!(
+            registry.apply(&command).0,
+            Outcome::Applied { .. }
+        ));
+        registry.record_audit(&command, &format!("token {i}"), 1_000 + i as u64);
+    }
+    assert_eq!(registry.audit.len(), MAX_AUDIT_ENTRIES);
+    let oldest = registry.audit.front().unwrap();
+    assert_eq!((oldest.revision, oldest.actor.as_str()), (6, "token 5"));
+    let newest = registry.audit.back().unwrap();
+    assert_eq!(newest.revision, registry.revision);
+    assert_eq!(
+        (newest.action.as_str(), newest.target.as_str()),
+        ("put-server", "a")
+    );
+    assert_eq!(registry.check_invariants(), Ok(()));
+    // Long actors are cut to the cap.
+    registry.record_audit(&put(echo("a")), &"x".repeat(1_000), 0);
+    assert_eq!(registry.audit.back().unwrap().actor.len(), MAX_AUDIT_TEXT);
+}
