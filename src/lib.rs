@@ -15,6 +15,7 @@ pub mod config;
 pub mod control;
 pub mod controller;
 pub mod env;
+pub mod fuzzing;
 pub mod gateway;
 pub mod limits;
 pub mod mcp;

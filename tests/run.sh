@@ -6,9 +6,11 @@
 #     loopback, and the simulator's own tests;
 #  2. the Python package (tests/python.sh): its wheel built and installed into a venv,
 #     and its pytest suite against three real nodes of the release binary;
-#  3. a sweep of the chaos simulation over 200 seeds (release build), and of the
+#  3. a short run (FUZZ_SECONDS, 20 s) of every fuzz target (tests/fuzz.sh, cargo-fuzz
+#     installed if missing);
+#  4. a sweep of the chaos simulation over 200 seeds (release build), and of the
 #     write-storm scenario (exactly-once writes at a high rate) over 20;
-#  4. every deliberate bug of the simulator switched on in turn: each must be caught.
+#  5. every deliberate bug of the simulator switched on in turn: each must be caught.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +28,7 @@ if ! command -v chromium >/dev/null; then
 fi
 cargo test --workspace
 tests/python.sh
+tests/fuzz.sh
 
 cargo build --release -p mcpfleet-sim
 sim=./target/release/mcpfleet-sim

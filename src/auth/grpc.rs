@@ -95,14 +95,7 @@ where
         let Some(need) = required_role(method) else {
             return Either::Right(self.inner.call(request));
         };
-        let header = request
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .map(|value| value.to_str().unwrap_or(""));
-        let checked = auth
-            .authenticate(header)
-            .and_then(|principal| principal.require(need).map(|()| principal));
-        match checked {
+        match auth.authorize(request.headers(), need) {
             Ok(principal) => {
                 request.extensions_mut().insert(principal);
                 Either::Right(self.inner.call(request))

@@ -232,6 +232,16 @@ impl Authenticator {
         Authenticator { reader }
     }
 
+    /// The principal of a request with `headers`, if it holds `need` or more.
+    pub fn authorize(&self, headers: &http::HeaderMap, need: Role) -> Result<Principal, AuthError> {
+        let header = headers
+            .get(http::header::AUTHORIZATION)
+            .map(|value| value.to_str().unwrap_or(""));
+        let principal = self.authenticate(header)?;
+        principal.require(need)?;
+        Ok(principal)
+    }
+
     /// The principal of a request's `Authorization` header.
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
         let text = bearer(authorization.ok_or(AuthError::Missing)?)?;

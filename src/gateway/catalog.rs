@@ -148,6 +148,11 @@ impl Catalogs {
                 .collect();
             (registry.revision, offered)
         };
+        self.aggregate(revision, offered)
+    }
+
+    /// What `offered` (each server's catalog) makes the fleet offer, at `revision`.
+    fn aggregate(&self, revision: u64, offered: Vec<(String, Catalog)>) -> Arc<Aggregate> {
         let fingerprint = |list: fn(&Catalog) -> &String| {
             let mut hasher = std::hash::DefaultHasher::new();
             std::hash::Hash::hash(&self.separator, &mut hasher);
@@ -238,6 +243,12 @@ impl Catalogs {
         }
         aggregate
     }
+}
+
+/// What servers offering `offered` make the fleet offer, with `separator` between
+/// server and tool: the catalog's reading of the lists servers send (fuzzed).
+pub fn aggregate_of(offered: &[(String, Catalog)], separator: &str) -> Arc<Aggregate> {
+    Catalogs::new(separator).aggregate(0, offered.to_vec())
 }
 
 /// One page of a list: the items from `cursor` (an offset, as the previous page's

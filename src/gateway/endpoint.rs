@@ -471,14 +471,7 @@ async fn authorize(
     mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let header = request
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .map(|value| value.to_str().unwrap_or(""));
-    let checked = auth
-        .authenticate(header)
-        .and_then(|principal| principal.require(Role::Caller).map(|()| principal));
-    match checked {
+    match auth.authorize(request.headers(), Role::Caller) {
         Ok(principal) => {
             request.extensions_mut().insert(principal);
             next.run(request).await
