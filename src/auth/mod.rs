@@ -59,17 +59,6 @@ pub enum AuthError {
     },
 }
 
-impl AuthError {
-    /// Whether the caller is not authenticated (a missing, malformed or unknown token),
-    /// as opposed to authenticated with too little privilege, or unanswerable now.
-    pub fn unauthenticated(&self) -> bool {
-        matches!(
-            self,
-            AuthError::Missing | AuthError::Malformed | AuthError::Unknown { .. }
-        )
-    }
-}
-
 /// Who made a request, once its token checked out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
