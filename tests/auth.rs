@@ -276,6 +276,23 @@ fn each_role_may_do_what_it_allows_and_nothing_more() -> Result<()> {
         "{session}"
     );
     ensure!(session["other"].is_string(), "{session}");
+    // Its server pattern limits the prompts and resources it sees too: all of
+    // everything's, and for a caller of other servers, none.
+    let shown = python_token(&["lists", &url, &caller])?;
+    let all = python_token(&["lists", &url, &operator])?;
+    ensure!(
+        shown["tools"] == 1
+            && shown["prompts"] == all["prompts"]
+            && shown["resources"] == all["resources"]
+            && all["prompts"].as_u64() > Some(0),
+        "{shown} {all}"
+    );
+    let elsewhere = create(&one, &admin, &["--role", "caller", "--server", "time*"])?;
+    let none = python_token(&["lists", &url, &elsewhere])?;
+    ensure!(
+        none == serde_json::json!({"tools": 0, "prompts": 0, "resources": 0}),
+        "{none}"
+    );
 
     // No node's data dir holds a token's secret.
     for id in 1..=3 {

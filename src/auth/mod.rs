@@ -94,13 +94,13 @@ impl Principal {
     /// Whether the principal may call `tool` (the server's own name for it) of
     /// `server`: an operator or admin any, a caller those its patterns name.
     pub fn may_call(&self, server: &str, tool: &str) -> bool {
-        let named = |patterns: &[String], name: &str| {
-            patterns.is_empty() || patterns.iter().any(|p| glob_match(p, name))
-        };
-        self.role >= Role::Operator
-            || (self.role == Role::Caller
-                && named(&self.servers, server)
-                && named(&self.tools, tool))
+        self.may_use(server) && (self.role >= Role::Operator || named(&self.tools, tool))
+    }
+
+    /// Whether the principal may use `server`'s prompts and resources: an operator or
+    /// admin any server's, a caller those of the servers its patterns name.
+    pub fn may_use(&self, server: &str) -> bool {
+        self.role >= Role::Operator || (self.role == Role::Caller && named(&self.servers, server))
     }
 
     /// Whether a list shows the principal `tool` of `server`: a caller sees the tools
@@ -121,6 +121,11 @@ impl Principal {
             })
         }
     }
+}
+
+/// Whether `patterns` name `name` (no patterns: any name).
+fn named(patterns: &[String], name: &str) -> bool {
+    patterns.is_empty() || patterns.iter().any(|p| glob_match(p, name))
 }
 
 /// Whether `name` matches `pattern`, where `*` stands for any run of characters and
@@ -337,6 +342,8 @@ mod tests {
         assert!(caller.may_call("everything", "echo"));
         assert!(!caller.may_call("everything", "add"));
         assert!(!caller.may_call("time", "echo"));
+        assert!(caller.may_use("everything") && !caller.may_use("time"));
+        assert!(!reader.may_use("everything"));
         assert!(caller.require(Role::Operator).is_err());
         let any = principal(Role::Caller, &[], &[]);
         assert!(any.may_call("time", "get_time"));

@@ -319,9 +319,11 @@ impl ServerHandler for FleetServer {
     async fn list_prompts(
         &self,
         request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
-        let (items, next) = page_of(&self.offered().prompts, &request)?;
+        let aggregate = self.offered();
+        let prompts = visible(&aggregate.prompts, &context, |p, e| p.may_use(&e.server));
+        let (items, next) = page_of(&prompts, &request)?;
         let mut result = ListPromptsResult::with_all_items(items);
         result.next_cursor = next;
         Ok(result)
@@ -333,7 +335,10 @@ impl ServerHandler for FleetServer {
         context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
         let aggregate = self.offered();
-        let Some(exposed) = aggregate.find_prompt(&request.name) else {
+        let Some(exposed) = aggregate
+            .find_prompt(&request.name)
+            .filter(|e| principal(&context).is_none_or(|p| p.may_use(&e.server)))
+        else {
             return Err(ErrorData::invalid_params(
                 format!("unknown prompt {:?}", request.name),
                 None,
@@ -360,9 +365,11 @@ impl ServerHandler for FleetServer {
     async fn list_resources(
         &self,
         request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        let (items, next) = page_of(&self.offered().resources, &request)?;
+        let aggregate = self.offered();
+        let resources = visible(&aggregate.resources, &context, |p, e| p.may_use(&e.server));
+        let (items, next) = page_of(&resources, &request)?;
         let mut result = ListResourcesResult::with_all_items(items);
         result.next_cursor = next;
         Ok(result)
@@ -374,7 +381,10 @@ impl ServerHandler for FleetServer {
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
         let aggregate = self.offered();
-        let Some(exposed) = aggregate.find_resource(&request.uri) else {
+        let Some(exposed) = aggregate
+            .find_resource(&request.uri)
+            .filter(|e| principal(&context).is_none_or(|p| p.may_use(&e.server)))
+        else {
             return Err(ErrorData::resource_not_found(
                 format!("no server of the fleet offers resource {:?}", request.uri),
                 None,
@@ -403,19 +413,8 @@ impl ServerHandler for FleetServer {
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         let aggregate = self.offered();
-        // A caller is shown only the tools it may call.
-        let (items, next) = match principal(&context).filter(|p| p.role == Role::Caller) {
-            None => page_of(&aggregate.tools, &request)?,
-            Some(principal) => {
-                let visible: Vec<_> = aggregate
-                    .tools
-                    .iter()
-                    .filter(|t| principal.sees(&t.server, &t.own))
-                    .cloned()
-                    .collect();
-                page_of(&visible, &request)?
-            }
-        };
+        let tools = visible(&aggregate.tools, &context, |p, t| p.sees(&t.server, &t.own));
+        let (items, next) = page_of(&tools, &request)?;
         let mut result = ListToolsResult::with_all_items(items);
         result.next_cursor = next;
         Ok(result)
@@ -451,6 +450,19 @@ impl ServerHandler for FleetServer {
                 None,
             )),
         }
+    }
+}
+
+/// What a list shows the sender of `context`: everything, unless it is a caller, who
+/// sees only what `sees` lets through.
+fn visible<'a, T: Clone>(
+    items: &'a [catalog::Exposed<T>],
+    context: &RequestContext<RoleServer>,
+    sees: impl Fn(&Principal, &catalog::Exposed<T>) -> bool,
+) -> std::borrow::Cow<'a, [catalog::Exposed<T>]> {
+    match principal(context).filter(|p| p.role == Role::Caller) {
+        None => std::borrow::Cow::Borrowed(items),
+        Some(p) => std::borrow::Cow::Owned(items.iter().filter(|e| sees(p, e)).cloned().collect()),
     }
 }
 

@@ -7,6 +7,9 @@ auth tests.
     python_token.py session URL TOKEN TOOL
         Connects through the SDK with TOKEN, lists the tools, calls everything__echo,
         then TOOL, and prints {"tools": [names], "echo": text, "other": error or null}.
+    python_token.py lists URL TOKEN
+        Connects through the SDK with TOKEN and prints how many tools, prompts and
+        resources it is shown: {"tools": n, "prompts": n, "resources": n}.
 """
 
 import asyncio
@@ -58,10 +61,22 @@ async def session(url, token, other):
         }
 
 
+async def lists(url, token):
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30.0)
+    async with Client(streamable_http_client(url, http_client=http)) as client:
+        return {
+            "tools": len((await client.list_tools()).tools),
+            "prompts": len((await client.list_prompts()).prompts),
+            "resources": len((await client.list_resources()).resources),
+        }
+
+
 def main():
     mode, url, rest = sys.argv[1], sys.argv[2], sys.argv[3:]
     if mode == "status":
         answer = asyncio.run(status(url, rest[0] if rest else None))
+    elif mode == "lists":
+        answer = asyncio.run(lists(url, rest[0]))
     else:
         answer = asyncio.run(session(url, rest[0], rest[1]))
     print(json.dumps(answer), flush=True)
