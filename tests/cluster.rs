@@ -239,6 +239,7 @@ fn client_flags_are_taken_anywhere_on_the_line() -> Result<()> {
     let run = |args: &[&str], env: &[(&str, &str)]| -> Result<serde_json::Value> {
         let output = std::process::Command::new(binary())
             .args(args)
+            .envs(client_tls_env())
             .envs(env.iter().copied())
             .env_remove("RUST_LOG")
             .output()?;

@@ -290,6 +290,7 @@ fn bad_upstreams_give_clear_errors_and_break_no_other_call() -> Result<()> {
     // A full bulkhead: while one slow call holds the only place, the next call fails
     // as overloaded at once; afterwards calls go through again.
     let slow = std::process::Command::new(binary())
+        .envs(client_tls_env())
         .args(["call", "bad", "slow", "--args", r#"{"seconds":3}"#])
         .args(["--endpoint", &cluster.addr(2)])
         .stdout(std::process::Stdio::piped())

@@ -101,11 +101,17 @@ fn metrics_parse_and_move_with_servers_and_calls_and_health_follows_the_leader()
             value(&samples, "mcpfleet_raft_commit_index") >= 1.0,
             "node {id}"
         );
-        let contact = value(&samples, "mcpfleet_leader_contact_age_seconds");
-        ensure!(
-            (0.0..5.0).contains(&contact),
-            "node {id}: last contact {contact}"
-        );
+        // A node is ready once it knows a leader; its first lease renewal (the last
+        // contact) may come a heartbeat later.
+        eventually(Duration::from_secs(10), || {
+            let samples = scrape(&python, &http(&cluster, id))?;
+            let contact = value(&samples, "mcpfleet_leader_contact_age_seconds");
+            ensure!(
+                (0.0..5.0).contains(&contact),
+                "node {id}: last contact {contact}"
+            );
+            Ok(())
+        })?;
         leaders += value(&samples, "mcpfleet_raft_is_leader");
         assert_eq!(value(&samples, "mcpfleet_raft_leader_id"), leader as f64);
     }

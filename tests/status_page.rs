@@ -116,6 +116,7 @@ fn the_page_shows_nodes_replicas_and_tools_and_a_killed_node_as_down() -> Result
 
     // `status --watch` draws the fleet again and again in a terminal.
     let mut watch = Command::new(binary())
+        .envs(client_tls_env())
         .args([
             "status",
             "--watch",

@@ -43,6 +43,64 @@ pub fn free_port() -> u16 {
     panic!("no free port in {LOW}..{}", LOW + SPAN);
 }
 
+/// With `MCPFLEET_TEST_TLS=1`, every node these helpers start serves mutual TLS
+/// only, and every client command they run uses a client certificate: so the
+/// multi-process tests and benchmarks run over TLS as they do without it. The
+/// certificates (one CA per test process, nodes 1 to 7 on 127.0.0.1, a client named
+/// `tests`) are made by `mcpfleet cert` in a directory of the process's.
+pub fn test_tls() -> Option<&'static Path> {
+    static DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        if std::env::var("MCPFLEET_TEST_TLS").ok().as_deref() != Some("1") {
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("a temporary dir").keep();
+        let dir_arg = dir.display().to_string();
+        let mut runs = vec![
+            vec!["ca".to_string()],
+            vec!["client".into(), "tests".into()],
+        ];
+        for id in 1..=7 {
+            runs.push(vec![
+                "node".into(),
+                "--id".into(),
+                id.to_string(),
+                "--host".into(),
+                "127.0.0.1".into(),
+            ]);
+        }
+        for run in runs {
+            let output = Command::new(binary())
+                .arg("cert")
+                .args(&run)
+                .args(["--dir", &dir_arg])
+                .output()
+                .expect("run mcpfleet cert");
+            assert!(output.status.success(), "mcpfleet cert {run:?}: {output:?}");
+        }
+        Some(dir)
+    })
+    .as_deref()
+}
+
+/// The environment that gives a client command the test certificates (none without
+/// `MCPFLEET_TEST_TLS=1`).
+pub fn client_tls_env() -> Vec<(&'static str, String)> {
+    test_tls().map_or_else(Vec::new, |dir| {
+        vec![
+            ("MCPFLEET_CACERT", dir.join("ca.pem").display().to_string()),
+            (
+                "MCPFLEET_CERT",
+                dir.join("client-tests.pem").display().to_string(),
+            ),
+            (
+                "MCPFLEET_KEY",
+                dir.join("client-tests-key.pem").display().to_string(),
+            ),
+        ]
+    })
+}
+
 /// Runs a client command against `endpoint`.
 pub fn cli(endpoint: &str, args: &[&str]) -> Output {
     Command::new(binary())
@@ -50,6 +108,7 @@ pub fn cli(endpoint: &str, args: &[&str]) -> Output {
         .arg("--endpoint")
         .arg(endpoint)
         .env_remove("MCPFLEET_ENDPOINT")
+        .envs(client_tls_env())
         .output()
         .expect("run mcpfleet")
 }
@@ -147,6 +206,15 @@ impl NodeProcess {
             }
         };
         args.extend(extra.iter().cloned());
+        if let Some(certs) = test_tls().filter(|_| !extra.iter().any(|a| a == "--tls-ca")) {
+            for (flag, file) in [
+                ("--tls-ca", "ca.pem".to_string()),
+                ("--tls-cert", format!("node-{id}.pem")),
+                ("--tls-key", format!("node-{id}-key.pem")),
+            ] {
+                args.extend([flag.to_string(), certs.join(file).display().to_string()]);
+            }
+        }
         let mut node = NodeProcess {
             id,
             addr: addr.to_string(),
