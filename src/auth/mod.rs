@@ -156,22 +156,22 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 
 /// The SHA-256 of a token's secret, in lower-case hex: what the registry holds.
 pub fn secret_digest(secret: &str) -> String {
-    let digest = Sha256::digest(secret.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    to_hex(&Sha256::digest(secret.as_bytes()))
+}
+
+/// `bytes` as lower-case hex.
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The id and secret of a token's text.
 pub fn parse_token(text: &str) -> Result<(&str, &str), AuthError> {
-    let hex = |s: &str, len: usize| {
-        s.len() == len
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
+    use crate::registry::validate::is_lower_hex;
     let rest = text
         .strip_prefix(TOKEN_PREFIX)
         .ok_or(AuthError::Malformed)?;
     let (id, secret) = rest.split_once('_').ok_or(AuthError::Malformed)?;
-    if hex(id, 16) && hex(secret, 64) {
+    if is_lower_hex(id, 16) && is_lower_hex(secret, 64) {
         Ok((id, secret))
     } else {
         Err(AuthError::Malformed)
@@ -200,9 +200,8 @@ pub fn new_token(
     tools: Vec<String>,
     random: [u8; 40],
 ) -> (String, TokenRecord) {
-    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
-    let id = hex(&random[..8]);
-    let secret = hex(&random[8..]);
+    let id = to_hex(&random[..8]);
+    let secret = to_hex(&random[8..]);
     let record = TokenRecord {
         id: id.clone(),
         name: name.to_string(),
@@ -240,16 +239,11 @@ impl Authenticator {
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
         let text = bearer(authorization.ok_or(AuthError::Missing)?)?;
         let (id, secret) = parse_token(text)?;
-        let fresh = self
-            .reader
-            .since_leader_contact()
-            .filter(|since| *since <= Duration::from_millis(MAX_AUTH_STALENESS_MS));
-        if fresh.is_none() {
-            let since_ms = self
-                .reader
-                .since_leader_contact()
-                .map(|since| since.as_millis() as u64);
-            return Err(AuthError::Stale { since_ms });
+        let since = self.reader.since_leader_contact();
+        if since.is_none_or(|since| since > Duration::from_millis(MAX_AUTH_STALENESS_MS)) {
+            return Err(AuthError::Stale {
+                since_ms: since.map(|since| since.as_millis() as u64),
+            });
         }
         let applied = self.reader.stale();
         let token = applied

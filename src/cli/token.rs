@@ -155,7 +155,7 @@ async fn list(client: &Client, json: bool) -> Result<(), CliError> {
 /// Writes a new secrets key (64 hex digits) to `file`, which must not exist.
 pub fn write_secrets_key(file: &std::path::Path) -> Result<(), CliError> {
     let key: [u8; crate::secrets::KEY_BYTES] = os_random()?;
-    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = crate::auth::to_hex(&key);
     super::cert::write_new(file, &format!("{hex}\n"), true)?;
     eprintln!(
         "wrote a secrets key to {}: give every node this same file \

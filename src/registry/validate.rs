@@ -75,13 +75,17 @@ fn check_node(id: NodeId, addr: &str, tags: &[String]) -> Result<(), RegistryErr
     Ok(())
 }
 
-/// A token id: 16 lower-case hex digits.
-pub fn check_token_id(id: &str) -> Result<(), RegistryError> {
-    if id.len() != 16
-        || !id
+/// Whether `text` is `len` lower-case hex digits (token ids, secrets and digests).
+pub fn is_lower_hex(text: &str, len: usize) -> bool {
+    text.len() == len
+        && text
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+}
+
+/// A token id: 16 lower-case hex digits.
+pub fn check_token_id(id: &str) -> Result<(), RegistryError> {
+    if !is_lower_hex(id, 16) {
         return Err(RegistryError::InvalidToken {
             reason: format!("id {id:?} is not 16 lower-case hex digits"),
         });
@@ -97,12 +101,7 @@ fn check_token(token: &TokenRecord) -> Result<(), RegistryError> {
             "name must be at most {MAX_TOKEN_TEXT} bytes with no control characters"
         ));
     }
-    if token.secret_sha256.len() != 64
-        || !token
-            .secret_sha256
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+    if !is_lower_hex(&token.secret_sha256, 64) {
         return invalid("the secret's digest is not 64 lower-case hex digits".into());
     }
     if token.role != Role::Caller && !(token.servers.is_empty() && token.tools.is_empty()) {
