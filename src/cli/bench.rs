@@ -9,6 +9,7 @@ use clap::Args;
 
 use super::client::{connect, CliError};
 use super::{ClientArgs, OutputFormat};
+use crate::client::{Client, ErrorKind};
 use crate::proto::v1 as pb;
 
 /// Distinct servers each client cycles through.
@@ -49,6 +50,33 @@ struct ClientResult {
     first_error: Option<String>,
 }
 
+/// Connecting attempts per bench client: hundreds of connections opened one after
+/// another can meet a dropped SYN on a loaded machine, which costs a whole connect
+/// timeout; the bench measures writes, so it tries again rather than give up.
+const CONNECT_ATTEMPTS: u32 = 5;
+/// The pause after the first failed connect; it doubles after each one, up to 1 s.
+const CONNECT_RETRY_MS: u64 = 100;
+
+/// A client of `args` that has connected, after at most `CONNECT_ATTEMPTS` tries when
+/// the node cannot be reached; any other error is returned at once.
+async fn connect_with_retries(args: &ClientArgs) -> Result<Client, CliError> {
+    let mut pause = Duration::from_millis(CONNECT_RETRY_MS);
+    let mut attempt = 1;
+    loop {
+        let client = connect(args)?;
+        match client.ready().await {
+            Ok(()) => return Ok(client),
+            Err(error) if error.kind() == ErrorKind::Unavailable && attempt < CONNECT_ATTEMPTS => {
+                tracing::debug!(attempt, %error, "bench client could not connect; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+                attempt += 1;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
 pub async fn run_put(args: PutArgs, client: &ClientArgs) -> Result<(), CliError> {
     let json = args.json || client.output == OutputFormat::Json;
     if args.clients == 0 || args.clients > 1024 {
@@ -72,9 +100,7 @@ pub async fn run_put(args: PutArgs, client: &ClientArgs) -> Result<(), CliError>
     };
     let mut clients = Vec::new();
     for _ in 0..args.clients {
-        let client = connect(client)?;
-        client.ready().await?;
-        clients.push(client);
+        clients.push(connect_with_retries(client).await?);
     }
     let started = Instant::now();
     let mut tasks = Vec::new();
