@@ -10,12 +10,16 @@
 #     installed if missing);
 #  4. a sweep of the chaos simulation over 200 seeds (release build), and of the
 #     write-storm scenario (exactly-once writes at a high rate) over 20;
-#  5. every deliberate bug of the simulator switched on in turn: each must be caught.
+#  5. every deliberate bug of the simulator switched on in turn: each must be caught;
+#  6. the nemesis on real processes (NEMESIS_SECONDS, 60 s): three release nodes, each
+#     in a network namespace of its own, under kills, pauses, cuts and slow links; and
+#     again with `ack-before-commit` switched on in the nodes, which it must catch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SIM_SEEDS=${SIM_SEEDS:-200}
 BUG_SEEDS=${BUG_SEEDS:-50}
+NEMESIS_SECONDS=${NEMESIS_SECONDS:-60}
 STORM_SEEDS=${STORM_SEEDS:-20}
 
 tests/install-mcp-servers.sh
@@ -49,4 +53,18 @@ for bug in $("$sim" --inject-bug list); do
     fi
     echo "injected bug $bug caught: $(grep -m1 'FAILED: ' <<<"$output" | cut -c1-200)"
 done
+
+nemesis=./target/release/mcpfleet-nemesis
+"$nemesis" --nodes 3 --duration "$NEMESIS_SECONDS" --seed 1
+if output=$("$nemesis" --nodes 3 --duration 40 --seed 7 --inject-bug ack-before-commit 2>&1); then
+    echo "the nemesis on real processes did not catch ack-before-commit:"
+    echo "$output"
+    exit 1
+fi
+if ! grep -q "^FAILED: " <<<"$output" || ! grep -q "^replay: " <<<"$output"; then
+    echo "the nemesis with ack-before-commit failed without reporting a violation:"
+    echo "$output"
+    exit 1
+fi
+echo "nemesis: ack-before-commit caught on real processes: $(grep -m1 '^FAILED: ' <<<"$output" | cut -c1-200)"
 echo "all tests passed"

@@ -38,6 +38,7 @@ pub mod checkers;
 pub mod faults;
 pub mod linearizability;
 pub mod mcp;
+pub mod nemesis;
 pub mod scenarios;
 pub mod workload;
 

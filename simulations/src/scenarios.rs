@@ -1173,7 +1173,16 @@ pub fn chaos(seed: u64, nodes: u64) -> Report {
         let history = history.clone();
         let all: Vec<u64> = (1..=nodes).collect();
         sim.client(format!("client{id}"), async move {
-            workload::run_client(id, seed, all, WORKLOAD_END, history).await
+            workload::run_client(
+                id,
+                seed,
+                all,
+                WORKLOAD_END,
+                history,
+                workload::sim_now,
+                crate::client,
+            )
+            .await
         });
     }
     let calls: CallLog = Rc::default();

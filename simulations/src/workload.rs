@@ -14,8 +14,6 @@ use rand::{Rng, SeedableRng};
 use tonic::transport::Channel;
 use tonic::Code;
 
-use crate::client;
-
 /// The server names the clients work on: few enough that clients collide on them, and
 /// enough that each name's history stays short for the linearizability search.
 pub const KEYS: [&str; 8] = [
@@ -91,7 +89,8 @@ pub enum EventKind {
 /// The shared history of a run, in the order things happened.
 pub type History = Rc<RefCell<Vec<Event>>>;
 
-fn now() -> Duration {
+/// Simulated time since the simulation started: the clock of the simulated workload.
+pub fn sim_now() -> Duration {
     turmoil::sim_elapsed().unwrap_or_default()
 }
 
@@ -136,14 +135,18 @@ fn value_of(server: &pb::Server) -> Option<(String, u64)> {
     Some((value, server.mod_revision))
 }
 
-/// Runs one client until simulated time `until`: random operations on random keys
-/// through random nodes, each recorded in `history`.
+/// Runs one client until `clock` reads `until`: random operations on random keys
+/// through random nodes, each recorded in `history` with the time `clock` gives.
+/// `connect(node)` makes a (lazily connecting) client of that node: inside the
+/// simulation, or over real sockets for the nemesis on real processes.
 pub async fn run_client(
     id: u32,
     seed: u64,
     nodes: Vec<u64>,
     until: Duration,
     history: History,
+    clock: impl Fn() -> Duration,
+    connect: impl Fn(u64) -> RegistryClient<Channel>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let mut rng =
         SmallRng::seed_from_u64(seed ^ (u64::from(id) + 1).wrapping_mul(0xa076_1d64_78bd_642f));
@@ -151,7 +154,7 @@ pub async fn run_client(
     // The last revision this client saw per key: what its compare-and-sets expect.
     let mut seen: BTreeMap<&str, u64> = BTreeMap::new();
     let mut op_number = 0u32;
-    while now() < until {
+    while clock() < until {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(10..150))).await;
         let key = KEYS[rng.gen_range(0..KEYS.len())];
         let node = nodes[rng.gen_range(0..nodes.len())];
@@ -166,7 +169,7 @@ pub async fn run_client(
             _ => Op::Get,
         };
         let event = |kind| Event {
-            at: now(),
+            at: clock(),
             client: id,
             op_number,
             key: key.to_string(),
@@ -176,7 +179,7 @@ pub async fn run_client(
         history
             .borrow_mut()
             .push(event(EventKind::Invoke(op.clone())));
-        let api = clients.entry(node).or_insert_with(|| client(node));
+        let api = clients.entry(node).or_insert_with(|| connect(node));
         // Every other write goes through PutServers (a write of one server), so that
         // the path imports take meets the same faults; no draw from the RNG decides it.
         let batch = op_number % 2 == 1;

@@ -122,7 +122,16 @@ pub fn write_storm(seed: u64) -> super::Report {
     for id in 0..phases::CLIENTS {
         let history = history.clone();
         sim.client(format!("client{id}"), async move {
-            workload::run_client(id, seed, vec![1, 2, 3], END, history).await
+            workload::run_client(
+                id,
+                seed,
+                vec![1, 2, 3],
+                END,
+                history,
+                workload::sim_now,
+                crate::client,
+            )
+            .await
         });
     }
     let wrong: Rc<RefCell<Vec<String>>> = Rc::default();

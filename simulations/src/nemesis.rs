@@ -1,0 +1,625 @@
+//! The nemesis on real processes: three to five `mcpfleet serve` processes, the
+//! simulator's workload over real sockets, and faults from one seed (SIGKILL then
+//! restart, SIGSTOP then SIGCONT, a node cut off from its peers, a slow link), aimed
+//! at the leader half of the time. At the end every fault is healed, and the history
+//! goes through the simulator's own checkers: linearizable per server name, and no
+//! acknowledged write lost.
+//!
+//! With `namespaces`, every node runs in a network namespace of its own, joined to
+//! the others by a veth pair on one bridge, all inside a private namespace of the
+//! nemesis (`unshare -n`), so nothing on the machine's own network changes. A cut is
+//! real: each side's neighbour entry for the other names a link-layer address that no
+//! interface has, so their packets vanish without an error, as on a broken link. A slow link is `tc netem` delay and loss where the
+//! kernel has netem, and a `tbf` rate limit with a deep queue where it has not.
+//! Without namespaces the nodes share loopback, and only kills and pauses are made.
+//!
+//! The schedule (which fault, when, for how long, at the leader or at a random node)
+//! comes from the seed; real processes are not deterministic, so a replay repeats the
+//! schedule, not the interleaving.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use mcpfleet::proto::v1 as pb;
+use mcpfleet::proto::v1::registry_client::RegistryClient;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tonic::transport::Channel;
+
+use crate::checkers::{check_history, FinalState, HistoryStats};
+use crate::workload::{self, Event, History};
+
+/// The bridge's own address: where the clients connect from.
+const BRIDGE_ADDR: &str = "10.77.0.254";
+/// The gRPC port of every node in its own namespace.
+const NODE_PORT: u16 = 7700;
+/// How long the cluster has, after the faults are healed, to elect a leader and
+/// agree on one registry.
+const SETTLE_LIMIT: Duration = Duration::from_secs(60);
+/// How long a probe of one node (its status, for the leader) may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub nodes: u64,
+    pub duration: Duration,
+    pub seed: u64,
+    pub clients: u32,
+    /// The program each node runs: `mcpfleet`, or a build with a bug switched on.
+    pub binary: PathBuf,
+    /// Extra environment for every node (the bug to switch on).
+    pub node_env: Vec<(String, String)>,
+    /// Nodes in namespaces of their own, with cuts and slow links; the caller is
+    /// inside a private network namespace already.
+    pub namespaces: bool,
+    /// Data dirs, node logs and, on a failure, the history.
+    pub dir: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FaultKind {
+    Kill,
+    Pause,
+    Cut,
+    Slow,
+}
+
+impl FaultKind {
+    fn name(self) -> &'static str {
+        match self {
+            FaultKind::Kill => "kill",
+            FaultKind::Pause => "pause",
+            FaultKind::Cut => "cut",
+            FaultKind::Slow => "slow",
+        }
+    }
+}
+
+/// What a run saw.
+#[derive(Debug)]
+pub struct Report {
+    pub stats: Option<HistoryStats>,
+    pub faults: BTreeMap<FaultKind, u32>,
+    /// Faults aimed at the node that led when they began.
+    pub at_leader: u32,
+    pub failure: Option<String>,
+    /// How a slow link was made, where it was.
+    pub slow_link: Option<&'static str>,
+    /// The Raft term at the end: how many elections the faults caused.
+    pub term: Option<u64>,
+}
+
+impl Report {
+    pub fn summary(&self, options: &Options) -> String {
+        let mut line = format!(
+            "nemesis: {} nodes, {} s, seed {}, {}: ",
+            options.nodes,
+            options.duration.as_secs(),
+            options.seed,
+            if options.namespaces {
+                "a network namespace per node"
+            } else {
+                "loopback"
+            }
+        );
+        match &self.stats {
+            Some(stats) => {
+                let _ = write!(
+                    line,
+                    "{} operations ({} acknowledged writes, {} indeterminate); ",
+                    stats.operations, stats.acknowledged_writes, stats.unknown_outcomes
+                );
+            }
+            None => line.push_str("history not checked; "),
+        }
+        let faults: Vec<String> = self
+            .faults
+            .iter()
+            .map(|(kind, n)| format!("{} {n}", kind.name()))
+            .collect();
+        let _ = write!(
+            line,
+            "faults: {} ({} at the leader)",
+            faults.join(", "),
+            self.at_leader
+        );
+        if let Some(term) = self.term {
+            let _ = write!(line, "; term {term} at the end");
+        }
+        if let Some(how) = self.slow_link {
+            let _ = write!(line, "; slow links by {how}");
+        }
+        line
+    }
+}
+
+/// One node: its process, its namespace's holder, and how to start it again.
+struct Node {
+    id: u64,
+    addr: String,
+    args: Vec<String>,
+    log: PathBuf,
+    /// The process that keeps the node's network namespace alive.
+    holder: Option<Child>,
+    child: Option<Child>,
+    paused: bool,
+}
+
+impl Node {
+    fn start(&mut self, options: &Options) -> Result<(), String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| format!("open {}: {e}", self.log.display()))?;
+        let mut command = match &self.holder {
+            Some(holder) => {
+                let mut command = Command::new("nsenter");
+                command
+                    .args(["-t", &holder.id().to_string(), "-n", "--"])
+                    .arg(&options.binary);
+                command
+            }
+            None => Command::new(&options.binary),
+        };
+        let child = command
+            .args(&self.args)
+            .envs(options.node_env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("start node {}: {e}", self.id))?;
+        self.child = Some(child);
+        self.paused = false;
+        Ok(())
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args([&format!("-{signal}"), &child.id().to_string()])
+                .status();
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.paused = false;
+    }
+
+    /// Runs `ip` or `tc` inside the node's namespace.
+    fn in_namespace(&self, program: &str, args: &[&str]) -> Result<(), String> {
+        let holder = self.holder.as_ref().ok_or("no namespace")?;
+        let mut all = vec!["-t".to_string(), holder.id().to_string(), "-n".into()];
+        all.push(program.into());
+        all.extend(args.iter().map(|a| a.to_string()));
+        command(
+            "nsenter",
+            &all.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.signal("CONT");
+        self.kill();
+        if let Some(mut holder) = self.holder.take() {
+            let _ = holder.kill();
+            let _ = holder.wait();
+        }
+    }
+}
+
+fn command(program: &str, args: &[&str]) -> Result<(), String> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{program}: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+fn node_ip(id: u64) -> String {
+    format!("10.77.0.{id}")
+}
+
+/// A free port on loopback (the kernel's choice; it is released at once).
+fn free_port() -> Result<u16, String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+/// The bridge, and a namespace per node joined to it.
+fn make_network(options: &Options, nodes: &mut [Node]) -> Result<(), String> {
+    command("ip", &["link", "set", "lo", "up"])?;
+    command("ip", &["link", "add", "nmbr", "type", "bridge"])?;
+    command(
+        "ip",
+        &["addr", "add", &format!("{BRIDGE_ADDR}/24"), "dev", "nmbr"],
+    )?;
+    command("ip", &["link", "set", "nmbr", "up"])?;
+    // The holders outlive the run by a margin, and no longer, if the nemesis dies.
+    let hold = (options.duration + SETTLE_LIMIT * 3).as_secs().to_string();
+    for node in nodes.iter_mut() {
+        let holder = Command::new("unshare")
+            .args(["-n", "sleep", &hold])
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("unshare: {e}"))?;
+        let pid = holder.id().to_string();
+        node.holder = Some(holder);
+        // The namespace exists once unshare has made it and exec'd sleep.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()
+            == std::fs::read_link("/proc/self/ns/net").ok()
+        {
+            if Instant::now() > deadline {
+                return Err(format!("node {}: no namespace of its own", node.id));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let outside = format!("nm{}", node.id);
+        let inside = format!("nm{}p", node.id);
+        command(
+            "ip",
+            &[
+                "link", "add", &outside, "type", "veth", "peer", "name", &inside,
+            ],
+        )?;
+        command("ip", &["link", "set", &inside, "netns", &pid])?;
+        command("ip", &["link", "set", &outside, "master", "nmbr", "up"])?;
+        let ip = format!("{}/24", node_ip(node.id));
+        for args in [
+            vec!["link", "set", "lo", "up"],
+            vec!["link", "set", &inside, "name", "eth0"],
+            vec!["addr", "add", &ip, "dev", "eth0"],
+            vec!["link", "set", "eth0", "up"],
+        ] {
+            node.in_namespace("ip", &args)?;
+        }
+    }
+    Ok(())
+}
+
+/// Starts every node; they form one cluster from `--initial-cluster`.
+fn start_nodes(options: &Options) -> Result<Vec<Node>, String> {
+    let mut addrs = Vec::new();
+    for id in 1..=options.nodes {
+        addrs.push(if options.namespaces {
+            format!("{}:{NODE_PORT}", node_ip(id))
+        } else {
+            format!("127.0.0.1:{}", free_port()?)
+        });
+    }
+    let initial: Vec<String> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect();
+    let mut nodes = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let id = i as u64 + 1;
+        let data = options.dir.join(format!("node{id}"));
+        // In its own namespace a node has loopback to itself for /mcp.
+        let http = if options.namespaces {
+            "127.0.0.1:7800".to_string()
+        } else {
+            format!("127.0.0.1:{}", free_port()?)
+        };
+        let mut args: Vec<String> = [
+            "serve",
+            "--id",
+            &id.to_string(),
+            "--listen",
+            addr,
+            "--data",
+            &data.display().to_string(),
+            "--http",
+            &http,
+            "--initial-cluster",
+            &initial.join(","),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if options.namespaces {
+            // A private network of the nemesis's own: no TLS or tokens to set up.
+            args.push("--insecure".into());
+        }
+        nodes.push(Node {
+            id,
+            addr: addr.clone(),
+            args,
+            log: options.dir.join(format!("node{id}.log")),
+            holder: None,
+            child: None,
+            paused: false,
+        });
+    }
+    if options.namespaces {
+        make_network(options, &mut nodes)?;
+    }
+    for node in &mut nodes {
+        node.start(options)?;
+    }
+    Ok(nodes)
+}
+
+fn client_of(addr: &str) -> RegistryClient<Channel> {
+    let channel = mcpfleet::env::network::endpoint(addr)
+        .expect("the nemesis's addresses are valid")
+        .connect_lazy();
+    RegistryClient::new(channel)
+}
+
+/// The leader as the running nodes report it, if one answers in time.
+async fn leader(nodes: &[Node]) -> Option<u64> {
+    for node in nodes.iter().filter(|n| n.child.is_some() && !n.paused) {
+        let mut client = client_of(&node.addr);
+        let answer = tokio::time::timeout(
+            PROBE_TIMEOUT,
+            client.cluster_status(pb::ClusterStatusRequest::default()),
+        )
+        .await;
+        if let Ok(Ok(status)) = answer {
+            if let Some(leader) = status.into_inner().leader_id {
+                return Some(leader);
+            }
+        }
+    }
+    None
+}
+
+/// How a slow link is made on this kernel: netem if it has it.
+fn slow_link(node: &Node) -> Result<&'static str, String> {
+    let netem = [
+        "qdisc", "add", "dev", "eth0", "root", "netem", "delay", "150ms", "50ms", "loss", "5%",
+    ];
+    if node.in_namespace("tc", &netem).is_ok() {
+        return Ok("netem (150 ms ± 50 ms delay, 5% loss)");
+    }
+    let tbf = [
+        "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "64kbit", "burst", "4kbit",
+        "latency", "800ms",
+    ];
+    node.in_namespace("tc", &tbf)?;
+    Ok("tbf (64 kbit/s with up to 800 ms of queue)")
+}
+
+/// A link-layer address no interface has: frames sent to it cross the bridge and
+/// are dropped by every port, as on a broken link.
+const NOWHERE: &str = "02:00:00:00:00:01";
+
+/// Cuts `target` off from every other node, both ways (clients still reach it): each
+/// side's neighbour entry for the other points nowhere, so their packets vanish with
+/// no error, and connections time out as they would across a real partition.
+fn cut(nodes: &[Node], target: u64, heal: bool) -> Result<(), String> {
+    let node = |id: u64| &nodes[id as usize - 1];
+    for other in nodes.iter().filter(|n| n.id != target) {
+        for (from, to) in [(target, other.id), (other.id, target)] {
+            let ip = node_ip(to);
+            let args: Vec<&str> = if heal {
+                vec!["neigh", "del", &ip, "dev", "eth0"]
+            } else {
+                vec![
+                    "neigh",
+                    "replace",
+                    &ip,
+                    "lladdr",
+                    NOWHERE,
+                    "dev",
+                    "eth0",
+                    "nud",
+                    "permanent",
+                ]
+            };
+            node(from).in_namespace("ip", &args)?;
+        }
+    }
+    Ok(())
+}
+
+/// Undoes fault `kind` at `target`.
+fn heal(nodes: &mut [Node], options: &Options, kind: FaultKind, target: u64) -> Result<(), String> {
+    let at = target as usize - 1;
+    match kind {
+        FaultKind::Kill => nodes[at].start(options),
+        FaultKind::Pause => {
+            nodes[at].signal("CONT");
+            nodes[at].paused = false;
+            Ok(())
+        }
+        FaultKind::Cut => cut(nodes, target, true),
+        FaultKind::Slow => nodes[at].in_namespace("tc", &["qdisc", "del", "dev", "eth0", "root"]),
+    }
+}
+
+/// The registry once every node agrees: the servers and revision a linearizable list
+/// gives, which each node's own (stale) list must also give.
+async fn settled_state(nodes: &[Node]) -> Result<FinalState, String> {
+    let deadline = Instant::now() + SETTLE_LIMIT;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut states = Vec::new();
+        for (i, node) in nodes.iter().enumerate() {
+            let stale = i > 0;
+            match list(&node.addr, stale).await {
+                Ok(state) => states.push(state),
+                Err(error) => {
+                    last = format!("node {}: {error}", node.id);
+                    break;
+                }
+            }
+        }
+        if states.len() == nodes.len() {
+            let first = &states[0];
+            if states.iter().all(|s| s.servers == first.servers) {
+                return Ok(first.clone());
+            }
+            last = "the nodes' registries differ".into();
+        }
+    }
+    Err(format!(
+        "the cluster did not settle within {SETTLE_LIMIT:?} after the faults: {last}"
+    ))
+}
+
+async fn list(addr: &str, stale: bool) -> Result<FinalState, String> {
+    let mut client = client_of(addr);
+    let request = pb::ListServersRequest {
+        stale,
+        ..Default::default()
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(5), client.list_servers(request))
+        .await
+        .map_err(|_| "no answer".to_string())?
+        .map_err(|status| status.message().to_string())?
+        .into_inner();
+    let servers = answer
+        .servers
+        .iter()
+        .filter_map(|server| {
+            let spec = server.spec.as_ref()?;
+            let value = match &spec.transport {
+                Some(pb::server_spec::Transport::Stdio(stdio)) => stdio.args.first().cloned(),
+                _ => None,
+            }?;
+            Some((spec.name.clone(), (value, server.mod_revision)))
+        })
+        .collect();
+    Ok(FinalState {
+        revision: answer.revision,
+        servers,
+    })
+}
+
+/// Runs the nemesis; the report says what it saw and any violation.
+pub async fn run(options: &Options) -> Result<Report, String> {
+    std::fs::create_dir_all(&options.dir).map_err(|e| e.to_string())?;
+    let mut nodes = start_nodes(options)?;
+    let started = Instant::now();
+    let history: History = Rc::new(RefCell::new(Vec::new()));
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let workload = tokio::task::LocalSet::new();
+    let clock = move || started.elapsed();
+    for id in 0..options.clients {
+        let history = history.clone();
+        let addrs = addrs.clone();
+        let ids: Vec<u64> = (1..=options.nodes).collect();
+        let seed = options.seed;
+        let until = options.duration;
+        workload.spawn_local(async move {
+            let connect = |node: u64| client_of(&addrs[node as usize - 1]);
+            if let Err(error) =
+                workload::run_client(id, seed, ids, until, history, clock, connect).await
+            {
+                eprintln!("client {id}: {error}");
+            }
+        });
+    }
+    let mut report = Report {
+        stats: None,
+        faults: BTreeMap::new(),
+        at_leader: 0,
+        failure: None,
+        slow_link: None,
+        term: None,
+    };
+    let mut schedule = SmallRng::seed_from_u64(options.seed ^ 0x006e_656d_6573_6973);
+    let kinds: &[FaultKind] = if options.namespaces {
+        &[
+            FaultKind::Kill,
+            FaultKind::Pause,
+            FaultKind::Cut,
+            FaultKind::Slow,
+        ]
+    } else {
+        &[FaultKind::Kill, FaultKind::Pause]
+    };
+    let faults = async {
+        // The first faults wait for the cluster to form and the clients to start.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        while started.elapsed() + Duration::from_secs(6) < options.duration {
+            let kind = kinds[schedule.gen_range(0..kinds.len())];
+            let aim_at_leader = schedule.gen_bool(0.5);
+            let random = schedule.gen_range(1..=options.nodes);
+            let hold = Duration::from_millis(schedule.gen_range(1_000..5_000));
+            let quiet = Duration::from_millis(schedule.gen_range(500..3_000));
+            let leader = if aim_at_leader {
+                leader(&nodes).await
+            } else {
+                None
+            };
+            let target = leader.unwrap_or(random);
+            if leader.is_some() {
+                report.at_leader += 1;
+            }
+            *report.faults.entry(kind).or_default() += 1;
+            let at = target as usize - 1;
+            match kind {
+                FaultKind::Kill => nodes[at].kill(),
+                FaultKind::Pause => {
+                    nodes[at].signal("STOP");
+                    nodes[at].paused = true;
+                }
+                FaultKind::Cut => cut(&nodes, target, false)?,
+                FaultKind::Slow => report.slow_link = Some(slow_link(&nodes[at])?),
+            }
+            tokio::time::sleep(hold).await;
+            heal(&mut nodes, options, kind, target)?;
+            tokio::time::sleep(quiet).await;
+        }
+        Ok::<(), String>(())
+    };
+    let faults = workload.run_until(faults).await;
+    // The clients stop at `duration`, each after at most its own timeout.
+    workload.await;
+    faults?;
+    let events: Vec<Event> = history.borrow().clone();
+    let final_state = settled_state(&nodes).await;
+    let mut client = client_of(&nodes[0].addr);
+    if let Ok(Ok(status)) = tokio::time::timeout(
+        PROBE_TIMEOUT,
+        client.cluster_status(pb::ClusterStatusRequest::default()),
+    )
+    .await
+    {
+        report.term = Some(status.into_inner().term);
+    }
+    let checked = final_state.and_then(|state| check_history(&events, Some(&state)));
+    match checked {
+        Ok(stats) => report.stats = Some(stats),
+        Err(violation) => {
+            save_history(&options.dir, &events)?;
+            report.failure = Some(violation);
+        }
+    }
+    Ok(report)
+}
+
+fn save_history(dir: &Path, events: &[Event]) -> Result<(), String> {
+    let mut text = String::new();
+    for event in events {
+        let _ = writeln!(text, "{event:?}");
+    }
+    let path = dir.join("history.txt");
+    std::fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()))
+}
