@@ -43,6 +43,13 @@ const NODE_PORT: u16 = 7700;
 const SETTLE_LIMIT: Duration = Duration::from_secs(60);
 /// How long a probe of one node (its status, for the leader) may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Servers of one replica each that run `tests/servers/recorder.py`, whose processes
+/// log when they start and tick, so that two lives of one slot at once are seen.
+const FENCED_SERVERS: u32 = 3;
+/// The recorder's tick (its `TICK_MS`).
+const TICK_MS: u64 = 20;
+/// The recorder, from this crate's source tree.
+const RECORDER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/servers/recorder.py");
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -92,6 +99,11 @@ pub struct Report {
     pub slow_link: Option<&'static str>,
     /// The Raft term at the end: how many elections the faults caused.
     pub term: Option<u64>,
+    /// Fencing: the recorder processes seen, and the shortest time from one life's
+    /// last tick to the start of the next life of the same slot (on another node, or
+    /// a restart on the same one).
+    pub slot_lives: usize,
+    pub shortest_gap: Option<Duration>,
 }
 
 impl Report {
@@ -128,6 +140,18 @@ impl Report {
             faults.join(", "),
             self.at_leader
         );
+        let _ = write!(
+            line,
+            "; {} replica lives of {FENCED_SERVERS} one-slot servers",
+            self.slot_lives
+        );
+        if let Some(gap) = self.shortest_gap {
+            let _ = write!(
+                line,
+                " (shortest gap between two lives of a slot: {} ms)",
+                gap.as_millis()
+            );
+        }
         if let Some(term) = self.term {
             let _ = write!(line, "; term {term} at the end");
         }
@@ -542,7 +566,11 @@ pub async fn run(options: &Options) -> Result<Report, String> {
         failure: None,
         slow_link: None,
         term: None,
+        slot_lives: 0,
+        shortest_gap: None,
     };
+    let records = options.dir.join("records");
+    add_fenced_servers(&nodes, &records).await?;
     let mut schedule = SmallRng::seed_from_u64(options.seed ^ 0x006e_656d_6573_6973);
     let kinds: &[FaultKind] = if options.namespaces {
         &[
@@ -604,7 +632,14 @@ pub async fn run(options: &Options) -> Result<Report, String> {
     {
         report.term = Some(status.into_inner().term);
     }
-    let checked = final_state.and_then(|state| check_history(&events, Some(&state)));
+    let checked = final_state
+        .and_then(|state| check_history(&events, Some(&state)))
+        .and_then(|stats| {
+            let (lives, shortest) = check_slots(&records)?;
+            report.slot_lives = lives;
+            report.shortest_gap = shortest;
+            Ok(stats)
+        });
     match checked {
         Ok(stats) => report.stats = Some(stats),
         Err(violation) => {
@@ -622,4 +657,106 @@ fn save_history(dir: &Path, events: &[Event]) -> Result<(), String> {
     }
     let path = dir.join("history.txt");
     std::fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()))
+}
+
+/// Registers the one-slot recorder servers, through whichever node takes the write.
+async fn add_fenced_servers(nodes: &[Node], records: &Path) -> Result<(), String> {
+    let deadline = Instant::now() + SETTLE_LIMIT;
+    for n in 0..FENCED_SERVERS {
+        let name = format!("fenced-{n}");
+        let dir = records.join(&name);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let spec = pb::ServerSpec {
+            name: name.clone(),
+            transport: Some(pb::server_spec::Transport::Stdio(pb::StdioTransport {
+                command: "python3".into(),
+                args: vec![RECORDER.into()],
+                env: [
+                    ("RECORD_DIR".to_string(), dir.display().to_string()),
+                    ("TICK_MS".to_string(), TICK_MS.to_string()),
+                ]
+                .into(),
+                ..Default::default()
+            })),
+            replicas: 1,
+            health_check: Some(workload::QUICK_CHECKS),
+            restart: Some(workload::QUICK_RESTARTS),
+            ..Default::default()
+        };
+        let mut last = String::new();
+        'put: loop {
+            for node in nodes {
+                let request = pb::PutServerRequest {
+                    spec: Some(spec.clone()),
+                    expected_revision: None,
+                };
+                let answer = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    client_of(&node.addr).put_server(request),
+                )
+                .await;
+                match answer {
+                    Ok(Ok(_)) => break 'put,
+                    Ok(Err(status)) => last = status.message().to_string(),
+                    Err(_) => last = "no answer".into(),
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("could not register {name}: {last}"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Each recorder life of a one-slot server, from its log: (start, last tick) in ns of
+/// CLOCK_MONOTONIC, which every namespace shares.
+fn lives(dir: &Path) -> Result<Vec<(u64, u64, String)>, String> {
+    let mut found = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !name.ends_with(".log") {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).map_err(|e| format!("{name}: {e}"))?;
+        // A process killed while it wrote leaves a partial last line: it is skipped.
+        let times: Vec<u64> = text
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .collect();
+        if let (Some(first), Some(last)) = (times.first(), times.last()) {
+            found.push((*first, *last, name));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// No slot had two lives at once: for each one-slot server, no life ticked after the
+/// next one started. Returns the lives seen and the shortest gap between two.
+fn check_slots(records: &Path) -> Result<(usize, Option<Duration>), String> {
+    let mut count = 0;
+    let mut shortest: Option<Duration> = None;
+    for n in 0..FENCED_SERVERS {
+        let name = format!("fenced-{n}");
+        let lives = lives(&records.join(&name))?;
+        if lives.is_empty() {
+            return Err(format!("{name}: no replica ever ran"));
+        }
+        count += lives.len();
+        for pair in lives.windows(2) {
+            let ((_, old_last, old), (new_start, _, new)) = (&pair[0], &pair[1]);
+            if old_last >= new_start {
+                return Err(format!(
+                    "slot overlap: {name}'s replica {old} ticked {} ms after {new} had started",
+                    (old_last - new_start) / 1_000_000
+                ));
+            }
+            let gap = Duration::from_nanos(new_start - old_last);
+            shortest = Some(shortest.map_or(gap, |s| s.min(gap)));
+        }
+    }
+    Ok((count, shortest))
 }

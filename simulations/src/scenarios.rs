@@ -1158,6 +1158,20 @@ fn final_state(cluster: &SimCluster) -> FinalState {
     })
 }
 
+/// Adds the checked workload's clients (`phases::CLIENTS`, through nodes 1 to
+/// `nodes`) until `until`, and returns the history they share.
+fn add_workload(sim: &mut turmoil::Sim<'_>, seed: u64, nodes: u64, until: Duration) -> History {
+    let history: History = Rc::default();
+    for id in 0..phases::CLIENTS {
+        let history = history.clone();
+        let all: Vec<u64> = (1..=nodes).collect();
+        sim.client(format!("client{id}"), async move {
+            workload::run_client(id, seed, all, until, history, workload::sim_now, client).await
+        });
+    }
+    history
+}
+
 /// The chaos scenario: `nodes` nodes and a workload of clients through random nodes,
 /// with random faults (partitions, one-way partitions, lossy and slow links, crashes
 /// and power losses, several at once) for the safety phase; then the faults stop and
@@ -1168,23 +1182,7 @@ pub fn chaos(seed: u64, nodes: u64) -> Report {
     use phases::*;
     let mut sim = lan_sim(seed);
     let cluster = add_nodes(&mut sim, seed, cluster_configs(nodes), FAULTS_END);
-    let history: History = Rc::default();
-    for id in 0..CLIENTS {
-        let history = history.clone();
-        let all: Vec<u64> = (1..=nodes).collect();
-        sim.client(format!("client{id}"), async move {
-            workload::run_client(
-                id,
-                seed,
-                all,
-                WORKLOAD_END,
-                history,
-                workload::sim_now,
-                crate::client,
-            )
-            .await
-        });
-    }
+    let history = add_workload(&mut sim, seed, nodes, WORKLOAD_END);
     let calls: CallLog = Rc::default();
     let settled: Settled = Rc::default();
     for id in 0..CALLERS {

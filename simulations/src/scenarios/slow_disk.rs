@@ -3,12 +3,10 @@
 //! follower's. A slow disk makes writes slower, but it must not look like a dead node:
 //! no node may start an election while it lasts, and no leader may change.
 
-use std::rc::Rc;
 use std::time::Duration;
 
-use super::{checked_operations, describe_nodes, lan_sim, observe, phases, report, settled};
+use super::{add_workload, checked_operations, describe_nodes, lan_sim, observe, report, settled};
 use crate::checkers::{AppliedStates, LeadersPerTerm};
-use crate::workload::{self, History};
 use crate::{add_nodes, cluster_configs};
 
 /// The disk becomes slow.
@@ -35,22 +33,7 @@ fn highest_term(cluster: &crate::SimCluster) -> u64 {
 pub fn slow_disk(seed: u64) -> super::Report {
     let mut sim = lan_sim(seed);
     let cluster = add_nodes(&mut sim, seed, cluster_configs(3), Duration::ZERO);
-    let history: History = Rc::default();
-    for id in 0..phases::CLIENTS {
-        let history = history.clone();
-        sim.client(format!("client{id}"), async move {
-            workload::run_client(
-                id,
-                seed,
-                vec![1, 2, 3],
-                END,
-                history,
-                workload::sim_now,
-                crate::client,
-            )
-            .await
-        });
-    }
+    let history = add_workload(&mut sim, seed, 3, END);
     let slow_leader = seed.is_multiple_of(2);
     let mut events = Vec::new();
     let mut leaders = LeadersPerTerm::default();

@@ -18,9 +18,9 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tonic::Code;
 
-use super::{checked_operations, lan_sim, observe, phases, report, settled};
+use super::{add_workload, checked_operations, lan_sim, observe, report, settled};
 use crate::checkers::{AppliedStates, LeadersPerTerm};
-use crate::workload::{self, History, CLIENT_TIMEOUT};
+use crate::workload::{self, CLIENT_TIMEOUT};
 use crate::{add_nodes, client, cluster_configs, host_name};
 
 /// Writers start.
@@ -118,22 +118,7 @@ async fn sole_writer(
 pub fn write_storm(seed: u64) -> super::Report {
     let mut sim = lan_sim(seed);
     let cluster = add_nodes(&mut sim, seed, cluster_configs(3), Duration::ZERO);
-    let history: History = Rc::default();
-    for id in 0..phases::CLIENTS {
-        let history = history.clone();
-        sim.client(format!("client{id}"), async move {
-            workload::run_client(
-                id,
-                seed,
-                vec![1, 2, 3],
-                END,
-                history,
-                workload::sim_now,
-                crate::client,
-            )
-            .await
-        });
-    }
+    let history = add_workload(&mut sim, seed, 3, END);
     let wrong: Rc<RefCell<Vec<String>>> = Rc::default();
     let written: Rc<Cell<u64>> = Rc::default();
     for id in 0..WRITERS {
