@@ -521,12 +521,8 @@ async fn list(addr: &str, stale: bool) -> Result<FinalState, String> {
         .servers
         .iter()
         .filter_map(|server| {
-            let spec = server.spec.as_ref()?;
-            let value = match &spec.transport {
-                Some(pb::server_spec::Transport::Stdio(stdio)) => stdio.args.first().cloned(),
-                _ => None,
-            }?;
-            Some((spec.name.clone(), (value, server.mod_revision)))
+            let name = server.spec.as_ref()?.name.clone();
+            Some((name, workload::value_of(server)?))
         })
         .collect();
     Ok(FinalState {

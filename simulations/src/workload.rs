@@ -126,7 +126,7 @@ pub const QUICK_RESTARTS: pb::RestartPolicy = pb::RestartPolicy {
 };
 
 /// The value a server record carries (its first argument), with its revision.
-fn value_of(server: &pb::Server) -> Option<(String, u64)> {
+pub(crate) fn value_of(server: &pb::Server) -> Option<(String, u64)> {
     let spec = server.spec.as_ref()?;
     let value = match &spec.transport {
         Some(pb::server_spec::Transport::Stdio(stdio)) => stdio.args.first().cloned(),
