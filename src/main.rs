@@ -83,32 +83,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await?
         }
-        TopCommand::Supervise {
-            fence_fd,
-            user,
-            memory_bytes,
-            open_files,
-            processes,
-            command,
-        } => {
-            use mcpfleet::env::isolation;
-            let (program, args) = command.split_first().expect("clap requires a command");
-            let user = match user.as_deref().map(isolation::parse_user_arg).transpose() {
-                Ok(user) => user,
-                Err(error) => {
-                    eprintln!("mcpfleet supervise: {error}");
-                    std::process::exit(2);
-                }
-            };
-            let limits = isolation::Limits {
-                memory_bytes,
-                open_files,
-                processes,
-            };
-            let code =
-                mcpfleet::env::launcher::supervise(program, args, fence_fd, user, limits).await;
-            std::process::exit(code);
-        }
+        TopCommand::Supervise(args) => std::process::exit(args.run().await),
         TopCommand::Config {
             command: cli::ConfigCommand::Check { file },
         } => match cli::config_file::check(&file) {
@@ -172,10 +147,7 @@ fn main() {
     // panicking on the broken pipe. SIGPIPE itself stays ignored, in clients as in
     // nodes: a peer that closes its socket (a TLS node refusing a plaintext client,
     // say) must surface as an error, not kill the process.
-    if !matches!(
-        cli.command,
-        TopCommand::Serve(_) | TopCommand::Supervise { .. }
-    ) {
+    if !matches!(cli.command, TopCommand::Serve(_) | TopCommand::Supervise(_)) {
         let default_hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             let payload = info.payload();

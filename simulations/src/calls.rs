@@ -15,7 +15,6 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tonic::transport::Channel;
 
-use crate::client;
 use crate::mcp::RECORD_TOOL;
 
 /// The server the callers call.
@@ -65,10 +64,6 @@ pub fn live_from(settled: Duration, faults_end: Duration) -> Duration {
     settled.max(misbehaviour_end) + SETTLE_GRACE
 }
 
-fn now() -> Duration {
-    turmoil::sim_elapsed().unwrap_or_default()
-}
-
 /// The spec of the tool server: two replicas, quick checks, a breaker that closes again
 /// soon after the faults.
 pub fn tool_server() -> pb::PutServerRequest {
@@ -103,30 +98,47 @@ pub struct CallerTimes {
     pub faults_end: Duration,
 }
 
+/// Who one caller is, what it calls through, and when it stops.
+#[derive(Clone)]
+pub struct CallerPlan {
+    pub id: u32,
+    /// The run's seed: with `id`, it decides the caller's nodes and pauses.
+    pub seed: u64,
+    pub nodes: Vec<u64>,
+    pub times: CallerTimes,
+    /// The tool server this caller registers first (retrying until `until`), if any.
+    pub register: Option<pb::PutServerRequest>,
+}
+
 /// One caller until `until` (and, once the cluster has settled, long enough to call
-/// through every node after the grace; never past `limit`). Caller 0 first creates the
-/// tool server.
+/// through every node after the grace; never past `limit`), on the clock `clock`, with
+/// a client of each node from `connect`.
 pub async fn run_caller(
-    id: u32,
-    seed: u64,
-    nodes: Vec<u64>,
-    times: CallerTimes,
+    plan: CallerPlan,
     settled: Settled,
     log: CallLog,
+    clock: impl Fn() -> Duration,
+    connect: impl Fn(u64) -> RegistryClient<Channel>,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let CallerTimes {
-        until,
-        limit,
-        faults_end,
-    } = times;
+    let CallerPlan {
+        id,
+        seed,
+        nodes,
+        times: CallerTimes {
+            until,
+            limit,
+            faults_end,
+        },
+        register,
+    } = plan;
     let mut rng =
         SmallRng::seed_from_u64(seed ^ (u64::from(id) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let mut clients: BTreeMap<u64, RegistryClient<Channel>> = BTreeMap::new();
-    if id == 0 {
+    if let Some(request) = register {
         for attempt in 0.. {
             let node = nodes[attempt % nodes.len()];
-            let api = clients.entry(node).or_insert_with(|| client(node));
-            if api.put_server(tool_server()).await.is_ok() || now() > until {
+            let api = clients.entry(node).or_insert_with(|| connect(node));
+            if api.put_server(request.clone()).await.is_ok() || clock() > until {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -136,14 +148,14 @@ pub async fn run_caller(
     // After the grace, one call through each node in turn, then random ones again.
     let mut rounds_after_settle = 0usize;
     loop {
-        let more = now() < until || (rounds_after_settle < nodes.len() && now() < limit);
+        let more = clock() < until || (rounds_after_settle < nodes.len() && clock() < limit);
         if !more {
             break;
         }
         tokio::time::sleep(Duration::from_millis(rng.gen_range(10..100))).await;
         let after_grace = settled
             .get()
-            .is_some_and(|at| now() >= live_from(at, faults_end));
+            .is_some_and(|at| clock() >= live_from(at, faults_end));
         let node = if after_grace && rounds_after_settle < nodes.len() {
             rounds_after_settle += 1;
             nodes[rounds_after_settle - 1]
@@ -157,19 +169,21 @@ pub async fn run_caller(
         } else {
             CALL_TIMEOUT_MS
         };
-        let api = clients.entry(node).or_insert_with(|| client(node));
-        let record = call_once(api, node, call, timeout_ms).await;
+        let api = clients.entry(node).or_insert_with(|| connect(node));
+        let record = call_once(api, node, call, timeout_ms, clock()).await;
         log.borrow_mut().push(record);
     }
     Ok(())
 }
 
-/// One call of the record tool with id `call` through `node`, and what came of it.
+/// One call of the record tool with id `call` through `node`, sent at `at`, and what
+/// came of it.
 pub async fn call_once(
     api: &mut RegistryClient<Channel>,
     node: u64,
     call: String,
     timeout_ms: u64,
+    at: Duration,
 ) -> CallRecord {
     let request = pb::CallToolRequest {
         server: TOOL_SERVER.into(),
@@ -178,7 +192,6 @@ pub async fn call_once(
         arguments_json: format!(r#"{{"id":"{call}"}}"#),
         timeout_ms,
     };
-    let at = now();
     let outcome =
         tokio::time::timeout(crate::workload::CLIENT_TIMEOUT, api.call_tool(request)).await;
     let outcome = match outcome {
@@ -204,6 +217,7 @@ pub async fn call_once(
 }
 
 /// What the calls came to.
+#[derive(Debug)]
 pub struct CallStats {
     pub calls: usize,
     pub done: usize,

@@ -1,9 +1,10 @@
 //! The nemesis on real processes: three to five `mcpfleet serve` processes, the
-//! simulator's workload over real sockets, and faults from one seed (SIGKILL then
-//! restart, SIGSTOP then SIGCONT, a node cut off from its peers, a slow link), aimed
-//! at the leader half of the time. At the end every fault is healed, and the history
-//! goes through the simulator's own checkers: linearizable per server name, and no
-//! acknowledged write lost.
+//! simulator's workload and tool callers over real sockets, and faults from one seed
+//! (SIGKILL then restart, SIGSTOP then SIGCONT, a node cut off from its peers, a slow
+//! link), one or two at a time, aimed at the leader half of the time. At the end every
+//! fault is healed, and the history goes through the simulator's own checkers:
+//! linearizable per server name, no acknowledged write lost, no tool call run twice;
+//! and no replica slot had two lives at once.
 //!
 //! With `namespaces`, every node runs in a network namespace of its own, joined to
 //! the others by a veth pair on one bridge, all inside a private namespace of the
@@ -31,6 +32,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tonic::transport::Channel;
 
+use crate::calls::{self, check_calls, CallLog, CallOutcome, CallRecord, CallStats};
 use crate::checkers::{check_history, FinalState, HistoryStats};
 use crate::workload::{self, Event, History};
 
@@ -48,6 +50,13 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 const FENCED_SERVERS: u32 = 3;
 /// The recorder's tick (its `TICK_MS`).
 const TICK_MS: u64 = 20;
+/// One call in this many is answered late by the tool server.
+const SLOW_EVERY: u32 = 10;
+/// One call in this many ends the tool server's replica before it answers.
+const CRASH_EVERY: u32 = 40;
+/// How long, once the registry has settled, a tool call through each node may take to
+/// succeed (its replicas restart and turn healthy, breakers close).
+const CALLS_LIVE_LIMIT: Duration = Duration::from_secs(30);
 /// The recorder, from this crate's source tree.
 const RECORDER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/servers/recorder.py");
 
@@ -57,6 +66,10 @@ pub struct Options {
     pub duration: Duration,
     pub seed: u64,
     pub clients: u32,
+    /// Clients that call the recorder's tool through random nodes.
+    pub callers: u32,
+    /// How many server names the clients work on.
+    pub keys: usize,
     /// The program each node runs: `mcpfleet`, or a build with a bug switched on.
     pub binary: PathBuf,
     /// Extra environment for every node (the bug to switch on).
@@ -91,7 +104,10 @@ impl FaultKind {
 #[derive(Debug)]
 pub struct Report {
     pub stats: Option<HistoryStats>,
+    pub calls: Option<CallStats>,
     pub faults: BTreeMap<FaultKind, u32>,
+    /// Times two faults were held at once (on two nodes).
+    pub overlapping: u32,
     /// Faults aimed at the node that led when they began.
     pub at_leader: u32,
     pub failure: Option<String>,
@@ -109,10 +125,11 @@ pub struct Report {
 impl Report {
     pub fn summary(&self, options: &Options) -> String {
         let mut line = format!(
-            "nemesis: {} nodes, {} s, seed {}, {}: ",
+            "nemesis: {} nodes, {} s, seed {}, {} server names, {}: ",
             options.nodes,
             options.duration.as_secs(),
             options.seed,
+            options.keys,
             if options.namespaces {
                 "a network namespace per node"
             } else {
@@ -134,11 +151,19 @@ impl Report {
             .iter()
             .map(|(kind, n)| format!("{} {n}", kind.name()))
             .collect();
+        if let Some(calls) = &self.calls {
+            let _ = write!(
+                line,
+                "{} tool calls ({} answered, {} after the faults), none ran twice; ",
+                calls.calls, calls.done, calls.after_settle
+            );
+        }
         let _ = write!(
             line,
-            "faults: {} ({} at the leader)",
+            "faults: {} ({} at the leader, {} times two at once)",
             faults.join(", "),
-            self.at_leader
+            self.at_leader,
+            self.overlapping
         );
         let _ = write!(
             line,
@@ -433,10 +458,14 @@ const NOWHERE: &str = "02:00:00:00:00:01";
 
 /// Cuts `target` off from every other node, both ways (clients still reach it): each
 /// side's neighbour entry for the other points nowhere, so their packets vanish with
-/// no error, and connections time out as they would across a real partition.
-fn cut(nodes: &[Node], target: u64, heal: bool) -> Result<(), String> {
+/// no error, and connections time out as they would across a real partition. A heal
+/// leaves the pairs with a node in `still_cut` as they are.
+fn cut(nodes: &[Node], target: u64, heal: bool, still_cut: &[u64]) -> Result<(), String> {
     let node = |id: u64| &nodes[id as usize - 1];
-    for other in nodes.iter().filter(|n| n.id != target) {
+    let others = nodes
+        .iter()
+        .filter(|n| n.id != target && !(heal && still_cut.contains(&n.id)));
+    for other in others {
         for (from, to) in [(target, other.id), (other.id, target)] {
             let ip = node_ip(to);
             let args: Vec<&str> = if heal {
@@ -460,8 +489,33 @@ fn cut(nodes: &[Node], target: u64, heal: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Undoes fault `kind` at `target`.
-fn heal(nodes: &mut [Node], options: &Options, kind: FaultKind, target: u64) -> Result<(), String> {
+/// Makes fault `kind` at `target`; returns how a slow link was made.
+fn inject(
+    nodes: &mut [Node],
+    kind: FaultKind,
+    target: u64,
+) -> Result<Option<&'static str>, String> {
+    let at = target as usize - 1;
+    match kind {
+        FaultKind::Kill => nodes[at].kill(),
+        FaultKind::Pause => {
+            nodes[at].signal("STOP");
+            nodes[at].paused = true;
+        }
+        FaultKind::Cut => cut(nodes, target, false, &[])?,
+        FaultKind::Slow => return slow_link(&nodes[at]).map(Some),
+    }
+    Ok(None)
+}
+
+/// Undoes fault `kind` at `target`, while the nodes in `still_cut` stay cut off.
+fn heal(
+    nodes: &mut [Node],
+    options: &Options,
+    kind: FaultKind,
+    target: u64,
+    still_cut: &[u64],
+) -> Result<(), String> {
     let at = target as usize - 1;
     match kind {
         FaultKind::Kill => nodes[at].start(options),
@@ -470,7 +524,7 @@ fn heal(nodes: &mut [Node], options: &Options, kind: FaultKind, target: u64) -> 
             nodes[at].paused = false;
             Ok(())
         }
-        FaultKind::Cut => cut(nodes, target, true),
+        FaultKind::Cut => cut(nodes, target, true, still_cut),
         FaultKind::Slow => nodes[at].in_namespace("tc", &["qdisc", "del", "dev", "eth0", "root"]),
     }
 }
@@ -537,27 +591,55 @@ pub async fn run(options: &Options) -> Result<Report, String> {
     let mut nodes = start_nodes(options)?;
     let started = Instant::now();
     let history: History = Rc::new(RefCell::new(Vec::new()));
-    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let call_log: CallLog = Rc::default();
+    let addrs: Rc<[String]> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let connect = move |node: u64| client_of(&addrs[node as usize - 1]);
     let workload = tokio::task::LocalSet::new();
     let clock = move || started.elapsed();
+    let ids: Vec<u64> = (1..=options.nodes).collect();
+    let keys: Rc<[String]> = workload::key_names(options.keys).into();
     for id in 0..options.clients {
-        let history = history.clone();
-        let addrs = addrs.clone();
-        let ids: Vec<u64> = (1..=options.nodes).collect();
-        let seed = options.seed;
-        let until = options.duration;
+        let plan = workload::ClientPlan {
+            id,
+            seed: options.seed,
+            nodes: ids.clone(),
+            keys: keys.clone(),
+            until: options.duration,
+        };
+        let (history, connect) = (history.clone(), connect.clone());
         workload.spawn_local(async move {
-            let connect = |node: u64| client_of(&addrs[node as usize - 1]);
-            if let Err(error) =
-                workload::run_client(id, seed, ids, until, history, clock, connect).await
-            {
+            if let Err(error) = workload::run_client(plan, history, clock, connect).await {
                 eprintln!("client {id}: {error}");
+            }
+        });
+    }
+    let records = options.dir.join("records");
+    let tool_records = records.join(calls::TOOL_SERVER);
+    for id in 0..options.callers {
+        let plan = calls::CallerPlan {
+            id,
+            seed: options.seed,
+            nodes: ids.clone(),
+            times: calls::CallerTimes {
+                until: options.duration,
+                limit: options.duration,
+                faults_end: options.duration,
+            },
+            register: (id == 0).then(|| tool_server(&tool_records)),
+        };
+        let (log, connect) = (call_log.clone(), connect.clone());
+        workload.spawn_local(async move {
+            // The cluster's settling is checked after the faults, not by the callers.
+            if let Err(error) = calls::run_caller(plan, Rc::default(), log, clock, connect).await {
+                eprintln!("caller {id}: {error}");
             }
         });
     }
     let mut report = Report {
         stats: None,
+        calls: None,
         faults: BTreeMap::new(),
+        overlapping: 0,
         at_leader: 0,
         failure: None,
         slow_link: None,
@@ -565,7 +647,8 @@ pub async fn run(options: &Options) -> Result<Report, String> {
         slot_lives: 0,
         shortest_gap: None,
     };
-    let records = options.dir.join("records");
+    std::fs::create_dir_all(&tool_records)
+        .map_err(|e| format!("{}: {e}", tool_records.display()))?;
     add_fenced_servers(&nodes, &records).await?;
     let mut schedule = SmallRng::seed_from_u64(options.seed ^ 0x006e_656d_6573_6973);
     let kinds: &[FaultKind] = if options.namespaces {
@@ -582,33 +665,46 @@ pub async fn run(options: &Options) -> Result<Report, String> {
         // The first faults wait for the cluster to form and the clients to start.
         tokio::time::sleep(Duration::from_secs(3)).await;
         while started.elapsed() + Duration::from_secs(6) < options.duration {
-            let kind = kinds[schedule.gen_range(0..kinds.len())];
-            let aim_at_leader = schedule.gen_bool(0.5);
-            let random = schedule.gen_range(1..=options.nodes);
+            // One fault, or a third of the time two at once on two nodes.
+            let count = if schedule.gen_ratio(1, 3) { 2 } else { 1 };
+            let mut active: Vec<(FaultKind, u64)> = Vec::new();
+            for _ in 0..count {
+                let kind = kinds[schedule.gen_range(0..kinds.len())];
+                let aim_at_leader = schedule.gen_bool(0.5);
+                let random = schedule.gen_range(1..=options.nodes);
+                let leader = if aim_at_leader {
+                    leader(&nodes).await
+                } else {
+                    None
+                };
+                let mut target = leader.unwrap_or(random);
+                // A node takes one fault at a time: the next node instead.
+                while active.iter().any(|(_, t)| *t == target) {
+                    target = target % options.nodes + 1;
+                }
+                if leader == Some(target) {
+                    report.at_leader += 1;
+                }
+                *report.faults.entry(kind).or_default() += 1;
+                if let Some(how) = inject(&mut nodes, kind, target)? {
+                    report.slow_link = Some(how);
+                }
+                active.push((kind, target));
+            }
+            if active.len() > 1 {
+                report.overlapping += 1;
+            }
             let hold = Duration::from_millis(schedule.gen_range(1_000..5_000));
             let quiet = Duration::from_millis(schedule.gen_range(500..3_000));
-            let leader = if aim_at_leader {
-                leader(&nodes).await
-            } else {
-                None
-            };
-            let target = leader.unwrap_or(random);
-            if leader.is_some() {
-                report.at_leader += 1;
-            }
-            *report.faults.entry(kind).or_default() += 1;
-            let at = target as usize - 1;
-            match kind {
-                FaultKind::Kill => nodes[at].kill(),
-                FaultKind::Pause => {
-                    nodes[at].signal("STOP");
-                    nodes[at].paused = true;
-                }
-                FaultKind::Cut => cut(&nodes, target, false)?,
-                FaultKind::Slow => report.slow_link = Some(slow_link(&nodes[at])?),
-            }
             tokio::time::sleep(hold).await;
-            heal(&mut nodes, options, kind, target)?;
+            while let Some((kind, target)) = active.pop() {
+                let still_cut: Vec<u64> = active
+                    .iter()
+                    .filter(|(k, _)| *k == FaultKind::Cut)
+                    .map(|(_, t)| *t)
+                    .collect();
+                heal(&mut nodes, options, kind, target, &still_cut)?;
+            }
             tokio::time::sleep(quiet).await;
         }
         Ok::<(), String>(())
@@ -619,6 +715,11 @@ pub async fn run(options: &Options) -> Result<Report, String> {
     faults?;
     let events: Vec<Event> = history.borrow().clone();
     let final_state = settled_state(&nodes).await;
+    let after = calls_after_faults(&nodes, clock).await;
+    let after_count = after.as_ref().map_or(0, Vec::len);
+    call_log
+        .borrow_mut()
+        .extend(after.iter().flatten().cloned());
     let mut client = client_of(&nodes[0].addr);
     if let Ok(Ok(status)) = tokio::time::timeout(
         PROBE_TIMEOUT,
@@ -631,6 +732,11 @@ pub async fn run(options: &Options) -> Result<Report, String> {
     let checked = final_state
         .and_then(|state| check_history(&events, Some(&state)))
         .and_then(|stats| {
+            let runs = tool_runs(&tool_records)?;
+            let mut calls = check_calls(&call_log.borrow(), &runs, None, options.duration, &[])?;
+            after?;
+            calls.after_settle = after_count;
+            report.calls = Some(calls);
             let (lives, shortest) = check_slots(&records)?;
             report.slot_lives = lives;
             report.shortest_gap = shortest;
@@ -644,6 +750,99 @@ pub async fn run(options: &Options) -> Result<Report, String> {
         }
     }
     Ok(report)
+}
+
+/// The tool server of the callers: the simulator's spec, with the recorder as its
+/// command, logging its calls into `dir`. Every `SLOW_EVERY`th call a replica runs
+/// answers after the callers' deadline, and every `CRASH_EVERY`th call ends the
+/// replica before it answers: either way the call has run, and its caller is told it
+/// failed, so it must not run again on the other replica.
+fn tool_server(dir: &Path) -> pb::PutServerRequest {
+    let mut request = calls::tool_server();
+    if let Some(spec) = request.spec.as_mut() {
+        let mut transport = recorder(dir);
+        if let pb::server_spec::Transport::Stdio(stdio) = &mut transport {
+            let slow_ms = calls::CALL_TIMEOUT_MS + 150;
+            stdio
+                .env
+                .insert("SLOW_EVERY".into(), SLOW_EVERY.to_string());
+            stdio.env.insert("SLOW_MS".into(), slow_ms.to_string());
+            stdio
+                .env
+                .insert("CRASH_EVERY".into(), CRASH_EVERY.to_string());
+        }
+        spec.transport = Some(transport);
+    }
+    request
+}
+
+/// `tests/servers/recorder.py`, logging into `dir`.
+fn recorder(dir: &Path) -> pb::server_spec::Transport {
+    pb::server_spec::Transport::Stdio(pb::StdioTransport {
+        command: "python3".into(),
+        args: vec![RECORDER.into()],
+        env: [
+            ("RECORD_DIR".to_string(), dir.display().to_string()),
+            ("TICK_MS".to_string(), TICK_MS.to_string()),
+        ]
+        .into(),
+        ..Default::default()
+    })
+}
+
+/// Once the faults are healed and the registry has settled, one tool call through each
+/// node must succeed within `CALLS_LIVE_LIMIT`; every call tried is returned, for the
+/// check that none ran twice. The error says which node found no working replica.
+async fn calls_after_faults(
+    nodes: &[Node],
+    clock: impl Fn() -> Duration,
+) -> Result<Vec<CallRecord>, String> {
+    let deadline = Instant::now() + CALLS_LIVE_LIMIT;
+    let mut tried = Vec::new();
+    for node in nodes {
+        let mut api = client_of(&node.addr);
+        for attempt in 0.. {
+            let id = format!("after-{}-{attempt}", node.id);
+            let record = calls::call_once(
+                &mut api,
+                node.id,
+                id,
+                calls::SETTLED_CALL_TIMEOUT_MS,
+                clock(),
+            )
+            .await;
+            let outcome = record.outcome.clone();
+            tried.push(record);
+            match outcome {
+                CallOutcome::Done => break,
+                CallOutcome::Failed(error) if Instant::now() > deadline => {
+                    return Err(format!(
+                        "no tool call through node {} succeeded within {CALLS_LIVE_LIMIT:?} after the faults: {error}",
+                        node.id
+                    ));
+                }
+                CallOutcome::Failed(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+    Ok(tried)
+}
+
+/// How many times each call ran, from the recorder's call logs in `dir`.
+fn tool_runs(dir: &Path) -> Result<BTreeMap<String, u32>, String> {
+    let mut runs = BTreeMap::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !name.starts_with("calls-") {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).map_err(|e| format!("{name}: {e}"))?;
+        for call in text.lines().filter_map(|l| l.strip_prefix("call ")) {
+            *runs.entry(call.to_string()).or_default() += 1;
+        }
+    }
+    Ok(runs)
 }
 
 fn save_history(dir: &Path, events: &[Event]) -> Result<(), String> {
@@ -664,16 +863,7 @@ async fn add_fenced_servers(nodes: &[Node], records: &Path) -> Result<(), String
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let spec = pb::ServerSpec {
             name: name.clone(),
-            transport: Some(pb::server_spec::Transport::Stdio(pb::StdioTransport {
-                command: "python3".into(),
-                args: vec![RECORDER.into()],
-                env: [
-                    ("RECORD_DIR".to_string(), dir.display().to_string()),
-                    ("TICK_MS".to_string(), TICK_MS.to_string()),
-                ]
-                .into(),
-                ..Default::default()
-            })),
+            transport: Some(recorder(&dir)),
             replicas: 1,
             health_check: Some(workload::QUICK_CHECKS),
             restart: Some(workload::QUICK_RESTARTS),

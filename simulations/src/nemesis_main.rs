@@ -4,7 +4,8 @@
 //!
 //! Run as `mcpfleet-nemesis serve ...`, it is a node itself: `mcpfleet serve` with the
 //! bug that `MCPFLEET_INJECT_BUG` names switched on, so that the checkers can be shown
-//! to catch it on real processes.
+//! to catch it on real processes. Such a node launches its stdio servers through
+//! `mcpfleet-nemesis supervise ...`, as `mcpfleet` does through `mcpfleet supervise`.
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -34,9 +35,16 @@ struct Args {
     /// Chooses the faults, their targets and times, and the clients' operations.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Concurrent clients.
+    /// Concurrent clients of the registry.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=64))]
     clients: u32,
+    /// Concurrent callers of a tool (0: none).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=64))]
+    callers: u32,
+    /// Server names the clients work on (default: one per 6 s of the run, at least 8),
+    /// so that each name's history stays short enough for the linearizability search.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4_096))]
+    keys: Option<u64>,
     /// The mcpfleet binary the nodes run (default: `mcpfleet` beside this program).
     #[arg(long)]
     binary: Option<PathBuf>,
@@ -54,10 +62,19 @@ struct Args {
 }
 
 impl Args {
+    fn keys(&self) -> usize {
+        self.keys.unwrap_or((self.duration / 6).max(8)) as usize
+    }
+
     fn replay(&self, loopback: bool) -> String {
         let mut line = format!(
-            "mcpfleet-nemesis --nodes {} --duration {} --seed {} --clients {}",
-            self.nodes, self.duration, self.seed, self.clients
+            "mcpfleet-nemesis --nodes {} --duration {} --seed {} --clients {} --callers {} --keys {}",
+            self.nodes,
+            self.duration,
+            self.seed,
+            self.clients,
+            self.callers,
+            self.keys()
         );
         if let Some(bug) = &self.inject_bug {
             line.push_str(&format!(" --inject-bug {bug}"));
@@ -69,17 +86,23 @@ impl Args {
     }
 }
 
-/// A node of this binary: `mcpfleet serve` with a bug switched on.
+/// A node of this binary: `mcpfleet serve` with a bug switched on; and `mcpfleet
+/// supervise`, which such a node runs to launch a stdio server.
 fn serve_as_node() -> anyhow::Result<()> {
-    let bug = std::env::var(BUG_ENV).unwrap_or_default();
-    let bug = Bug::from_name(&bug).ok_or_else(|| anyhow::anyhow!("{BUG_ENV}: no bug {bug:?}"))?;
-    bugs::switch_on(Some(bug));
     let cli = mcpfleet::cli::Cli::parse_from(
         std::iter::once("mcpfleet".to_string()).chain(std::env::args().skip(1)),
     );
-    let mcpfleet::cli::TopCommand::Serve(serve) = cli.command else {
-        anyhow::bail!("only `serve` runs here");
+    let serve = match cli.command {
+        mcpfleet::cli::TopCommand::Serve(serve) => serve,
+        mcpfleet::cli::TopCommand::Supervise(supervise) => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            std::process::exit(runtime.block_on(supervise.run()));
+        }
+        _ => anyhow::bail!("only `serve` and `supervise` run here"),
     };
+    let bug = std::env::var(BUG_ENV).unwrap_or_default();
+    let bug = Bug::from_name(&bug).ok_or_else(|| anyhow::anyhow!("{BUG_ENV}: no bug {bug:?}"))?;
+    bugs::switch_on(Some(bug));
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(
             mcpfleet::cli::serve::DEFAULT_LOG_FILTER,
@@ -104,7 +127,10 @@ fn namespaces_work() -> bool {
 }
 
 fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("serve") {
+    if matches!(
+        std::env::args().nth(1).as_deref(),
+        Some("serve" | "supervise")
+    ) {
         return match serve_as_node() {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
@@ -169,6 +195,8 @@ fn main() -> ExitCode {
         duration: Duration::from_secs(args.duration),
         seed: args.seed,
         clients: args.clients,
+        callers: args.callers,
+        keys: args.keys(),
         binary,
         node_env,
         namespaces,
@@ -187,7 +215,10 @@ fn main() -> ExitCode {
                     if temporary {
                         let _ = std::fs::remove_dir_all(&dir);
                     }
-                    println!("ok: linearizable, no acknowledged write lost");
+                    println!(
+                        "ok: linearizable, no acknowledged write lost, no tool call run twice, \
+                         no slot with two lives at once"
+                    );
                     ExitCode::SUCCESS
                 }
                 Some(violation) => {

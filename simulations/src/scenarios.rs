@@ -642,8 +642,14 @@ pub fn faulty_replica(seed: u64, fault: ReplicaFault) -> Result<Report, String> 
         while turmoil::sim_elapsed().unwrap_or_default() < stuck_at + STUCK_WATCH {
             let node = nodes[number % nodes.len()];
             let api = apis.entry(node).or_insert_with(|| client(node));
-            let record =
-                calls::call_once(api, node, format!("s-{number}"), STUCK_CALL_TIMEOUT_MS).await;
+            let record = calls::call_once(
+                api,
+                node,
+                format!("s-{number}"),
+                STUCK_CALL_TIMEOUT_MS,
+                workload::sim_now(),
+            )
+            .await;
             calls_log.borrow_mut().push(record);
             number += 1;
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1162,11 +1168,18 @@ fn final_state(cluster: &SimCluster) -> FinalState {
 /// `nodes`) until `until`, and returns the history they share.
 fn add_workload(sim: &mut turmoil::Sim<'_>, seed: u64, nodes: u64, until: Duration) -> History {
     let history: History = Rc::default();
+    let keys: Rc<[String]> = workload::key_names(workload::KEYS.len()).into();
     for id in 0..phases::CLIENTS {
         let history = history.clone();
-        let all: Vec<u64> = (1..=nodes).collect();
+        let plan = workload::ClientPlan {
+            id,
+            seed,
+            nodes: (1..=nodes).collect(),
+            keys: keys.clone(),
+            until,
+        };
         sim.client(format!("client{id}"), async move {
-            workload::run_client(id, seed, all, until, history, workload::sim_now, client).await
+            workload::run_client(plan, history, workload::sim_now, client).await
         });
     }
     history
@@ -1187,21 +1200,19 @@ pub fn chaos(seed: u64, nodes: u64) -> Report {
     let settled: Settled = Rc::default();
     for id in 0..CALLERS {
         let (calls, settled) = (calls.clone(), settled.clone());
-        let all: Vec<u64> = (1..=nodes).collect();
+        let plan = calls::CallerPlan {
+            id,
+            seed,
+            nodes: (1..=nodes).collect(),
+            times: calls::CallerTimes {
+                until: WORKLOAD_END,
+                limit: WORKLOAD_END + CONVERGENCE_BOUND,
+                faults_end: FAULTS_END,
+            },
+            register: (id == 0).then(calls::tool_server),
+        };
         sim.client(format!("caller{id}"), async move {
-            calls::run_caller(
-                id,
-                seed,
-                all,
-                calls::CallerTimes {
-                    until: WORKLOAD_END,
-                    limit: WORKLOAD_END + CONVERGENCE_BOUND,
-                    faults_end: FAULTS_END,
-                },
-                settled,
-                calls,
-            )
-            .await
+            calls::run_caller(plan, settled, calls, workload::sim_now, client).await
         });
     }
     let mut events = Vec::new();

@@ -14,11 +14,38 @@ use rand::{Rng, SeedableRng};
 use tonic::transport::Channel;
 use tonic::Code;
 
-/// The server names the clients work on: few enough that clients collide on them, and
-/// enough that each name's history stays short for the linearizability search.
+/// The server names the simulator's clients work on: few enough that clients collide
+/// on them, and enough that each name's history stays short for the linearizability
+/// search.
 pub const KEYS: [&str; 8] = [
     "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel",
 ];
+
+/// `count` server names: `KEYS` first, then `KEYS` again with a number (`alpha-1`, ...),
+/// for runs long enough that eight names would make each name's history too long to
+/// search.
+pub fn key_names(count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| match i / KEYS.len() {
+            0 => KEYS[i].to_string(),
+            round => format!("{}-{round}", KEYS[i % KEYS.len()]),
+        })
+        .collect()
+}
+
+/// Who one client is and what it works on.
+#[derive(Clone, Debug)]
+pub struct ClientPlan {
+    pub id: u32,
+    /// The run's seed: with `id`, it decides every operation of the client.
+    pub seed: u64,
+    /// The nodes it sends operations to, one at random each time.
+    pub nodes: Vec<u64>,
+    /// The server names it works on, one at random each time.
+    pub keys: Rc<[String]>,
+    /// It starts no operation once the clock reads this.
+    pub until: Duration,
+}
 /// How long a client waits for an answer before it gives up on the operation (longer
 /// than a node's own 5 s request deadline).
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(6);
@@ -135,19 +162,23 @@ pub(crate) fn value_of(server: &pb::Server) -> Option<(String, u64)> {
     Some((value, server.mod_revision))
 }
 
-/// Runs one client until `clock` reads `until`: random operations on random keys
+/// Runs one client until `clock` reads `plan.until`: random operations on random keys
 /// through random nodes, each recorded in `history` with the time `clock` gives.
 /// `connect(node)` makes a (lazily connecting) client of that node: inside the
 /// simulation, or over real sockets for the nemesis on real processes.
 pub async fn run_client(
-    id: u32,
-    seed: u64,
-    nodes: Vec<u64>,
-    until: Duration,
+    plan: ClientPlan,
     history: History,
     clock: impl Fn() -> Duration,
     connect: impl Fn(u64) -> RegistryClient<Channel>,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    let ClientPlan {
+        id,
+        seed,
+        nodes,
+        keys,
+        until,
+    } = plan;
     let mut rng =
         SmallRng::seed_from_u64(seed ^ (u64::from(id) + 1).wrapping_mul(0xa076_1d64_78bd_642f));
     let mut clients: BTreeMap<u64, RegistryClient<Channel>> = BTreeMap::new();
@@ -156,7 +187,7 @@ pub async fn run_client(
     let mut op_number = 0u32;
     while clock() < until {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(10..150))).await;
-        let key = KEYS[rng.gen_range(0..KEYS.len())];
+        let key = keys[rng.gen_range(0..keys.len())].as_str();
         let node = nodes[rng.gen_range(0..nodes.len())];
         let value = format!("c{id}-{op_number}");
         let op = match rng.gen_range(0..100) {

@@ -160,27 +160,57 @@ pub enum TopCommand {
     /// Runs an MCP server command in its own process group and takes the group down
     /// with it (used by nodes; not for people).
     #[command(hide = true)]
-    Supervise {
-        /// The descriptor on which the node renews the deadline past which the server
-        /// is killed.
-        #[arg(long)]
-        fence_fd: Option<i32>,
-        /// Run the server as UID:GID (no supplementary groups).
-        #[arg(long)]
-        user: Option<String>,
-        /// Most memory the server and its children use (cgroup memory.max, else
-        /// RLIMIT_AS).
-        #[arg(long)]
-        memory_bytes: Option<u64>,
-        /// Most open files of each of the server's processes (RLIMIT_NOFILE).
-        #[arg(long)]
-        open_files: Option<u64>,
-        /// Most processes (cgroup pids.max, else RLIMIT_NPROC).
-        #[arg(long)]
-        processes: Option<u64>,
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
-        command: Vec<String>,
-    },
+    Supervise(SuperviseArgs),
+}
+
+/// `mcpfleet supervise`: how a node launches a stdio server.
+#[derive(clap::Args, Debug)]
+pub struct SuperviseArgs {
+    /// The descriptor on which the node renews the deadline past which the server
+    /// is killed.
+    #[arg(long)]
+    fence_fd: Option<i32>,
+    /// Run the server as UID:GID (no supplementary groups).
+    #[arg(long)]
+    user: Option<String>,
+    /// Most memory the server and its children use (cgroup memory.max, else
+    /// RLIMIT_AS).
+    #[arg(long)]
+    memory_bytes: Option<u64>,
+    /// Most open files of each of the server's processes (RLIMIT_NOFILE).
+    #[arg(long)]
+    open_files: Option<u64>,
+    /// Most processes (cgroup pids.max, else RLIMIT_NPROC).
+    #[arg(long)]
+    processes: Option<u64>,
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+impl SuperviseArgs {
+    /// Runs the server until it ends, or until the node's deadline passes; returns the
+    /// exit code the supervisor ends with (2: bad arguments).
+    pub async fn run(self) -> i32 {
+        use crate::env::isolation;
+        let Some((program, args)) = self.command.split_first() else {
+            eprintln!("mcpfleet supervise: no command");
+            return 2;
+        };
+        let user = match self.user.as_deref().map(isolation::parse_user_arg) {
+            None => None,
+            Some(Ok(user)) => Some(user),
+            Some(Err(error)) => {
+                eprintln!("mcpfleet supervise: {error}");
+                return 2;
+            }
+        };
+        let limits = isolation::Limits {
+            memory_bytes: self.memory_bytes,
+            open_files: self.open_files,
+            processes: self.processes,
+        };
+        crate::env::launcher::supervise(program, args, self.fence_fd, user, limits).await
+    }
 }
 
 #[derive(Subcommand, Debug)]
