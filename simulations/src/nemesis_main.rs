@@ -55,8 +55,8 @@ struct Args {
     /// namespaces cannot be made).
     #[arg(long)]
     loopback: bool,
-    /// Where data dirs, node logs and a failing history go (default: a new directory
-    /// under the temp dir, removed after a clean run).
+    /// Where data dirs, node logs and a failing history go: a new or empty directory
+    /// (default: a new directory under the temp dir, removed after a clean run).
     #[arg(long)]
     dir: Option<PathBuf>,
 }
@@ -185,6 +185,17 @@ fn main() -> ExitCode {
             binary.display()
         );
         return ExitCode::from(2);
+    }
+    if let Some(dir) = &args.dir {
+        // Data dirs left by an earlier run would bring its registry into this one.
+        let used = std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some());
+        if used {
+            eprintln!(
+                "error: {} is not empty: give --dir a new or empty directory",
+                dir.display()
+            );
+            return ExitCode::from(2);
+        }
     }
     let temporary = args.dir.is_none();
     let dir = args.dir.clone().unwrap_or_else(|| {

@@ -378,7 +378,7 @@ pub struct AddServerArgs {
 pub enum ClusterCommand {
     /// Members, leader, term, commit and applied index, revision.
     Status,
-    /// Add a node (as a learner, then a voter while there are fewer than five voters).
+    /// Add a node (as a learner, then a voter while there are fewer than --max-voters).
     AddNode { id: u64, addr: String },
     /// Remove a node from the cluster.
     RemoveNode { id: u64 },

@@ -79,6 +79,22 @@ pub struct ServeArgs {
     /// How often this node heartbeats the leader.
     #[arg(long, default_value_t = Config::default().node_heartbeat_interval_ms)]
     pub node_heartbeat_interval_ms: u64,
+    /// Most voters; nodes beyond them join as learners, which replicate, serve and run
+    /// replicas, and autopilot promotes them in place of dead voters.
+    #[arg(long, default_value_t = Config::default().max_voters)]
+    pub max_voters: usize,
+    /// Autopilot: a voter the leader has not heard from for this long is replaced by a
+    /// healthy learner (0: never).
+    #[arg(long, default_value_t = Config::default().dead_voter_after_ms)]
+    pub dead_voter_after_ms: u64,
+    /// Autopilot: how long a learner must have been heard from without a gap before it
+    /// is promoted.
+    #[arg(long, default_value_t = Config::default().learner_stable_ms)]
+    pub learner_stable_ms: u64,
+    /// Autopilot: a learner the leader has not heard from for this long leaves the
+    /// cluster for good (0: never).
+    #[arg(long, default_value_t = Config::default().remove_dead_after_ms)]
+    pub remove_dead_after_ms: u64,
     /// Build a snapshot (and purge the log) after this many entries.
     #[arg(long, default_value_t = Config::default().snapshot_after_logs)]
     pub snapshot_after_logs: u64,
@@ -266,6 +282,10 @@ impl ServeArgs {
             node_timeout_ms: self.node_timeout_ms,
             lease_ms: self.lease_ms,
             node_heartbeat_interval_ms: self.node_heartbeat_interval_ms,
+            max_voters: self.max_voters,
+            dead_voter_after_ms: self.dead_voter_after_ms,
+            learner_stable_ms: self.learner_stable_ms,
+            remove_dead_after_ms: self.remove_dead_after_ms,
             http: (self.http != "off").then(|| HttpConfig {
                 listen: self.http.clone(),
                 allowed_hosts: self.mcp_allowed_hosts.clone(),

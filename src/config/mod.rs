@@ -61,6 +61,15 @@ pub struct Config {
     pub logs_kept_after_snapshot: u64,
     /// Voters beyond this number join as learners.
     pub max_voters: usize,
+    /// Autopilot replaces a voter the leader has not heard from for this long with a
+    /// healthy learner (0: never).
+    pub dead_voter_after_ms: u64,
+    /// How long a learner must have been heard from without a gap before autopilot
+    /// promotes it.
+    pub learner_stable_ms: u64,
+    /// Autopilot removes a learner the leader has not heard from for this long from
+    /// the cluster (0: never).
+    pub remove_dead_after_ms: u64,
     /// How long a client request may take end to end, including waiting for a leader.
     pub request_timeout_ms: u64,
     /// How long graceful shutdown may take before the node stops anyway.
@@ -87,6 +96,9 @@ pub struct Config {
 
 pub mod timing;
 
+/// The longest stabilization time autopilot accepts (an hour).
+pub const MAX_LEARNER_STABLE_MS: u64 = 3_600_000;
+
 use timing::{fencing_holds, FENCE_MARGIN_MS};
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +117,14 @@ pub enum ConfigError {
     Timing(String),
     #[error("max_voters must be 1..=7, got {0}")]
     MaxVoters(usize),
+    #[error(
+        "--initial-cluster has {members} members but --max-voters is {max_voters}: start \
+         at most {max_voters} and add the others with --join (they join as learners), or \
+         raise --max-voters"
+    )]
+    InitialClusterTooBig { members: usize, max_voters: usize },
+    #[error("autopilot: {0}")]
+    Autopilot(String),
     #[error(
         "tags: at most {} tags of 1..={} bytes each",
         crate::registry::MAX_LIST_ITEMS,
@@ -134,6 +154,9 @@ impl Default for Config {
             snapshot_after_logs: 2_000,
             logs_kept_after_snapshot: 500,
             max_voters: 5,
+            dead_voter_after_ms: 10_000,
+            learner_stable_ms: 10_000,
+            remove_dead_after_ms: 86_400_000,
             request_timeout_ms: 5_000,
             shutdown_timeout_ms: 5_000,
             tags: Vec::new(),
@@ -246,6 +269,29 @@ impl Config {
         }
         if self.max_voters == 0 || self.max_voters > 7 {
             return Err(ConfigError::MaxVoters(self.max_voters));
+        }
+        if self.initial_cluster.len() > self.max_voters {
+            return Err(ConfigError::InitialClusterTooBig {
+                members: self.initial_cluster.len(),
+                max_voters: self.max_voters,
+            });
+        }
+        for (name, value) in [
+            ("dead-voter-after-ms", self.dead_voter_after_ms),
+            ("remove-dead-after-ms", self.remove_dead_after_ms),
+        ] {
+            if value != 0 && value < self.node_timeout_ms {
+                return Err(ConfigError::Autopilot(format!(
+                    "{name} must be 0 (never) or at least node-timeout-ms ({}), got {value}",
+                    self.node_timeout_ms
+                )));
+            }
+        }
+        if self.learner_stable_ms > MAX_LEARNER_STABLE_MS {
+            return Err(ConfigError::Autopilot(format!(
+                "learner-stable-ms must be at most {MAX_LEARNER_STABLE_MS}, got {}",
+                self.learner_stable_ms
+            )));
         }
         if let Some(http) = &self.http {
             validate_address(&http.listen)?;

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +28,33 @@ const RETRY_PAUSE_MS: u64 = 25;
 const MAX_JOIN_HINTS: u32 = 3;
 /// Longest pause between attempts to join a cluster.
 const JOIN_BACKOFF_MAX_MS: u64 = 2_000;
+/// While another membership change (a join, autopilot's) is under way, a change waits
+/// this long before it tries again, at most `MEMBERSHIP_BUSY_ATTEMPTS` times.
+const MEMBERSHIP_BUSY_PAUSE_MS: u64 = 100;
+const MEMBERSHIP_BUSY_ATTEMPTS: u32 = 50;
+
+type MembershipResult<T> = Result<T, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>;
+
+/// Runs the membership change `change` makes, again after a pause while Raft refuses
+/// it because another change is still under way (Raft makes one at a time).
+async fn when_no_change_is_under_way<T, F, Fut>(mut change: F) -> MembershipResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = MembershipResult<T>>,
+{
+    let mut attempts = 0;
+    loop {
+        match change().await {
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(_),
+            ))) if attempts < MEMBERSHIP_BUSY_ATTEMPTS => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(MEMBERSHIP_BUSY_PAUSE_MS)).await;
+            }
+            result => return result,
+        }
+    }
+}
 
 /// An operation only the leader can carry out.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -267,6 +294,10 @@ impl ControlPlane {
             RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => LeaderError::NotLeader {
                 leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
             },
+            // Another change still under way: the caller may try again.
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                e @ ChangeMembershipError::InProgress(_),
+            )) => LeaderError::Failed(e.to_string()),
             RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
                 LeaderError::Rejected(e.to_string())
             }
@@ -291,15 +322,18 @@ impl ControlPlane {
             )));
         }
         // Blocking: returns once the learner has caught up with the log.
-        self.raft
-            .add_learner(id, BasicNode::new(&addr), true)
+        let node = BasicNode::new(&addr);
+        when_no_change_is_under_way(|| self.raft.add_learner(id, node.clone(), true))
             .await
             .map_err(|e| self.write_error(e))?;
         let voters = self.members().iter().filter(|m| m.voter).count();
         let is_voter = self.members().iter().any(|m| m.id == id && m.voter);
         if !is_voter && voters < self.config.max_voters {
-            self.raft
-                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
+            let voter = || {
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
+            };
+            when_no_change_is_under_way(voter)
                 .await
                 .map_err(|e| self.write_error(e))?;
         }
@@ -319,8 +353,7 @@ impl ControlPlane {
         } else {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))
         };
-        self.raft
-            .change_membership(change, false)
+        when_no_change_is_under_way(|| self.raft.change_membership(change.clone(), false))
             .await
             .map_err(|e| self.write_error(e))?;
         // It leaves the node table before the answer, so that the same id can join

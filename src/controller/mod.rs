@@ -12,7 +12,10 @@
 //!    draining node that dies is down), and up again those it hears from. A new leader
 //!    counts every node as heard at the moment it took over: one timeout of grace. Nodes
 //!    that left the membership are removed from the node table;
-//! 3. asks the pure scheduler for a plan and proposes it stamped with its term.
+//! 3. asks the pure scheduler for a plan and proposes it stamped with its term;
+//! 4. asks autopilot (`autopilot.rs`) whether a learner should replace a dead voter,
+//!    fill a missing voter's place, or a dead learner leave, and makes that one
+//!    membership change.
 //!
 //! The proposals of a round run while heartbeats go on being answered. Every proposal
 //! is made on this node only (never forwarded): if it is no longer the leader the
@@ -28,6 +31,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use openraft::ChangeMembers;
+
 use crate::config::timing::LEASE_CONFIRM_MS;
 use crate::control::{ControlPlane, Heartbeat, LeaderError, LeaseGrant, ToController};
 use crate::env::bugs::{self, Bug};
@@ -35,11 +40,17 @@ use crate::raft::NodeId;
 use crate::registry::{AdminState, Command, NodeStatus, Outcome};
 use crate::scheduler;
 
+pub mod autopilot;
+
 /// How often the control loop runs.
 const TICK_MS: u64 = 100;
+/// How long autopilot waits after a membership change failed before it tries again.
+const MEMBERSHIP_RETRY_MS: u64 = 1_000;
 
 struct Heard {
     at: Instant,
+    /// Since when the leader has heard from the node with no gap past the node timeout.
+    since: Instant,
     heartbeat: Heartbeat,
 }
 
@@ -63,6 +74,8 @@ enum Step {
     },
     /// The AcceptStalePlan bug's proposal ended.
     Deposed,
+    /// Autopilot's membership change ended.
+    Membership { done: bool },
 }
 
 type Round = Pin<Box<dyn Future<Output = Step> + Send>>;
@@ -84,6 +97,8 @@ struct Controller {
     /// earlier leaders).
     released: BTreeMap<(String, u32), u64>,
     taken_over_at: u64,
+    /// No membership change before this (one failed moments ago).
+    membership_retry_at: Option<Instant>,
 }
 
 /// Runs the controller until the node shuts down: it answers the heartbeats of
@@ -101,6 +116,7 @@ pub async fn run(control: Arc<ControlPlane>, mut inbox: mpsc::Receiver<ToControl
         deposed: None,
         released: BTreeMap::new(),
         taken_over_at: 0,
+        membership_retry_at: None,
     };
     let shutdown = control.shutdown_signal();
     tokio::pin!(shutdown);
@@ -199,7 +215,19 @@ impl Controller {
             .get(&id)
             .map(|n| n.status);
         let now = Instant::now();
-        self.liveness.heard.insert(id, Heard { at: now, heartbeat });
+        let timeout = Duration::from_millis(self.control.config.node_timeout_ms);
+        let since = match self.liveness.heard.get(&id) {
+            Some(last) if now.duration_since(last.at) <= timeout => last.since,
+            _ => now,
+        };
+        self.liveness.heard.insert(
+            id,
+            Heard {
+                at: now,
+                since,
+                heartbeat,
+            },
+        );
         if !self.confirmed_in(term, now) {
             return Err(LeaderError::NotLeader { leader: None });
         }
@@ -272,7 +300,7 @@ impl Controller {
         match step {
             Step::Liveness { term } => {
                 self.liveness.marking_down.clear();
-                self.plan(term)
+                self.plan(term).or_else(|| self.autopilot())
             }
             Step::Plan {
                 releases,
@@ -283,10 +311,105 @@ impl Controller {
                         self.released.insert(slot, index);
                     }
                 }
+                self.autopilot()
+            }
+            Step::Membership { done } => {
+                if !done {
+                    self.membership_retry_at =
+                        Some(Instant::now() + Duration::from_millis(MEMBERSHIP_RETRY_MS));
+                }
                 None
             }
             Step::Deposed => None,
         }
+    }
+
+    /// Autopilot's membership change, if it decides on one.
+    fn autopilot(&mut self) -> Option<Round> {
+        let now = Instant::now();
+        if self.membership_retry_at.is_some_and(|at| now < at) {
+            return None;
+        }
+        let (_, leading_since) = self.leading?;
+        let config = &self.control.config;
+        let policy = autopilot::Policy {
+            max_voters: config.max_voters,
+            dead_voter_after: (config.dead_voter_after_ms > 0)
+                .then(|| Duration::from_millis(config.dead_voter_after_ms)),
+            learner_stable: Duration::from_millis(config.learner_stable_ms),
+            remove_dead_after: (config.remove_dead_after_ms > 0)
+                .then(|| Duration::from_millis(config.remove_dead_after_ms)),
+            node_timeout: Duration::from_millis(config.node_timeout_ms),
+        };
+        let last_log = self.control.raft.metrics().borrow().last_log_index;
+        let members: Vec<autopilot::MemberView> = {
+            let state = self.control.view().read();
+            self.control
+                .members()
+                .iter()
+                .map(|member| {
+                    let heard = self.liveness.heard.get(&member.id);
+                    let in_service = state.registry.nodes.get(&member.id).is_some_and(|n| {
+                        n.status == NodeStatus::Up && n.admin == AdminState::Active
+                    });
+                    autopilot::MemberView {
+                        id: member.id,
+                        voter: member.voter,
+                        last_heard: heard.map_or(leading_since, |h| h.at.max(leading_since)),
+                        heard_since: heard
+                            .filter(|h| now.duration_since(h.at) <= policy.node_timeout)
+                            .map(|h| h.since),
+                        in_service,
+                        applied: heard.map_or(0, |h| h.heartbeat.applied),
+                    }
+                })
+                .collect()
+        };
+        let change = autopilot::decide(
+            self.control.id(),
+            &members,
+            last_log.unwrap_or(0),
+            now,
+            &policy,
+        )?;
+        let voters: BTreeSet<NodeId> = members.iter().filter(|m| m.voter).map(|m| m.id).collect();
+        let control = self.control.clone();
+        let timeout = Duration::from_millis(config.request_timeout_ms);
+        Some(Box::pin(async move {
+            let (change, retain) = match change {
+                autopilot::Change::Promote { learner, replacing } => {
+                    tracing::info!(
+                        learner,
+                        replacing,
+                        "autopilot: promoting a learner to voter"
+                    );
+                    let mut next = voters;
+                    next.insert(learner);
+                    if let Some(dead) = replacing {
+                        next.remove(&dead);
+                    }
+                    (ChangeMembers::ReplaceAllVoters(next), true)
+                }
+                autopilot::Change::Remove(id) => {
+                    tracing::info!(node = id, "autopilot: removing a dead learner");
+                    (ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                }
+            };
+            let changed =
+                tokio::time::timeout(timeout, control.raft.change_membership(change, retain)).await;
+            let done = match changed {
+                Ok(Ok(_)) => true,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "autopilot: membership change failed");
+                    false
+                }
+                Err(_) => {
+                    tracing::warn!("autopilot: membership change timed out");
+                    false
+                }
+            };
+            Step::Membership { done }
+        }))
     }
 
     /// Plans, and proposes the placements that are safe to hand over now.
