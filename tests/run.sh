@@ -9,11 +9,13 @@
 #  3. a short run (FUZZ_SECONDS, 20 s) of every fuzz target (tests/fuzz.sh, cargo-fuzz
 #     installed if missing);
 #  4. a sweep of the chaos simulation over 200 seeds (release build), and of the
-#     write-storm scenario (exactly-once writes at a high rate) over 20;
+#     write-storm (exactly-once writes at a high rate) and slow-disk scenarios over
+#     20 each, and of the autopilot scenario over 10;
 #  5. every deliberate bug of the simulator switched on in turn: each must be caught;
 #  6. the nemesis on real processes (NEMESIS_SECONDS, 60 s): three release nodes, each
-#     in a network namespace of its own, under kills, pauses, cuts and slow links; and
-#     again with `ack-before-commit` switched on in the nodes, which it must catch.
+#     in a network namespace of its own, under kills, pauses, cuts and slow links (one
+#     or two at a time), with tool calls; and again with `ack-before-commit` switched
+#     on in the nodes, and with `retry-after-send`, each of which it must catch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +41,7 @@ sim=./target/release/mcpfleet-sim
 "$sim" --seeds "$SIM_SEEDS"
 "$sim" --scenario write-storm --seeds "$STORM_SEEDS"
 "$sim" --scenario slow-disk --seeds "$STORM_SEEDS"
+"$sim" --scenario autopilot --seeds 10
 
 for bug in $("$sim" --inject-bug list); do
     if output=$("$sim" --inject-bug "$bug" --seeds "$BUG_SEEDS" 2>&1); then
@@ -56,15 +59,19 @@ done
 
 nemesis=./target/release/mcpfleet-nemesis
 "$nemesis" --nodes 3 --duration "$NEMESIS_SECONDS" --seed 1
-if output=$("$nemesis" --nodes 3 --duration 40 --seed 7 --inject-bug ack-before-commit 2>&1); then
-    echo "the nemesis on real processes did not catch ack-before-commit:"
-    echo "$output"
-    exit 1
-fi
-if ! grep -q "^FAILED: " <<<"$output" || ! grep -q "^replay: " <<<"$output"; then
-    echo "the nemesis with ack-before-commit failed without reporting a violation:"
-    echo "$output"
-    exit 1
-fi
-echo "nemesis: ack-before-commit caught on real processes: $(grep -m1 '^FAILED: ' <<<"$output" | cut -c1-200)"
+for bug in ack-before-commit:7 retry-after-send:3; do
+    name=${bug%:*}
+    seed=${bug#*:}
+    if output=$("$nemesis" --nodes 3 --duration 40 --seed "$seed" --inject-bug "$name" 2>&1); then
+        echo "the nemesis on real processes did not catch $name:"
+        echo "$output"
+        exit 1
+    fi
+    if ! grep -q "^FAILED: " <<<"$output" || ! grep -q "^replay: " <<<"$output"; then
+        echo "the nemesis with $name failed without reporting a violation:"
+        echo "$output"
+        exit 1
+    fi
+    echo "nemesis: $name caught on real processes: $(grep -m1 '^FAILED: ' <<<"$output" | cut -c1-200)"
+done
 echo "all tests passed"

@@ -15,6 +15,7 @@ use crate::faults::Nemesis;
 use crate::workload::{self, Event, EventKind, History, Ret, CLIENT_TIMEOUT};
 use crate::{add_nodes, client, cluster_configs, host_name, SimCluster};
 
+mod autopilot;
 mod slow_disk;
 mod storm;
 
@@ -884,7 +885,7 @@ pub fn leader_partition(seed: u64) -> Result<Report, String> {
 }
 
 /// The scenarios by name, for the command line; the first is the default.
-pub const SCENARIOS: [&str; 9] = [
+pub const SCENARIOS: [&str; 10] = [
     "chaos",
     "leader-crash",
     "leader-partition",
@@ -894,6 +895,7 @@ pub const SCENARIOS: [&str; 9] = [
     "crash-mid-call",
     "write-storm",
     "slow-disk",
+    "autopilot",
 ];
 
 /// The scenario that catches `bug` (chaos, unless a bug needs a fault schedule of its
@@ -931,6 +933,7 @@ pub fn run(name: &str, seed: u64, nodes: u64) -> Report {
         "crash-mid-call" => fixed(faulty_replica(seed, ReplicaFault::CrashMidCall)),
         "write-storm" => storm::write_storm(seed),
         "slow-disk" => slow_disk::slow_disk(seed),
+        "autopilot" => fixed(autopilot::autopilot(seed)),
         other => fixed(Err(format!(
             "unknown scenario {other:?}; known: {}",
             SCENARIOS.join(", ")
