@@ -896,24 +896,47 @@ async fn add_fenced_servers(nodes: &[Node], records: &Path) -> Result<(), String
     Ok(())
 }
 
-/// Each recorder life of a one-slot server, from its log: (start, last tick) in ns of
-/// CLOCK_MONOTONIC, which every namespace shares.
+/// Each recorder life of a one-slot server, from its logs: (start, last tick) in ns of
+/// CLOCK_MONOTONIC, which every namespace shares, and where it was logged. A log is
+/// named by the recorder's pid, and pids are reused in a long run: a second "start"
+/// line in one log begins another life.
 fn lives(dir: &Path) -> Result<Vec<(u64, u64, String)>, String> {
     let mut found = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
-        if !name.ends_with(".log") {
+        if !name.ends_with(".log") || name.starts_with("calls-") {
             continue;
         }
         let text = std::fs::read_to_string(entry.path()).map_err(|e| format!("{name}: {e}"))?;
-        // A process killed while it wrote leaves a partial last line: it is skipped.
-        let times: Vec<u64> = text
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
-            .collect();
-        if let (Some(first), Some(last)) = (times.first(), times.last()) {
-            found.push((*first, *last, name));
+        let mut life: Option<(u64, u64)> = None;
+        let mut number = 0;
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            // A process killed while it wrote leaves a partial last line: it is skipped.
+            let (Some(kind), Some(Ok(at))) = (words.next(), words.next().map(str::parse::<u64>))
+            else {
+                continue;
+            };
+            match (kind, life.as_mut()) {
+                ("start", _) => {
+                    if let Some((start, last)) = life.take() {
+                        found.push((start, last, format!("{name} (life {number})")));
+                    }
+                    number += 1;
+                    life = Some((at, at));
+                }
+                ("tick", Some((_, last))) => *last = at,
+                _ => {}
+            }
+        }
+        if let Some((start, last)) = life {
+            let label = if number > 1 {
+                format!("{name} (life {number})")
+            } else {
+                name
+            };
+            found.push((start, last, label));
         }
     }
     found.sort();
@@ -945,4 +968,60 @@ fn check_slots(records: &Path) -> Result<(usize, Option<Duration>), String> {
         }
     }
     Ok((count, shortest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A records dir with one slot's logs, from `(file, text)`.
+    fn slot_logs(test: &str, logs: &[(&str, &str)]) -> PathBuf {
+        let records = std::env::temp_dir().join(format!(
+            "mcpfleet-nemesis-test-{test}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&records);
+        for n in 0..FENCED_SERVERS {
+            let dir = records.join(format!("fenced-{n}"));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            for (file, text) in logs {
+                std::fs::write(dir.join(file), text).expect("write log");
+            }
+        }
+        records
+    }
+
+    #[test]
+    fn a_reused_pid_starts_a_new_life_in_the_same_log() {
+        // Pid 7 ran first, then pid 9, then pid 7 again (the pid was reused).
+        let records = slot_logs(
+            "reused",
+            &[
+                (
+                    "7.log",
+                    "start 100\ntick 120\ntick 140\nstart 500\ntick 520\n",
+                ),
+                ("9.log", "start 300\ntick 320\ntick 3"),
+                ("calls-7.log", "call k0-1\n"),
+            ],
+        );
+        let (lives, gap) = check_slots(&records).expect("no overlap");
+        assert_eq!(lives, 3 * FENCED_SERVERS as usize);
+        assert_eq!(gap, Some(Duration::from_nanos(160)));
+        let _ = std::fs::remove_dir_all(&records);
+    }
+
+    #[test]
+    fn a_life_that_ticks_after_the_next_started_is_an_overlap() {
+        let records = slot_logs(
+            "overlap",
+            &[
+                ("7.log", "start 100\ntick 120\ntick 340\n"),
+                ("9.log", "start 300\ntick 320\n"),
+            ],
+        );
+        let error = check_slots(&records).expect_err("an overlap");
+        assert!(error.contains("7.log ticked"), "{error}");
+        let _ = std::fs::remove_dir_all(&records);
+    }
 }
