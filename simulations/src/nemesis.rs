@@ -715,7 +715,12 @@ pub async fn run(options: &Options) -> Result<Report, String> {
     faults?;
     let events: Vec<Event> = history.borrow().clone();
     let final_state = settled_state(&nodes).await;
-    let after = calls_after_faults(&nodes, clock).await;
+    // With no callers there is no tool server; with no settled registry, no point.
+    let after = if options.callers > 0 && final_state.is_ok() {
+        calls_after_faults(&nodes, clock).await
+    } else {
+        Ok(Vec::new())
+    };
     let after_count = after.as_ref().map_or(0, Vec::len);
     call_log
         .borrow_mut()
@@ -760,32 +765,27 @@ pub async fn run(options: &Options) -> Result<Report, String> {
 fn tool_server(dir: &Path) -> pb::PutServerRequest {
     let mut request = calls::tool_server();
     if let Some(spec) = request.spec.as_mut() {
-        let mut transport = recorder(dir);
-        if let pb::server_spec::Transport::Stdio(stdio) = &mut transport {
-            let slow_ms = calls::CALL_TIMEOUT_MS + 150;
-            stdio
-                .env
-                .insert("SLOW_EVERY".into(), SLOW_EVERY.to_string());
-            stdio.env.insert("SLOW_MS".into(), slow_ms.to_string());
-            stdio
-                .env
-                .insert("CRASH_EVERY".into(), CRASH_EVERY.to_string());
-        }
-        spec.transport = Some(transport);
+        let misbehave = [
+            ("SLOW_EVERY", SLOW_EVERY.to_string()),
+            ("SLOW_MS", (calls::CALL_TIMEOUT_MS + 150).to_string()),
+            ("CRASH_EVERY", CRASH_EVERY.to_string()),
+        ];
+        spec.transport = Some(recorder(dir, &misbehave));
     }
     request
 }
 
-/// `tests/servers/recorder.py`, logging into `dir`.
-fn recorder(dir: &Path) -> pb::server_spec::Transport {
+/// `tests/servers/recorder.py`, logging into `dir`, with `extra` environment.
+fn recorder(dir: &Path, extra: &[(&str, String)]) -> pb::server_spec::Transport {
+    let mut env: Vec<(String, String)> = vec![
+        ("RECORD_DIR".to_string(), dir.display().to_string()),
+        ("TICK_MS".to_string(), TICK_MS.to_string()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
     pb::server_spec::Transport::Stdio(pb::StdioTransport {
         command: "python3".into(),
         args: vec![RECORDER.into()],
-        env: [
-            ("RECORD_DIR".to_string(), dir.display().to_string()),
-            ("TICK_MS".to_string(), TICK_MS.to_string()),
-        ]
-        .into(),
+        env: env.into_iter().collect(),
         ..Default::default()
     })
 }
@@ -863,7 +863,7 @@ async fn add_fenced_servers(nodes: &[Node], records: &Path) -> Result<(), String
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let spec = pb::ServerSpec {
             name: name.clone(),
-            transport: Some(recorder(&dir)),
+            transport: Some(recorder(&dir, &[])),
             replicas: 1,
             health_check: Some(workload::QUICK_CHECKS),
             restart: Some(workload::QUICK_RESTARTS),

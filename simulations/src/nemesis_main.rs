@@ -140,6 +140,17 @@ fn main() -> ExitCode {
         };
     }
     let args = Args::parse();
+    if let Some(dir) = &args.dir {
+        // Data dirs left by an earlier run would bring its registry into this one.
+        let used = std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some());
+        if used {
+            eprintln!(
+                "error: {} is not empty: give --dir a new or empty directory",
+                dir.display()
+            );
+            return ExitCode::from(2);
+        }
+    }
     let inside = std::env::var_os(IN_NAMESPACE).is_some();
     if !args.loopback && !inside {
         if namespaces_work() {
@@ -185,17 +196,6 @@ fn main() -> ExitCode {
             binary.display()
         );
         return ExitCode::from(2);
-    }
-    if let Some(dir) = &args.dir {
-        // Data dirs left by an earlier run would bring its registry into this one.
-        let used = std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some());
-        if used {
-            eprintln!(
-                "error: {} is not empty: give --dir a new or empty directory",
-                dir.display()
-            );
-            return ExitCode::from(2);
-        }
     }
     let temporary = args.dir.is_none();
     let dir = args.dir.clone().unwrap_or_else(|| {
