@@ -40,6 +40,7 @@ pub mod linearizability;
 pub mod mcp;
 pub mod nemesis;
 pub mod scenarios;
+pub mod soak;
 pub mod workload;
 
 /// The port every simulated node listens on.

@@ -188,19 +188,19 @@ impl Report {
 }
 
 /// One node: its process, its namespace's holder, and how to start it again.
-struct Node {
-    id: u64,
-    addr: String,
+pub(crate) struct Node {
+    pub(crate) id: u64,
+    pub(crate) addr: String,
     args: Vec<String>,
     log: PathBuf,
     /// The process that keeps the node's network namespace alive.
     holder: Option<Child>,
-    child: Option<Child>,
+    pub(crate) child: Option<Child>,
     paused: bool,
 }
 
 impl Node {
-    fn start(&mut self, options: &Options) -> Result<(), String> {
+    pub(crate) fn start(&mut self, options: &Options) -> Result<(), String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -237,7 +237,7 @@ impl Node {
         }
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -348,7 +348,7 @@ fn make_network(options: &Options, nodes: &mut [Node]) -> Result<(), String> {
 }
 
 /// Starts every node; they form one cluster from `--initial-cluster`.
-fn start_nodes(options: &Options) -> Result<Vec<Node>, String> {
+pub(crate) fn start_nodes(options: &Options) -> Result<Vec<Node>, String> {
     let mut addrs = Vec::new();
     for id in 1..=options.nodes {
         addrs.push(if options.namespaces {
@@ -411,7 +411,7 @@ fn start_nodes(options: &Options) -> Result<Vec<Node>, String> {
     Ok(nodes)
 }
 
-fn client_of(addr: &str) -> RegistryClient<Channel> {
+pub(crate) fn client_of(addr: &str) -> RegistryClient<Channel> {
     let channel = mcpfleet::env::network::endpoint(addr)
         .expect("the nemesis's addresses are valid")
         .connect_lazy();
@@ -419,7 +419,7 @@ fn client_of(addr: &str) -> RegistryClient<Channel> {
 }
 
 /// The leader as the running nodes report it, if one answers in time.
-async fn leader(nodes: &[Node]) -> Option<u64> {
+pub(crate) async fn leader(nodes: &[Node]) -> Option<u64> {
     for node in nodes.iter().filter(|n| n.child.is_some() && !n.paused) {
         let mut client = client_of(&node.addr);
         let answer = tokio::time::timeout(
@@ -776,7 +776,7 @@ fn tool_server(dir: &Path) -> pb::PutServerRequest {
 }
 
 /// `tests/servers/recorder.py`, logging into `dir`, with `extra` environment.
-fn recorder(dir: &Path, extra: &[(&str, String)]) -> pb::server_spec::Transport {
+pub(crate) fn recorder(dir: &Path, extra: &[(&str, String)]) -> pb::server_spec::Transport {
     let mut env: Vec<(String, String)> = vec![
         ("RECORD_DIR".to_string(), dir.display().to_string()),
         ("TICK_MS".to_string(), TICK_MS.to_string()),

@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -118,6 +118,7 @@ pub async fn run(
         .tasks
         .spawn(reporter::run(context.clone(), reports.clone()));
     let mut agent = Agent {
+        starts: Arc::new(Semaphore::new(context.config.max_starting_replicas)),
         context: context.clone(),
         launcher,
         fence,
@@ -162,6 +163,8 @@ pub async fn run(
 struct Agent {
     context: Context,
     launcher: Option<Arc<dyn McpLauncher>>,
+    /// One permit per replica starting at once (`max_starting_replicas`).
+    starts: Arc<Semaphore>,
     /// Until when this node's replicas may run (lease end + fence grace), for their
     /// supervisors.
     fence: Fence,
@@ -299,6 +302,7 @@ impl Agent {
                 settings_signal,
                 replica::ReplicaEnv {
                     launcher: launcher.clone(),
+                    starts: self.starts.clone(),
                     fence: self.fence.clone(),
                     reports: self.reports.clone(),
                     directory: self.directory.clone(),

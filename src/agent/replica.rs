@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
@@ -107,6 +107,8 @@ impl Replica {
 #[derive(Clone)]
 pub struct ReplicaEnv {
     pub launcher: Arc<dyn McpLauncher>,
+    /// A permit is held while the server is launched and initialized.
+    pub starts: Arc<Semaphore>,
     pub fence: Fence,
     pub reports: Arc<Reports>,
     pub directory: Arc<Directory>,
@@ -124,6 +126,7 @@ pub async fn run(
 ) {
     let ReplicaEnv {
         launcher,
+        starts,
         fence,
         reports,
         directory,
@@ -154,6 +157,12 @@ pub async fn run(
         if replica.health.state != ReplicaState::CrashLoop {
             replica.set_state(ReplicaState::Starting);
         }
+        // Its turn among the replicas this node starts; the initialize timeout counts
+        // from then.
+        let permit = tokio::select! {
+            permit = starts.clone().acquire_owned() => permit,
+            _ = stop.wait_for(Option::is_some) => return,
+        };
         let timeout = Duration::from_millis(INITIALIZE_TIMEOUT_MS);
         let id = ReplicaId {
             server: replica.key.server.clone(),
@@ -172,6 +181,7 @@ pub async fn run(
             // Dropping the half-open connection kills its process group.
             _ = stop.wait_for(Option::is_some) => return,
         };
+        drop(permit);
         let ended = match opened {
             Ok(mut connection) => {
                 tracing::info!(server = %replica.key.server, slot = replica.key.slot,

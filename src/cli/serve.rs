@@ -79,6 +79,11 @@ pub struct ServeArgs {
     /// How often this node heartbeats the leader.
     #[arg(long, default_value_t = Config::default().node_heartbeat_interval_ms)]
     pub node_heartbeat_interval_ms: u64,
+    /// Most replicas this node starts at once (launch and MCP initialize); the others
+    /// wait their turn. Keeps a node that takes over many replicas from starving its
+    /// host, and its own heartbeats, of CPU.
+    #[arg(long, default_value_t = Config::default().max_starting_replicas)]
+    pub max_starting_replicas: usize,
     /// Most voters; nodes beyond them join as learners, which replicate, serve and run
     /// replicas, and autopilot promotes them in place of dead voters.
     #[arg(long, default_value_t = Config::default().max_voters)]
@@ -279,6 +284,7 @@ impl ServeArgs {
                 tags
             },
             capacity: self.capacity,
+            max_starting_replicas: self.max_starting_replicas,
             node_timeout_ms: self.node_timeout_ms,
             lease_ms: self.lease_ms,
             node_heartbeat_interval_ms: self.node_heartbeat_interval_ms,

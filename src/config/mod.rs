@@ -78,6 +78,9 @@ pub struct Config {
     pub tags: Vec<String>,
     /// Most replicas this node runs; `None` is no limit.
     pub capacity: Option<u32>,
+    /// Most replicas this node starts at once (launch and initialize); the others wait
+    /// their turn in the starting state.
+    pub max_starting_replicas: usize,
     /// How often the agent heartbeats the leader.
     pub node_heartbeat_interval_ms: u64,
     /// A node the leader has not heard from for this long is marked down and its
@@ -95,6 +98,9 @@ pub struct Config {
 }
 
 pub mod timing;
+
+/// The most replicas a node may be set to start at once.
+pub const MAX_STARTING_REPLICAS: usize = 64;
 
 /// The longest stabilization time autopilot accepts (an hour).
 pub const MAX_LEARNER_STABLE_MS: u64 = 3_600_000;
@@ -115,6 +121,8 @@ pub enum ConfigError {
     BadClusterEntry { entry: String },
     #[error("timing: {0}")]
     Timing(String),
+    #[error("max_starting_replicas must be 1..={MAX_STARTING_REPLICAS}, got {0}")]
+    MaxStartingReplicas(usize),
     #[error("max_voters must be 1..=7, got {0}")]
     MaxVoters(usize),
     #[error(
@@ -153,6 +161,7 @@ impl Default for Config {
             election_timeout_max_ms: 240,
             snapshot_after_logs: 2_000,
             logs_kept_after_snapshot: 500,
+            max_starting_replicas: 4,
             max_voters: 5,
             dead_voter_after_ms: 10_000,
             learner_stable_ms: 10_000,
@@ -266,6 +275,9 @@ impl Config {
         }
         if self.max_watches == 0 || self.max_watches > MAX_MAX_WATCHES {
             return Err(ConfigError::MaxWatches(self.max_watches));
+        }
+        if self.max_starting_replicas == 0 || self.max_starting_replicas > MAX_STARTING_REPLICAS {
+            return Err(ConfigError::MaxStartingReplicas(self.max_starting_replicas));
         }
         if self.max_voters == 0 || self.max_voters > 7 {
             return Err(ConfigError::MaxVoters(self.max_voters));
