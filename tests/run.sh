@@ -15,7 +15,11 @@
 #  6. the nemesis on real processes (NEMESIS_SECONDS, 60 s): three release nodes, each
 #     in a network namespace of its own, under kills, pauses, cuts and slow links (one
 #     or two at a time), with tool calls; and again with `ack-before-commit` switched
-#     on in the nodes, and with `retry-after-send`, each of which it must catch.
+#     on in the nodes, and with `retry-after-send`, each of which it must catch;
+#  7. the soak (SOAK_SECONDS, 120 s): three release nodes on loopback with 1,000
+#     servers, 200 of them running, under registry churn, tool calls and kills; it
+#     fails when memory, fds, threads, a data dir or a p99 grows past its bound, and
+#     its chart is drawn (matplotlib, in the venv of step 0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +27,7 @@ SIM_SEEDS=${SIM_SEEDS:-200}
 BUG_SEEDS=${BUG_SEEDS:-50}
 NEMESIS_SECONDS=${NEMESIS_SECONDS:-60}
 STORM_SEEDS=${STORM_SEEDS:-20}
+SOAK_SECONDS=${SOAK_SECONDS:-120}
 
 tests/install-mcp-servers.sh
 # The status page is checked in a real browser: Debian's headless Chromium.
@@ -74,4 +79,9 @@ for bug in ack-before-commit:7 retry-after-send:3; do
     fi
     echo "nemesis: $name caught on real processes: $(grep -m1 '^FAILED: ' <<<"$output" | cut -c1-200)"
 done
+soak_dir=$(mktemp -d)
+./target/release/mcpfleet-soak --duration "$SOAK_SECONDS" --kill-every 20 --dir "$soak_dir/run"
+"${MCP_SERVERS_DIR:-$PWD/target/mcp-servers}/py/bin/python" simulations/soak_chart.py \
+    "$soak_dir/run" "$soak_dir/soak.png"
+rm -rf "$soak_dir"
 echo "all tests passed"

@@ -128,6 +128,9 @@ pub struct Instances {
     /// Every server launched from now on behaves, but runs on after its stdin closes and
     /// takes the whole grace to exit when stopped (its fence deadline still ends it).
     linger: AtomicBool,
+    /// Per node and boot (its crash count): its servers launched and not yet answering,
+    /// and the most there ever were at once.
+    starting: Mutex<BTreeMap<(u64, u64), (usize, usize)>>,
 }
 
 impl Instances {
@@ -227,6 +230,34 @@ impl Instances {
             .collect()
     }
 
+    /// A server of `node` is launched: it starts until the node reads its first answer
+    /// (to initialize), or the node lets it go, when the returned guard drops. Servers
+    /// left behind by an earlier boot of the node do not count against this one.
+    fn starting(self: &Arc<Self>, node: u64) -> StartingGuard {
+        let key = (node, self.crashes(node));
+        let mut starting = self.starting.lock().unwrap_or_else(|e| e.into_inner());
+        let (now, most) = starting.entry(key).or_default();
+        *now += 1;
+        *most = (*most).max(*now);
+        StartingGuard {
+            instances: self.clone(),
+            key,
+        }
+    }
+
+    /// No node ever started more than `limit` servers at once (a node that launches
+    /// every replica it takes over together starves its host: on real processes its
+    /// Raft heartbeats time out, its lease lapses and its replicas are stopped).
+    pub fn check_starts(&self, limit: usize) -> Result<(), String> {
+        let starting = self.starting.lock().unwrap_or_else(|e| e.into_inner());
+        match starting.iter().find(|(_, (_, most))| *most > limit) {
+            Some(((node, _), (_, most))) => Err(format!(
+                "starts: node {node} started {most} servers at once, over its limit of {limit}"
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// The fencing check: no replica slot runs on two nodes at once.
     pub fn check_fencing(&self) -> Result<(), String> {
         let mut nodes: BTreeMap<ReplicaId, u64> = BTreeMap::new();
@@ -268,6 +299,28 @@ struct Freezable {
     frozen: Arc<AtomicBool>,
     delay: Option<Duration>,
     waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// The node's end of a server's stdout: the server counts as starting until the node
+/// has read its first bytes (the answer to initialize).
+struct UntilAnswered<R> {
+    inner: R,
+    starting: Option<StartingGuard>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for UntilAnswered<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if polled.is_ready() && buf.filled().len() > before {
+            self.starting = None;
+        }
+        polled
+    }
 }
 
 impl AsyncRead for Freezable {
@@ -325,6 +378,25 @@ enum Behaviour {
     HangAfter(Duration),
     /// Answers every message this late.
     Slow(Duration),
+}
+
+/// One server of a node starting, until it drops.
+struct StartingGuard {
+    instances: Arc<Instances>,
+    key: (u64, u64),
+}
+
+impl Drop for StartingGuard {
+    fn drop(&mut self) {
+        let mut starting = self
+            .instances
+            .starting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some((now, _)) = starting.get_mut(&self.key) {
+            *now = now.saturating_sub(1);
+        }
+    }
 }
 
 /// One node's launcher (one per boot, seeded from the node's seed).
@@ -481,6 +553,10 @@ impl McpLauncher for SimLauncher {
             drop(guard);
         }));
         let (reader, writer) = tokio::io::split(client_end);
+        let reader = UntilAnswered {
+            inner: reader,
+            starting: Some(self.instances.starting(self.node)),
+        };
         Ok(Launched {
             io: McpIo::Streams {
                 reader: Box::pin(reader),

@@ -437,6 +437,9 @@ pub fn drained_node_dies(seed: u64) -> Result<Report, String> {
     let written_at = written.borrow().expect("set by the client");
     loop {
         cluster.instances.check_fencing()?;
+        cluster
+            .instances
+            .check_starts(mcpfleet::config::Config::default().max_starting_replicas)?;
         let placed = cluster.probe.with_nodes(|windows| {
             let window = windows.get(&alive[0])?;
             let applied = window.view.read();
@@ -547,6 +550,9 @@ pub fn restarted_node_drained(seed: u64) -> Result<Report, String> {
     let until = sim.elapsed() + ORPHAN_WATCH;
     while sim.elapsed() < until || !*drained.borrow() {
         cluster.instances.check_fencing()?;
+        cluster
+            .instances
+            .check_starts(mcpfleet::config::Config::default().max_starting_replicas)?;
         if sim.elapsed() > until + Duration::from_secs(5) {
             return Err("the drain was not acknowledged".into());
         }
@@ -1232,6 +1238,9 @@ pub fn chaos(seed: u64, nodes: u64) -> Report {
         let now = sim.elapsed();
         let leader = observe(&cluster, &mut leaders, &mut states)?;
         cluster.instances.check_fencing()?;
+        cluster
+            .instances
+            .check_starts(mcpfleet::config::Config::default().max_starting_replicas)?;
         cluster.probe.check_plans()?;
         if now < FAULTS_END {
             for line in nemesis.step(&mut sim, &cluster, now, leader) {

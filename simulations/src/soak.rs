@@ -416,7 +416,7 @@ pub async fn run(options: &SoakOptions) -> Result<SoakReport, String> {
     // Writers: replace an idle server's spec, or now and then delete it and put it back.
     for writer in 0..2u64 {
         let (addrs, latencies, records) = (addrs.clone(), latencies.clone(), records.clone());
-        let mut rng = SmallRng::seed_from_u64(options.seed ^ (writer + 1) * 0x5eed);
+        let mut rng = SmallRng::seed_from_u64(options.seed ^ ((writer + 1) * 0x5eed));
         work.spawn_local(async move {
             let mut revision = 0;
             while started.elapsed() < until {
@@ -484,7 +484,7 @@ pub async fn run(options: &SoakOptions) -> Result<SoakReport, String> {
         let (addrs, latencies) = (addrs.clone(), latencies.clone());
         let servers = options.servers;
         let running = options.running;
-        let mut rng = SmallRng::seed_from_u64(options.seed ^ (reader + 1) * 0x4ead);
+        let mut rng = SmallRng::seed_from_u64(options.seed ^ ((reader + 1) * 0x4ead));
         work.spawn_local(async move {
             while started.elapsed() < until {
                 tokio::time::sleep(Duration::from_millis(rng.gen_range(5..30))).await;
@@ -524,7 +524,7 @@ pub async fn run(options: &SoakOptions) -> Result<SoakReport, String> {
     for caller in 0..2u64 {
         let (addrs, latencies) = (addrs.clone(), latencies.clone());
         let running = options.running;
-        let mut rng = SmallRng::seed_from_u64(options.seed ^ (caller + 1) * 0xca11);
+        let mut rng = SmallRng::seed_from_u64(options.seed ^ ((caller + 1) * 0xca11));
         work.spawn_local(async move {
             let mut number = 0u64;
             while started.elapsed() < until {
@@ -671,6 +671,11 @@ pub async fn run(options: &SoakOptions) -> Result<SoakReport, String> {
     Ok(report)
 }
 
+/// Whether a sample's time (in s) falls in a part of the run.
+type Phase<'a> = &'a dyn Fn(f64) -> bool;
+/// A measure's samples in a part of the run.
+type Series<'a> = dyn Fn(Phase) -> Vec<f64> + 'a;
+
 /// Holds the last fifth of the run against its second fifth, by `BOUNDS`.
 fn check_growth(
     readings: &[Reading],
@@ -682,9 +687,7 @@ fn check_growth(
     let earlier = |at: f64| at >= total * 0.2 && at < total * 0.4;
     let last = |at: f64| at >= total * 0.8;
     let b = BOUNDS;
-    let mut check = |what: String,
-                     values: &dyn Fn(&dyn Fn(f64) -> bool) -> Vec<f64>,
-                     bound: &dyn Fn(f64) -> f64| {
+    let mut check = |what: String, values: &Series, bound: &dyn Fn(f64) -> f64| {
         let (Some(before), Some(after)) = (median(values(&earlier)), median(values(&last))) else {
             report
                 .failures
@@ -701,7 +704,7 @@ fn check_growth(
     };
     // Node 1 is never killed: one life for the whole run.
     let spared = |f: fn(&Reading) -> f64| {
-        move |when: &dyn Fn(f64) -> bool| -> Vec<f64> {
+        move |when: Phase| -> Vec<f64> {
             readings
                 .iter()
                 .filter(|r| r.node == 1 && r.up && when(r.at_s))
@@ -723,7 +726,7 @@ fn check_growth(
     for node in 1..=3 {
         check(
             format!("node {node} data dir (MiB)"),
-            &|when: &dyn Fn(f64) -> bool| {
+            &|when: Phase| {
                 readings
                     .iter()
                     .filter(|r| r.node == node && when(r.at_s))
@@ -736,7 +739,7 @@ fn check_growth(
     for kind in ["write", "read", "call"] {
         check(
             format!("{kind} p99 (ms)"),
-            &|when: &dyn Fn(f64) -> bool| {
+            &|when: Phase| {
                 p99s.iter()
                     .filter(|(at, k, _)| *k == kind && when(*at))
                     .map(|(_, _, p99)| *p99)

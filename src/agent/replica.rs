@@ -13,6 +13,7 @@ use super::breaker::{Breaker, Source};
 use super::directory::{Directory, ReplicaHandle};
 use super::reporter::Reports;
 use super::restart::Restarts;
+use crate::env::bugs::{self, Bug};
 use crate::env::launcher::{Fence, McpLauncher, ReplicaId};
 use crate::mcp::{Connection, McpError};
 use crate::registry::{
@@ -159,9 +160,13 @@ pub async fn run(
         }
         // Its turn among the replicas this node starts; the initialize timeout counts
         // from then.
-        let permit = tokio::select! {
-            permit = starts.clone().acquire_owned() => permit,
-            _ = stop.wait_for(Option::is_some) => return,
+        let permit = if bugs::active(Bug::UnboundedStarts) {
+            None
+        } else {
+            tokio::select! {
+                permit = starts.clone().acquire_owned() => Some(permit),
+                _ = stop.wait_for(Option::is_some) => return,
+            }
         };
         let timeout = Duration::from_millis(INITIALIZE_TIMEOUT_MS);
         let id = ReplicaId {

@@ -50,10 +50,14 @@ pub enum Bug {
     /// table of the last N request ids would: a write retried after more than that many
     /// others committed is applied again.
     ShrinkSessionWindow,
+    /// The agent starts every replica assigned to it at once, whatever
+    /// `max_starting_replicas` says: a node that takes over many replicas launches them
+    /// all together and starves its host.
+    UnboundedStarts,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 13] = [
+    pub const ALL: [Bug; 14] = [
         Bug::AckBeforeCommit,
         Bug::StaleFollowerRead,
         Bug::SkipLogFsync,
@@ -67,6 +71,7 @@ impl Bug {
         Bug::ForgetOrphans,
         Bug::RouteToUnavailable,
         Bug::ShrinkSessionWindow,
+        Bug::UnboundedStarts,
     ];
 
     /// The name used on the simulator's command line.
@@ -85,6 +90,7 @@ impl Bug {
             Bug::ForgetOrphans => "forget-orphans",
             Bug::RouteToUnavailable => "route-to-unavailable",
             Bug::ShrinkSessionWindow => "shrink-session-window",
+            Bug::UnboundedStarts => "unbounded-starts",
         }
     }
 
