@@ -107,6 +107,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         TopCommand::Bench { command } => match command {
             cli::BenchCommand::Put(args) => cli::bench::run_put(args, &client).await?,
             cli::BenchCommand::Call(args) => cli::bench::run_call(args, &client).await?,
+            cli::BenchCommand::Plan(args) => cli::bench_plan::run_plan(args),
         },
     }
     Ok(())

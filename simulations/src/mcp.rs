@@ -128,9 +128,11 @@ pub struct Instances {
     /// Every server launched from now on behaves, but runs on after its stdin closes and
     /// takes the whole grace to exit when stopped (its fence deadline still ends it).
     linger: AtomicBool,
-    /// Per node and boot (its crash count): its servers launched and not yet answering,
-    /// and the most there ever were at once.
-    starting: Mutex<BTreeMap<(u64, u64), (usize, usize)>>,
+    /// Per node and boot (its crash count): when each of its servers not yet answering
+    /// was launched (by instance number), and the most there ever were at once within
+    /// their turn (`START_TURN_MS`).
+    starting: Mutex<BTreeMap<(u64, u64), Starting>>,
+    next_start: AtomicU64,
 }
 
 impl Instances {
@@ -235,13 +237,19 @@ impl Instances {
     /// left behind by an earlier boot of the node do not count against this one.
     fn starting(self: &Arc<Self>, node: u64) -> StartingGuard {
         let key = (node, self.crashes(node));
+        let number = self.next_start.fetch_add(1, Ordering::Relaxed);
+        let now = turmoil::sim_elapsed().unwrap_or_default();
+        let turn = Duration::from_millis(mcpfleet::agent::START_TURN_MS);
         let mut starting = self.starting.lock().unwrap_or_else(|e| e.into_inner());
-        let (now, most) = starting.entry(key).or_default();
-        *now += 1;
-        *most = (*most).max(*now);
+        let (launched, most) = starting.entry(key).or_default();
+        launched.insert(number, now);
+        // A server still starting after its turn no longer holds one.
+        let in_turn = launched.values().filter(|at| now < **at + turn).count();
+        *most = (*most).max(in_turn);
         StartingGuard {
             instances: self.clone(),
             key,
+            number,
         }
     }
 
@@ -380,10 +388,15 @@ enum Behaviour {
     Slow(Duration),
 }
 
+/// One node boot's starting servers: when each was launched (by number), and the most
+/// there ever were at once within their turn.
+type Starting = (BTreeMap<u64, Duration>, usize);
+
 /// One server of a node starting, until it drops.
 struct StartingGuard {
     instances: Arc<Instances>,
     key: (u64, u64),
+    number: u64,
 }
 
 impl Drop for StartingGuard {
@@ -393,8 +406,8 @@ impl Drop for StartingGuard {
             .starting
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some((now, _)) = starting.get_mut(&self.key) {
-            *now = now.saturating_sub(1);
+        if let Some((launched, _)) = starting.get_mut(&self.key) {
+            launched.remove(&self.number);
         }
     }
 }

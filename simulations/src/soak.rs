@@ -594,6 +594,22 @@ pub async fn run(options: &SoakOptions) -> Result<SoakReport, String> {
                 down = Some((at, now + down_for));
                 next_kill = now + down_for + gap(&mut schedule);
             }
+            // A node that ends without being killed is a failure of the soak's.
+            for node in nodes.iter_mut() {
+                let exited = node
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten());
+                if let Some(status) = exited {
+                    report.failures.push(format!(
+                        "node {} exited on its own at {:.0} s: {status}",
+                        node.id,
+                        now.as_secs_f64()
+                    ));
+                    node.child = None;
+                    node.start(&cluster)?;
+                }
+            }
             if now < next_sample {
                 continue;
             }

@@ -71,7 +71,8 @@ fn bug_names_are_listed_and_unknown_ones_are_usage_errors() {
             "retry-after-send",
             "forget-orphans",
             "route-to-unavailable",
-            "shrink-session-window"
+            "shrink-session-window",
+            "unbounded-starts"
         ]
     );
     let output = Command::new(env!("CARGO_BIN_EXE_mcpfleet-sim"))

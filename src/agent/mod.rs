@@ -38,7 +38,7 @@ use tokio::time::Instant;
 
 pub use breaker::Breaker;
 pub use directory::{Answer, Directory, ReplicaCallError, ReplicaHandle, Request};
-pub use replica::{ReplicaKey, INITIALIZE_TIMEOUT_MS};
+pub use replica::{ReplicaKey, INITIALIZE_TIMEOUT_MS, START_TURN_MS};
 pub use restart::{Decision, Restarts};
 
 use tokio_util::sync::CancellationToken;

@@ -22,6 +22,10 @@ use crate::registry::{
 
 /// Longest wait for a server to start and answer initialize.
 pub const INITIALIZE_TIMEOUT_MS: u64 = 10_000;
+/// Longest a starting replica holds its turn (`max_starting_replicas`): one that takes
+/// longer to answer initialize lets the next start, so that servers that hang at
+/// start cannot hold up every other start on the node.
+pub const START_TURN_MS: u64 = 2_000;
 /// Consecutive failed probes, in multiples of `unhealthy_threshold`, after which a
 /// replica that stopped answering is restarted.
 const RESTART_AFTER_UNHEALTHY_ROUNDS: u32 = 2;
@@ -158,9 +162,9 @@ pub async fn run(
         if replica.health.state != ReplicaState::CrashLoop {
             replica.set_state(ReplicaState::Starting);
         }
-        // Its turn among the replicas this node starts; the initialize timeout counts
-        // from then.
-        let permit = if bugs::active(Bug::UnboundedStarts) {
+        // Its turn among the replicas this node starts (held for `START_TURN_MS` at
+        // most); the initialize timeout counts from then.
+        let mut permit = if bugs::active(Bug::UnboundedStarts) {
             None
         } else {
             tokio::select! {
@@ -174,17 +178,25 @@ pub async fn run(
             create_revision: replica.key.create_revision,
             slot: replica.key.slot,
         };
-        let open = Connection::open(
-            launcher.as_ref(),
-            &id,
-            &replica.spec.transport,
-            timeout,
-            fence.clone(),
-        );
-        let opened = tokio::select! {
-            opened = open => opened,
-            // Dropping the half-open connection kills its process group.
-            _ = stop.wait_for(Option::is_some) => return,
+        let opened = {
+            let open = Connection::open(
+                launcher.as_ref(),
+                &id,
+                &replica.spec.transport,
+                timeout,
+                fence.clone(),
+            );
+            tokio::pin!(open);
+            let turn_ends = tokio::time::sleep(Duration::from_millis(START_TURN_MS));
+            tokio::pin!(turn_ends);
+            loop {
+                tokio::select! {
+                    opened = &mut open => break opened,
+                    _ = &mut turn_ends, if permit.is_some() => permit = None,
+                    // Dropping the half-open connection kills its process group.
+                    _ = stop.wait_for(Option::is_some) => return,
+                }
+            }
         };
         drop(permit);
         let ended = match opened {

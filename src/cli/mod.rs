@@ -2,6 +2,7 @@
 //! client API or starts a node, prints a table or JSON. Errors become one line.
 
 pub mod bench;
+pub mod bench_plan;
 pub mod cert;
 mod client;
 pub mod config_file;
@@ -391,4 +392,8 @@ pub enum BenchCommand {
     /// Closed-loop MCP tool calls against any streamable-HTTP endpoint (a node's /mcp,
     /// or an MCP server itself): calls/s, latency percentiles and failed calls.
     Call(bench::CallArgs),
+    /// The placement planner on a synthetic cluster (no node needed): time per round
+    /// and moves, for the first placement, a round with nothing to change, and the
+    /// round after losing a share of the nodes.
+    Plan(bench_plan::PlanArgs),
 }

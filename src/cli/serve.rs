@@ -80,7 +80,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = Config::default().node_heartbeat_interval_ms)]
     pub node_heartbeat_interval_ms: u64,
     /// Most replicas this node starts at once (launch and MCP initialize); the others
-    /// wait their turn. Keeps a node that takes over many replicas from starving its
+    /// wait their turn. A replica holds its turn for 2 s at most. Keeps a node that takes over many replicas from starving its
     /// host, and its own heartbeats, of CPU.
     #[arg(long, default_value_t = Config::default().max_starting_replicas)]
     pub max_starting_replicas: usize,

@@ -78,8 +78,8 @@ pub struct Config {
     pub tags: Vec<String>,
     /// Most replicas this node runs; `None` is no limit.
     pub capacity: Option<u32>,
-    /// Most replicas this node starts at once (launch and initialize); the others wait
-    /// their turn in the starting state.
+    /// Most replicas this node starts at once (launch and initialize, for at most
+    /// `agent::START_TURN_MS` each); the others wait their turn in the starting state.
     pub max_starting_replicas: usize,
     /// How often the agent heartbeats the leader.
     pub node_heartbeat_interval_ms: u64,

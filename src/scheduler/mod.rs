@@ -168,22 +168,26 @@ pub fn plan(view: &ClusterView) -> Plan {
     };
     // Rules 1-3: keep what is valid, in (server, slot) order, so that when two slots
     // of one server share a node (or a node is over capacity) the lower slot keeps it.
-    let mut kept: BTreeMap<(String, u32), NodeId> = BTreeMap::new();
+    let mut placed: BTreeMap<(String, u32), NodeId> = BTreeMap::new();
+    // The nodes each server's kept or placed slots are on (rule 2), so that no round
+    // scans every slot per slot.
+    let mut used: BTreeMap<&str, BTreeSet<NodeId>> = BTreeMap::new();
     for ((server, slot), node) in &view.assignments {
         let Some(spec) = view.servers.get(server) else {
             continue;
         };
+        let on = used.entry(server.as_str()).or_default();
         let valid = *slot < spec.replicas
             && view.nodes.get(node).is_some_and(|n| eligible(n, spec))
-            && !kept.iter().any(|((s, _), n)| s == server && n == node)
+            && !on.contains(node)
             && has_room(&load, *node);
         if valid {
             *load.get_mut(node).expect("eligible nodes are in the view") += 1;
-            kept.insert((server.clone(), *slot), *node);
+            on.insert(*node);
+            placed.insert((server.clone(), *slot), *node);
         }
     }
     // Rule 4: place every slot that is not kept.
-    let mut placed = kept.clone();
     let mut unplaced = BTreeMap::new();
     for (server, spec) in &view.servers {
         for slot in 0..spec.replicas {
@@ -191,22 +195,19 @@ pub fn plan(view: &ClusterView) -> Plan {
             if placed.contains_key(&key) {
                 continue;
             }
-            let used: BTreeSet<NodeId> = placed
-                .iter()
-                .filter(|((s, _), _)| s == server)
-                .map(|(_, n)| *n)
-                .collect();
+            let on = used.entry(server.as_str()).or_default();
             let choice = view
                 .nodes
                 .iter()
                 .filter(|(id, node)| {
-                    eligible(node, spec) && !used.contains(id) && has_room(&load, **id)
+                    eligible(node, spec) && !on.contains(id) && has_room(&load, **id)
                 })
                 .min_by_key(|(id, _)| (load[id], **id))
                 .map(|(id, _)| *id);
             match choice {
                 Some(node) => {
                     *load.get_mut(&node).expect("chosen from the view") += 1;
+                    on.insert(node);
                     placed.insert(key, node);
                 }
                 None => {
