@@ -126,6 +126,10 @@ pub struct SimProbe {
     nodes: Mutex<BTreeMap<u64, NodeWindow>>,
     /// The first placement plan applied outside the term that made it.
     stale_plan: Mutex<Option<String>>,
+    /// The size of every plan a node applied and accepted, by log index.
+    plans: Mutex<BTreeMap<u64, usize>>,
+    /// Heartbeats leaders took in, and their bytes.
+    heartbeats: Mutex<(u64, u64)>,
 }
 
 impl Probe for SimProbe {
@@ -143,8 +147,13 @@ impl Probe for SimProbe {
         id: u64,
         planned_term: u64,
         entry: mcpfleet::registry::LogPosition,
+        placements: usize,
         accepted: bool,
     ) {
+        if accepted {
+            let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+            plans.insert(entry.index, placements);
+        }
         if accepted && planned_term != entry.term {
             let mut stale = self.stale_plan.lock().unwrap_or_else(|e| e.into_inner());
             stale.get_or_insert_with(|| {
@@ -155,9 +164,26 @@ impl Probe for SimProbe {
             });
         }
     }
+
+    fn heartbeat_received(&self, _leader: u64, bytes: usize) {
+        let mut heartbeats = self.heartbeats.lock().unwrap_or_else(|e| e.into_inner());
+        heartbeats.0 += 1;
+        heartbeats.1 += bytes as u64;
+    }
 }
 
 impl SimProbe {
+    /// Heartbeats leaders took in so far, and their bytes.
+    pub fn heartbeats(&self) -> (u64, u64) {
+        *self.heartbeats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Plans applied and accepted so far, and their placements.
+    pub fn plans(&self) -> (usize, usize) {
+        let plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        (plans.len(), plans.values().sum())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, NodeWindow>> {
         self.nodes.lock().unwrap_or_else(|e| e.into_inner())
     }

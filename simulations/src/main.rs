@@ -36,9 +36,13 @@ struct Args {
     /// with --inject-bug).
     #[arg(long, value_parser = SCENARIOS)]
     scenario: Option<String>,
-    /// Nodes in the cluster (the chaos scenario; the others run a fixed number).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(3..=7))]
-    nodes: u64,
+    /// Nodes in the cluster: 3 to 7 for the chaos scenario (default 3), 7 to 100 for the
+    /// scale scenario (default 100); the others run a fixed number.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(3..=100))]
+    nodes: Option<u64>,
+    /// Servers registered by the scale scenario (default 10,000).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    servers: Option<u64>,
     /// Switch on a deliberate bug (`list` prints their names). A sweep stops at the first
     /// seed that catches it.
     #[arg(long, value_name = "NAME")]
@@ -60,14 +64,26 @@ impl Args {
         self.scenario.as_deref().unwrap_or(SCENARIOS[0])
     }
 
+    fn nodes(&self) -> u64 {
+        let default = if self.scenario() == "scale" { 100 } else { 3 };
+        self.nodes.unwrap_or(default)
+    }
+
+    fn servers(&self) -> u64 {
+        self.servers.unwrap_or(10_000)
+    }
+
     /// The flags that select what runs, as a replay must repeat them.
     fn selection(&self) -> Vec<String> {
         let mut flags = vec![
             "--scenario".to_string(),
             self.scenario().to_string(),
             "--nodes".to_string(),
-            self.nodes.to_string(),
+            self.nodes().to_string(),
         ];
+        if self.scenario() == "scale" {
+            flags.extend(["--servers".to_string(), self.servers().to_string()]);
+        }
         if let Some(bug) = &self.inject_bug {
             flags.extend(["--inject-bug".to_string(), bug.clone()]);
         }
@@ -130,11 +146,17 @@ fn main() -> ExitCode {
     if args.scenario.is_none() {
         args.scenario = bug.map(|bug| scenarios::catches(bug).to_string());
     }
-    if args.scenario() != "chaos" && args.nodes != 3 {
-        return usage_error(&format!(
-            "scenario {} runs a fixed number of nodes",
-            args.scenario()
-        ));
+    match (args.scenario(), args.nodes()) {
+        ("chaos", 3..=7) | ("scale", 7..=100) => {}
+        ("chaos", _) => return usage_error("the chaos scenario runs 3 to 7 nodes"),
+        ("scale", _) => return usage_error("the scale scenario runs 7 to 100 nodes"),
+        (_, 3) => {}
+        (other, _) => {
+            return usage_error(&format!("scenario {other} runs a fixed number of nodes"))
+        }
+    }
+    if args.servers.is_some() && args.scenario() != "scale" {
+        return usage_error("--servers is for the scale scenario");
     }
     // Node logs, for replaying a seed: RUST_LOG=mcpfleet=debug,openraft=info.
     if std::env::var_os("RUST_LOG").is_some() {
@@ -155,7 +177,11 @@ fn main() -> ExitCode {
 fn run_one(args: &Args, seed: u64, bug: Option<Bug>) -> ExitCode {
     bugs::switch_on(bug);
     let started = Instant::now();
-    let report = scenarios::run(args.scenario(), seed, args.nodes);
+    let size = scenarios::Size {
+        nodes: args.nodes(),
+        servers: args.servers() as usize,
+    };
+    let report = scenarios::run(args.scenario(), seed, size);
     let wall = started.elapsed().as_secs_f64();
     if !args.quiet {
         if let Some(bug) = bug {

@@ -16,6 +16,7 @@ use crate::workload::{self, Event, EventKind, History, Ret, CLIENT_TIMEOUT};
 use crate::{add_nodes, client, cluster_configs, host_name, SimCluster};
 
 mod autopilot;
+mod scale;
 mod slow_disk;
 mod storm;
 
@@ -891,7 +892,7 @@ pub fn leader_partition(seed: u64) -> Result<Report, String> {
 }
 
 /// The scenarios by name, for the command line; the first is the default.
-pub const SCENARIOS: [&str; 10] = [
+pub const SCENARIOS: [&str; 11] = [
     "chaos",
     "leader-crash",
     "leader-partition",
@@ -902,6 +903,7 @@ pub const SCENARIOS: [&str; 10] = [
     "write-storm",
     "slow-disk",
     "autopilot",
+    "scale",
 ];
 
 /// The scenario that catches `bug` (chaos, unless a bug needs a fault schedule of its
@@ -917,8 +919,16 @@ pub fn catches(bug: mcpfleet::env::bugs::Bug) -> &'static str {
     }
 }
 
-/// Runs the scenario called `name` for `seed` with `nodes` nodes.
-pub fn run(name: &str, seed: u64, nodes: u64) -> Report {
+/// How big a cluster the chaos and scale scenarios run.
+#[derive(Clone, Copy, Debug)]
+pub struct Size {
+    pub nodes: u64,
+    /// Servers the scale scenario registers.
+    pub servers: usize,
+}
+
+/// Runs the scenario called `name` for `seed`, at `size` where it has one.
+pub fn run(name: &str, seed: u64, size: Size) -> Report {
     let fixed = |result: Result<Report, String>| {
         result.unwrap_or_else(|failure| Report {
             seed,
@@ -930,7 +940,7 @@ pub fn run(name: &str, seed: u64, nodes: u64) -> Report {
         })
     };
     match name {
-        "chaos" => chaos(seed, nodes),
+        "chaos" => chaos(seed, size.nodes),
         "leader-crash" => fixed(leader_crash(seed)),
         "leader-partition" => fixed(leader_partition(seed)),
         "drained-node-dies" => fixed(drained_node_dies(seed)),
@@ -940,6 +950,7 @@ pub fn run(name: &str, seed: u64, nodes: u64) -> Report {
         "write-storm" => storm::write_storm(seed),
         "slow-disk" => slow_disk::slow_disk(seed),
         "autopilot" => fixed(autopilot::autopilot(seed)),
+        "scale" => fixed(scale::scale(seed, size.nodes, size.servers)),
         other => fixed(Err(format!(
             "unknown scenario {other:?}; known: {}",
             SCENARIOS.join(", ")

@@ -398,6 +398,10 @@ impl ControlPlane {
         self.incarnations
             .check(heartbeat.id, heartbeat.incarnation)
             .map_err(LeaderError::Replaced)?;
+        if let Some(probe) = &self.probe {
+            let bytes = crate::raft::codec::encoded_len(&heartbeat).unwrap_or(0);
+            probe.heartbeat_received(self.id(), bytes);
+        }
         let (reply, grant) = tokio::sync::oneshot::channel();
         self.controller
             .try_send(ToController::Heartbeat { heartbeat, reply })

@@ -136,6 +136,8 @@ pub struct ControlPlane {
     controller: mpsc::Sender<ToController>,
     /// This node's data-dir incarnation, and the check of other nodes' ones.
     pub incarnations: Arc<Incarnations>,
+    /// The simulator's window into the node, if any.
+    probe: Option<Arc<dyn crate::raft::Probe>>,
     /// When the leader last answered this node's heartbeat (its lease renewed). Only
     /// observed (`/metrics`); nothing decides on it.
     last_contact: Mutex<Option<tokio::time::Instant>>,
@@ -154,6 +156,7 @@ pub struct Parts {
     pub disk: Arc<dyn Disk>,
     pub controller: mpsc::Sender<ToController>,
     pub incarnations: Arc<Incarnations>,
+    pub probe: Option<Arc<dyn crate::raft::Probe>>,
 }
 
 impl ControlPlane {
@@ -171,6 +174,7 @@ impl ControlPlane {
             disk: parts.disk,
             controller: parts.controller,
             incarnations: parts.incarnations,
+            probe: parts.probe,
             last_contact: Mutex::new(None),
         }
     }

@@ -12,7 +12,9 @@
 //!    draining node that dies is down), and up again those it hears from. A new leader
 //!    counts every node as heard at the moment it took over: one timeout of grace. Nodes
 //!    that left the membership are removed from the node table;
-//! 3. asks the pure scheduler for a plan and proposes it stamped with its term;
+//! 3. asks the pure scheduler for a plan (again only once the registry changed: a plan
+//!    depends on nothing else) and proposes what of it is safe to hand over now,
+//!    stamped with its term;
 //! 4. asks autopilot (`autopilot.rs`) whether a learner should replace a dead voter,
 //!    fill a missing voter's place, or a dead learner leave, and makes that one
 //!    membership change.
@@ -99,6 +101,9 @@ struct Controller {
     taken_over_at: u64,
     /// No membership change before this (one failed moments ago).
     membership_retry_at: Option<Instant>,
+    /// The last plan, and the registry revision it was made from: a plan depends only
+    /// on the registry, so it is made again only once the registry changed.
+    planned: Option<(u64, scheduler::Plan)>,
 }
 
 /// Runs the controller until the node shuts down: it answers the heartbeats of
@@ -117,6 +122,7 @@ pub async fn run(control: Arc<ControlPlane>, mut inbox: mpsc::Receiver<ToControl
         released: BTreeMap::new(),
         taken_over_at: 0,
         membership_retry_at: None,
+        planned: None,
     };
     let shutdown = control.shutdown_signal();
     tokio::pin!(shutdown);
@@ -416,9 +422,17 @@ impl Controller {
     fn plan(&mut self, term: u64) -> Option<Round> {
         let placements = {
             let state = self.control.view().read();
-            let plan = scheduler::plan_registry(&state.registry);
+            let revision = state.registry.revision;
+            if self
+                .planned
+                .as_ref()
+                .is_none_or(|(made_at, _)| *made_at != revision)
+            {
+                self.planned = Some((revision, scheduler::plan_registry(&state.registry)));
+            }
+            let (_, plan) = self.planned.as_ref().expect("planned above");
             hand_over(
-                &plan,
+                plan,
                 &state.registry,
                 &self.liveness,
                 &self.released,

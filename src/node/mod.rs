@@ -127,6 +127,7 @@ pub async fn run(
         disk: env.disk.clone(),
         controller: to_controller,
         incarnations: incarnations.clone(),
+        probe: env.probe.clone(),
     }));
     let reader = Reader::new(control.clone());
     let writer = Writer::new(control.clone());

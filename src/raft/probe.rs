@@ -19,6 +19,18 @@ pub trait Probe: Send + Sync + 'static {
     );
 
     /// Called when node `id` applies a placement plan made in `planned_term`, carried by
-    /// the log entry at `entry`; `accepted` says whether the registry took it.
-    fn plan_applied(&self, _id: NodeId, _planned_term: u64, _entry: LogPosition, _accepted: bool) {}
+    /// the log entry at `entry`; `accepted` says whether the registry took it, and
+    /// `placements` is the plan's size.
+    fn plan_applied(
+        &self,
+        _id: NodeId,
+        _planned_term: u64,
+        _entry: LogPosition,
+        _placements: usize,
+        _accepted: bool,
+    ) {
+    }
+
+    /// Called when node `leader` takes in a heartbeat of `bytes` (encoded) as the leader.
+    fn heartbeat_received(&self, _leader: NodeId, _bytes: usize) {}
 }

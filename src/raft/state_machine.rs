@@ -273,11 +273,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                                 .registry
                                 .record_audit(&proposal.command, actor, batch.stamp_ms);
                         }
-                        if let (Some((id, probe)), Command::ApplyPlan { term, .. }) =
+                        if let (Some((id, probe)), Command::ApplyPlan { term, placements }) =
                             (&self.observer, &proposal.command)
                         {
                             let accepted = matches!(outcome, Outcome::Applied { .. });
-                            probe.plan_applied(*id, *term, position, accepted);
+                            probe.plan_applied(*id, *term, position, placements.len(), accepted);
                         }
                         applied.sessions.record(
                             &proposal.id,

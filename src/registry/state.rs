@@ -1,6 +1,6 @@
 //! The registry state and its deterministic `apply`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -79,6 +79,11 @@ impl Change {
             Change::Put { revision, .. } | Change::Delete { revision, .. } => *revision,
         }
     }
+}
+
+/// Every (server, slot) key of `server`, as a range of the tables keyed by slot.
+fn slots_of(server: &str) -> std::ops::RangeInclusive<(String, u32)> {
+    (server.to_string(), 0)..=(server.to_string(), u32::MAX)
 }
 
 impl Registry {
@@ -271,37 +276,52 @@ impl Registry {
                 }
             }
         }
-        let mut next = self.assignments.clone();
+        // What the plan sets, by slot (the last placement of a slot wins). The checks
+        // and the change touch only the plan's servers: a plan costs its own size, not
+        // the registry's.
+        let mut planned: BTreeMap<(String, u32), Option<NodeId>> = BTreeMap::new();
         for placement in placements {
-            let key = (placement.server.clone(), placement.slot);
-            match placement.node {
-                Some(node_id) => {
-                    next.insert(
-                        key,
-                        Assignment {
-                            server: placement.server.clone(),
-                            slot: placement.slot,
-                            node_id,
-                            epoch: position.index,
-                        },
-                    );
-                }
-                None => {
-                    next.remove(&key);
-                }
+            planned.insert((placement.server.clone(), placement.slot), placement.node);
+        }
+        let servers: BTreeSet<&str> = placements.iter().map(|p| p.server.as_str()).collect();
+        for server in servers {
+            let slots = slots_of(server);
+            let current = self
+                .assignments
+                .range(slots.clone())
+                .filter(|(key, _)| !planned.contains_key(*key))
+                .map(|(_, a)| a.node_id);
+            let placed = planned.range(slots).filter_map(|(_, node)| *node);
+            let mut seen = BTreeSet::new();
+            if let Some(node) = current.chain(placed).find(|node| !seen.insert(*node)) {
+                return invalid(format!("two replicas of {server:?} on node {node}"));
             }
         }
-        let mut seen = std::collections::BTreeSet::new();
-        if let Some(((server, _), a)) = next
-            .iter()
-            .find(|((server, _), a)| !seen.insert((server.clone(), a.node_id)))
-        {
-            return invalid(format!("two replicas of {server:?} on node {}", a.node_id));
+        for ((server, slot), node) in planned {
+            let key = (server, slot);
+            match node {
+                Some(node_id) => {
+                    let assignment = Assignment {
+                        server: key.0.clone(),
+                        slot,
+                        node_id,
+                        epoch: position.index,
+                    };
+                    self.assignments.insert(key.clone(), assignment);
+                }
+                None => {
+                    self.assignments.remove(&key);
+                }
+            }
+            // A slot that moved has no health yet on its new node.
+            if self
+                .health
+                .get(&key)
+                .is_some_and(|h| Some(h.node_id) != node)
+            {
+                self.health.remove(&key);
+            }
         }
-        // A slot that moved has no health yet on its new node.
-        self.health
-            .retain(|key, health| next.get(key).is_some_and(|a| a.node_id == health.node_id));
-        self.assignments = next;
         self.revision += 1;
         Ok(())
     }
@@ -561,8 +581,20 @@ impl Registry {
         if let Some(catalog) = self.catalogs.remove(name) {
             self.take_room((catalog.size(), 0), (0, 0));
         }
-        self.assignments.retain(|(server, _), _| server != name);
-        self.health.retain(|(server, _), _| server != name);
+        let slots: Vec<(String, u32)> = self
+            .assignments
+            .range(slots_of(name))
+            .map(|(key, _)| key.clone())
+            .chain(
+                self.health
+                    .range(slots_of(name))
+                    .map(|(key, _)| key.clone()),
+            )
+            .collect();
+        for key in slots {
+            self.assignments.remove(&key);
+            self.health.remove(&key);
+        }
         Ok(Some(Change::Delete {
             name: name.to_string(),
             revision: self.revision,
