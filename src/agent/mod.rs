@@ -46,9 +46,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::timing::{FENCE_GRACE_MS, FENCE_MARGIN_MS, RECONCILE_MS, STOP_GRACE_MS};
 use crate::config::Config;
-use crate::control::{Heartbeat, Leases, Reader, Writer};
+use crate::control::{self, Heartbeat, Leases, Reader, RunningVersion, Writer};
 use crate::env::bugs::{self, Bug};
 use crate::env::launcher::{Fence, McpLauncher};
+use crate::raft::NodeId;
 use crate::registry::{ReplicaState, ServerSpec};
 use reporter::Reports;
 
@@ -336,6 +337,42 @@ impl Agent {
 /// How soon a heartbeat the leader did not answer is sent again.
 const HEARTBEAT_RETRY_MS: u64 = 50;
 
+/// The running slots as the heartbeats have sent them.
+struct Slots {
+    /// The slots of `version`.
+    last: BTreeSet<(String, u32)>,
+    version: RunningVersion,
+    /// The leader that answered the last heartbeat, and the version it carried.
+    held_by: Option<(NodeId, RunningVersion)>,
+}
+
+impl Slots {
+    /// What the next heartbeat to `leader` carries of `now`, the slots running now: their
+    /// version alone if that leader answered a heartbeat of this very content, or else
+    /// the slots in full.
+    fn carried(
+        &mut self,
+        now: &BTreeSet<(String, u32)>,
+        leader: Option<NodeId>,
+    ) -> control::Running {
+        if *now != self.last {
+            self.last = now.clone();
+            self.version.seq += 1;
+        }
+        match (leader, self.held_by) {
+            (Some(leader), Some((held_by, version)))
+                if held_by == leader && version == self.version =>
+            {
+                control::Running::Unchanged(self.version)
+            }
+            _ => control::Running::Slots {
+                version: self.version,
+                slots: self.last.clone(),
+            },
+        }
+    }
+}
+
 /// Heartbeats the leader and publishes each renewed lease.
 async fn heartbeat(
     context: Context,
@@ -352,6 +389,14 @@ async fn heartbeat(
     let shutdown = context.shutdown.clone().cancelled_owned();
     tokio::pin!(shutdown);
     let mut leader = leases.current_leader();
+    let mut slots = Slots {
+        last: running.borrow().clone(),
+        version: RunningVersion {
+            boot: leases.own_boot(),
+            seq: 0,
+        },
+        held_by: None,
+    };
     loop {
         tokio::select! {
             _ = interval.tick() => {}
@@ -377,14 +422,19 @@ async fn heartbeat(
             // index from which on this node starts nothing the registry does not
             // assign it.
             applied: leases.applied_index(),
-            running: running.borrow().clone(),
+            running: slots.carried(&running.borrow(), leader),
             orphans_possible: Instant::now() < orphans_until && !bugs::active(Bug::ForgetOrphans),
         };
-        if leader.is_none() {
+        let Some(to) = leader else {
             continue;
-        }
+        };
         let sent = Instant::now();
-        match leases.renew(heartbeat, sent + interval_length * 2).await {
+        let version = heartbeat.running.version();
+        let answer = leases.renew(heartbeat, sent + interval_length * 2).await;
+        // Whether this leader now holds that version: only an answered heartbeat says
+        // so. After any other answer the next one carries the slots in full.
+        slots.held_by = answer.is_ok().then_some((to, version));
+        match answer {
             Ok(grant) => {
                 let valid_until = sent + Duration::from_millis(config.lease_ms);
                 // The supervisors learn the new deadline before anything may start
@@ -399,5 +449,49 @@ async fn heartbeat(
             // than a whole interval later.
             Err(_) => interval.reset_after(Duration::from_millis(HEARTBEAT_RETRY_MS)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slots(names: &[&str]) -> BTreeSet<(String, u32)> {
+        names.iter().map(|n| (n.to_string(), 0)).collect()
+    }
+
+    #[test]
+    fn running_slots_go_in_full_until_the_same_leader_answered_that_content() {
+        let version = |seq| RunningVersion { boot: 9, seq };
+        let full = |seq, names: &[&str]| control::Running::Slots {
+            version: version(seq),
+            slots: slots(names),
+        };
+        let mut sent = Slots {
+            last: BTreeSet::new(),
+            version: version(0),
+            held_by: None,
+        };
+        // No answer yet: in full.
+        assert_eq!(sent.carried(&slots(&["a"]), Some(1)), full(1, &["a"]));
+        sent.held_by = Some((1, version(1)));
+        // Answered by leader 1, unchanged: the version alone.
+        assert_eq!(
+            sent.carried(&slots(&["a"]), Some(1)),
+            control::Running::Unchanged(version(1))
+        );
+        // Another leader: in full.
+        assert_eq!(sent.carried(&slots(&["a"]), Some(2)), full(1, &["a"]));
+        // Changed: a new version, in full.
+        assert_eq!(
+            sent.carried(&slots(&["a", "b"]), Some(1)),
+            full(2, &["a", "b"])
+        );
+        sent.held_by = Some((1, version(2)));
+        // Back to an earlier content: still a new version.
+        assert_eq!(sent.carried(&slots(&["a"]), Some(1)), full(3, &["a"]));
+        // Unanswered: in full again.
+        sent.held_by = None;
+        assert_eq!(sent.carried(&slots(&["a"]), Some(1)), full(3, &["a"]));
     }
 }

@@ -104,6 +104,10 @@ pub enum LeaderError {
     /// The caller's data dir was replaced: it must be removed and added again.
     #[error("{0}")]
     Replaced(String),
+    /// A heartbeat gave only the version of its running slots, and the leader does not
+    /// hold that version: the next one carries them in full.
+    #[error("the leader does not hold these running slots: send them in full")]
+    RunningUnknown,
 }
 
 impl ControlPlane {
@@ -171,6 +175,10 @@ impl ControlPlane {
                     return Err(NodeError::Rejected(reason))
                 }
                 Err(LeaderError::Failed(reason)) => return Err(NodeError::Raft(reason)),
+                // Only a heartbeat gets it, and heartbeats are not sent this way.
+                Err(error @ LeaderError::RunningUnknown) => {
+                    return Err(NodeError::Raft(error.to_string()))
+                }
                 Err(LeaderError::NotLeader { leader }) => {
                     if leader.is_some() {
                         last_hint = leader;

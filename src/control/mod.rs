@@ -66,12 +66,42 @@ pub struct Heartbeat {
     pub incarnation: u64,
     /// The node's applied index when it sent this.
     pub applied: u64,
-    /// The slots the node runs or is still stopping, as (server, slot).
-    pub running: std::collections::BTreeSet<(String, u32)>,
+    /// The slots the node runs or is still stopping, as (server, slot): in full only
+    /// when the leader may not have them.
+    pub running: Running,
     /// The node started so recently that servers an earlier run of it left behind
     /// (it crashed, or was killed) may still live until their old fence deadline:
     /// `running` does not cover those, so no slot is handed over on its word yet.
     pub orphans_possible: bool,
+}
+
+/// Names one content of a node's running slots: `seq` counts the changes since the
+/// node started, and `boot` tells its starts apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunningVersion {
+    pub boot: u64,
+    pub seq: u64,
+}
+
+/// The running slots as a heartbeat carries them. A node sends them in full when they
+/// changed since the leader last took them in (or its last heartbeat went unanswered,
+/// or the leader changed), and otherwise only their version: the leader keeps what it
+/// took in, so that a heartbeat of a node with many replicas stays small.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Running {
+    Slots {
+        version: RunningVersion,
+        slots: std::collections::BTreeSet<(String, u32)>,
+    },
+    Unchanged(RunningVersion),
+}
+
+impl Running {
+    pub fn version(&self) -> RunningVersion {
+        match self {
+            Running::Slots { version, .. } | Running::Unchanged(version) => *version,
+        }
+    }
 }
 
 /// The leader's answer to a heartbeat.
@@ -378,6 +408,11 @@ impl Leases {
     /// The data-dir incarnation heartbeats carry.
     pub fn own_incarnation(&self) -> u64 {
         self.control.incarnations.own()
+    }
+
+    /// What tells this start of the node from its others (drawn at start).
+    pub fn own_boot(&self) -> u64 {
+        self.control.boot
     }
 
     /// This node's applied index.

@@ -36,7 +36,7 @@ use tokio::time::Instant;
 use openraft::ChangeMembers;
 
 use crate::config::timing::LEASE_CONFIRM_MS;
-use crate::control::{ControlPlane, Heartbeat, LeaderError, LeaseGrant, ToController};
+use crate::control::{ControlPlane, Heartbeat, LeaderError, LeaseGrant, Running, ToController};
 use crate::env::bugs::{self, Bug};
 use crate::raft::NodeId;
 use crate::registry::{AdminState, Command, NodeStatus, Outcome};
@@ -53,7 +53,33 @@ struct Heard {
     at: Instant,
     /// Since when the leader has heard from the node with no gap past the node timeout.
     since: Instant,
+    /// The last heartbeat, whose running slots are in `running`.
     heartbeat: Heartbeat,
+    /// The slots the node runs or is still stopping, as its heartbeat said or, if it
+    /// gave only their version, as the heartbeat before it that carried them said.
+    running: Arc<BTreeSet<(String, u32)>>,
+}
+
+/// The running slots `heartbeat` stands for, given what the leader heard before from
+/// its node: a heartbeat that gives only their version stands for the slots of an
+/// earlier one from the same start of the node with that version.
+fn running_slots(
+    heartbeat: &mut Heartbeat,
+    before: Option<&Heard>,
+) -> Result<Arc<BTreeSet<(String, u32)>>, LeaderError> {
+    let version = heartbeat.running.version();
+    match std::mem::replace(&mut heartbeat.running, Running::Unchanged(version)) {
+        Running::Slots { slots, .. } => Ok(Arc::new(slots)),
+        Running::Unchanged(_) => match before {
+            Some(heard)
+                if heard.heartbeat.incarnation == heartbeat.incarnation
+                    && heard.heartbeat.running.version() == version =>
+            {
+                Ok(heard.running.clone())
+            }
+            _ => Err(LeaderError::RunningUnknown),
+        },
+    }
 }
 
 /// What the leader heard from each node; only the controller task holds it.
@@ -196,7 +222,7 @@ impl Controller {
 
     /// Records a heartbeat, and grants a lease if this node led with a quorum's
     /// confirmation moments ago.
-    fn heartbeat(&mut self, heartbeat: Heartbeat) -> Result<LeaseGrant, LeaderError> {
+    fn heartbeat(&mut self, mut heartbeat: Heartbeat) -> Result<LeaseGrant, LeaderError> {
         // The leader's last log index, not its applied index: a leader that resumed its
         // term after a restart may not have applied yet what it had committed before
         // it, but its log holds every committed entry (simulator seed 877).
@@ -222,7 +248,11 @@ impl Controller {
             .map(|n| n.status);
         let now = Instant::now();
         let timeout = Duration::from_millis(self.control.config.node_timeout_ms);
-        let since = match self.liveness.heard.get(&id) {
+        let before = self.liveness.heard.get(&id);
+        // Before anything is recorded: a fresh applied index beside stale running slots
+        // could let a slot be handed over while this node still runs it.
+        let running = running_slots(&mut heartbeat, before)?;
+        let since = match before {
             Some(last) if now.duration_since(last.at) <= timeout => last.since,
             _ => now,
         };
@@ -232,6 +262,7 @@ impl Controller {
                 at: now,
                 since,
                 heartbeat,
+                running,
             },
         );
         if !self.confirmed_in(term, now) {
@@ -542,7 +573,7 @@ fn hand_over(
             .all(|n| {
                 liveness.heard.get(&n.id).is_some_and(|heard| {
                     heard.heartbeat.applied >= since
-                        && !heard.heartbeat.running.contains(&key)
+                        && !heard.running.contains(&key)
                         && !heard.heartbeat.orphans_possible
                 })
             });
@@ -623,4 +654,62 @@ fn liveness_commands(
         commands.push(Command::SetNodeStatus { id: *id, status });
     }
     commands
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::RunningVersion;
+
+    fn heartbeat(incarnation: u64, running: Running) -> Heartbeat {
+        Heartbeat {
+            id: 2,
+            addr: "127.0.0.1:7702".into(),
+            tags: Vec::new(),
+            capacity: None,
+            incarnation,
+            applied: 10,
+            running,
+            orphans_possible: false,
+        }
+    }
+
+    #[test]
+    fn a_heartbeat_with_only_a_version_stands_for_the_slots_heard_with_it() {
+        let version = |boot, seq| RunningVersion { boot, seq };
+        let slots: BTreeSet<(String, u32)> = [("a".to_string(), 0)].into();
+        let mut first = heartbeat(
+            7,
+            Running::Slots {
+                version: version(1, 4),
+                slots: slots.clone(),
+            },
+        );
+        let running = running_slots(&mut first, None).unwrap();
+        assert_eq!(*running, slots);
+        // What is kept holds only the version; the slots are in `running`.
+        assert_eq!(first.running, Running::Unchanged(version(1, 4)));
+        let heard = Heard {
+            at: Instant::now(),
+            since: Instant::now(),
+            heartbeat: first,
+            running,
+        };
+        let mut same = heartbeat(7, Running::Unchanged(version(1, 4)));
+        assert_eq!(*running_slots(&mut same, Some(&heard)).unwrap(), slots);
+        // Another version, another start of the node, another data dir, or nothing
+        // heard: the leader does not hold those slots.
+        for (incarnation, v, before) in [
+            (7, version(1, 5), Some(&heard)),
+            (7, version(2, 4), Some(&heard)),
+            (8, version(1, 4), Some(&heard)),
+            (7, version(1, 4), None),
+        ] {
+            let mut unknown = heartbeat(incarnation, Running::Unchanged(v));
+            assert!(matches!(
+                running_slots(&mut unknown, before),
+                Err(LeaderError::RunningUnknown)
+            ));
+        }
+    }
 }

@@ -14,6 +14,8 @@
 //! version-3 node could not decode.
 //! Version 5 adds bearer tokens: the `CreateToken` and `RevokeToken` commands and the
 //! registry's table of tokens.
+//! Version 6 changes the heartbeat between nodes: it carries a node's running slots in
+//! full only when the leader may not hold them, and otherwise only their version.
 //!
 //! Anything that changes how an entry is encoded or what `apply` decides from it is a
 //! new version: nodes of different versions must not apply the same log.
@@ -21,7 +23,7 @@
 use crate::env::Disk;
 
 /// The format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 /// The disk meta key of the format record.
 const META_KEY: &str = "format";
 /// Written at a data dir's first start, by every version.
