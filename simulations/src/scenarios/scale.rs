@@ -85,20 +85,33 @@ fn wait_for(
     }
 }
 
-/// The leader as node `observer` sees it.
-fn leader_of(cluster: &SimCluster, observer: u64) -> Option<u64> {
+/// What `read` finds in node `id`'s Raft metrics, if it runs.
+fn metrics_of<R>(
+    cluster: &SimCluster,
+    id: u64,
+    read: impl FnOnce(&mcpfleet::raft::RaftMetrics) -> R,
+) -> Option<R> {
     cluster
         .probe
-        .with_nodes(|nodes| nodes.get(&observer)?.metrics.borrow().current_leader)
+        .with_nodes(|nodes| nodes.get(&id).map(|w| read(&w.metrics.borrow())))
+}
+
+/// The leader as node `observer` sees it.
+fn leader_of(cluster: &SimCluster, observer: u64) -> Option<u64> {
+    metrics_of(cluster, observer, |m| m.current_leader).flatten()
 }
 
 /// Members and voters as node `observer` sees the membership.
 fn membership(cluster: &SimCluster, observer: u64) -> Option<(usize, usize)> {
-    cluster.probe.with_nodes(|nodes| {
-        let metrics = nodes.get(&observer)?.metrics.borrow().clone();
-        let membership = metrics.membership_config.membership();
-        Some((membership.nodes().count(), membership.voter_ids().count()))
+    metrics_of(cluster, observer, |m| {
+        let membership = m.membership_config.membership();
+        (membership.nodes().count(), membership.voter_ids().count())
     })
+}
+
+/// Node `id`'s last applied index (0 if it runs but applied nothing).
+fn applied_of(cluster: &SimCluster, id: u64) -> Option<u64> {
+    metrics_of(cluster, id, |m| m.last_applied.map_or(0, |l| l.index))
 }
 
 /// Servers on node `observer`'s registry, and how many of them have every replica
@@ -302,13 +315,7 @@ fn run(seed: u64, nodes: u64, servers: usize, events: &mut Vec<String>) -> Resul
         .get_meta("snapshot")
         .map_err(|e| e.to_string())?
         .map_or(0, |b| b.len());
-    let target = cluster.probe.with_nodes(|nodes| {
-        nodes[&leader]
-            .metrics
-            .borrow()
-            .last_applied
-            .map_or(0, |id| id.index)
-    });
+    let target = applied_of(&cluster, leader).ok_or("the leader stopped")?;
     sim.bounce(host_name(late));
     live.insert(late);
     let caught_up = wait_for(
@@ -316,22 +323,9 @@ fn run(seed: u64, nodes: u64, servers: usize, events: &mut Vec<String>) -> Resul
         LOOK_CLOSELY,
         CATCH_UP_BOUND,
         "the restarted learner did not catch up",
-        || {
-            cluster.probe.with_nodes(|nodes| {
-                nodes.get(&late).is_some_and(|w| {
-                    let metrics = w.metrics.borrow();
-                    metrics.last_applied.is_some_and(|id| id.index >= target)
-                })
-            })
-        },
+        || applied_of(&cluster, late).is_some_and(|applied| applied >= target),
     )?;
-    let installed = cluster.probe.with_nodes(|nodes| {
-        nodes[&late]
-            .metrics
-            .borrow()
-            .snapshot
-            .map_or(0, |id| id.index)
-    });
+    let installed = metrics_of(&cluster, late, |m| m.snapshot.map_or(0, |l| l.index)).unwrap_or(0);
     if installed == 0 {
         return Err(format!(
             "node {late} caught up without a snapshot: the log was never compacted"
