@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every fuzz target of tests/fuzz (cargo-fuzz, libFuzzer; the entry points are in
-# src/fuzzing.rs) for FUZZ_SECONDS each (default 20), starting from the inputs kept in
+# src/fuzzing.rs) for FUZZ_SECONDS each (default 12), starting from the inputs kept in
 # tests/fuzz/regressions/TARGET/ and a corpus kept in target/fuzz-corpus/TARGET/. A
 # crash, a panic or an input slower than 10 s fails the run; libFuzzer writes that
 # input to tests/fuzz/artifacts/TARGET/, and once fixed it belongs in regressions/
@@ -10,7 +10,7 @@
 # sanitizer and with debug assertions (overflow checks) on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-seconds=${FUZZ_SECONDS:-20}
+seconds=${FUZZ_SECONDS:-12}
 if ! command -v cargo-fuzz >/dev/null; then
     echo "installing cargo-fuzz" >&2
     cargo install --quiet --locked cargo-fuzz

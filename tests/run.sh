@@ -6,11 +6,11 @@
 #     loopback, and the simulator's own tests;
 #  2. the Python package (tests/python.sh): its wheel built and installed into a venv,
 #     and its pytest suite against three real nodes of the release binary;
-#  3. a short run (FUZZ_SECONDS, 20 s) of every fuzz target (tests/fuzz.sh, cargo-fuzz
+#  3. a short run (FUZZ_SECONDS, 12 s) of every fuzz target (tests/fuzz.sh, cargo-fuzz
 #     installed if missing);
-#  4. a sweep of the chaos simulation over 200 seeds (release build), and of the
+#  4. a sweep of the chaos simulation over 150 seeds (release build), and of the
 #     write-storm (exactly-once writes at a high rate) and slow-disk scenarios over
-#     20 each, of the autopilot scenario over 10, and of the scale scenario at 20
+#     12 each, of the autopilot scenario over 10, and of the scale scenario at 20
 #     nodes and 2,000 servers over 2 (docs/benchmarks.md has it at 100 and 10,000);
 #  5. every deliberate bug of the simulator switched on in turn: each must be caught;
 #  6. the nemesis on real processes (NEMESIS_SECONDS, 60 s): three release nodes, each
@@ -24,10 +24,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SIM_SEEDS=${SIM_SEEDS:-200}
+SIM_SEEDS=${SIM_SEEDS:-150}
 BUG_SEEDS=${BUG_SEEDS:-50}
 NEMESIS_SECONDS=${NEMESIS_SECONDS:-60}
-STORM_SEEDS=${STORM_SEEDS:-20}
+STORM_SEEDS=${STORM_SEEDS:-12}
 SOAK_SECONDS=${SOAK_SECONDS:-120}
 # Each step is announced with the seconds since the start, so that a slow one shows.
 step() { echo "== [$SECONDS s] $*" >&2; }
