@@ -21,25 +21,84 @@ use crate::registry::{Catalog, Command, Outcome, ReplicaHealth};
 /// Pause before resending reports after the cluster could not take one.
 const RETRY_PAUSE_MS: u64 = 200;
 
-/// Reports waiting to be sent, latest per slot. Bounded by the replicas this node runs.
+/// Reports of one kind waiting to be sent, the latest per slot, oldest first: a slot
+/// keeps its place while newer reports replace its value, so that slots whose health
+/// changes all the time (replicas in crash-loop) never starve the others.
+struct Queue<V> {
+    /// Per slot: its place in `order`, the epoch and the report.
+    waiting: BTreeMap<(String, u32), (u64, u64, V)>,
+    /// Slot by place.
+    order: BTreeMap<u64, (String, u32)>,
+    next_place: u64,
+}
+
+impl<V> Default for Queue<V> {
+    fn default() -> Self {
+        Queue {
+            waiting: BTreeMap::new(),
+            order: BTreeMap::new(),
+            next_place: 0,
+        }
+    }
+}
+
+impl<V> Queue<V> {
+    /// Replaces what waits for `key`, or queues it last.
+    fn publish(&mut self, key: (String, u32), epoch: u64, value: V) {
+        let place = match self.waiting.get(&key) {
+            Some((place, _, _)) => *place,
+            None => {
+                let place = self.next_place;
+                self.next_place += 1;
+                self.order.insert(place, key.clone());
+                place
+            }
+        };
+        self.waiting.insert(key, (place, epoch, value));
+    }
+
+    /// Puts back what was taken from `place`, unless a newer report arrived meanwhile.
+    fn put_back(&mut self, place: u64, key: (String, u32), epoch: u64, value: V) {
+        if !self.waiting.contains_key(&key) {
+            self.order.insert(place, key.clone());
+            self.waiting.insert(key, (place, epoch, value));
+        }
+    }
+
+    fn forget(&mut self, key: &(String, u32)) {
+        if let Some((place, _, _)) = self.waiting.remove(key) {
+            self.order.remove(&place);
+        }
+    }
+
+    /// The oldest waiting: its place, slot, epoch and report.
+    fn take(&mut self) -> Option<(u64, (String, u32), u64, V)> {
+        let (place, key) = self.order.pop_first()?;
+        let (_, epoch, value) = self.waiting.remove(&key)?;
+        Some((place, key, epoch, value))
+    }
+}
+
+/// Reports waiting to be sent, latest per slot, oldest first. Bounded by the replicas
+/// this node runs.
 #[derive(Default)]
 pub struct Reports {
-    pending: Mutex<BTreeMap<(String, u32), (u64, ReplicaHealth)>>,
-    catalogs: Mutex<BTreeMap<(String, u32), (u64, Catalog)>>,
+    pending: Mutex<Queue<ReplicaHealth>>,
+    catalogs: Mutex<Queue<Catalog>>,
     wake: Notify,
 }
 
 impl Reports {
     pub fn publish(&self, key: &ReplicaKey, health: ReplicaHealth) {
         if let Ok(mut pending) = self.pending.lock() {
-            pending.insert((key.server.clone(), key.slot), (key.epoch, health));
+            pending.publish((key.server.clone(), key.slot), key.epoch, health);
         }
         self.wake.notify_one();
     }
 
     pub fn publish_catalog(&self, key: &ReplicaKey, catalog: Catalog) {
         if let Ok(mut pending) = self.catalogs.lock() {
-            pending.insert((key.server.clone(), key.slot), (key.epoch, catalog));
+            pending.publish((key.server.clone(), key.slot), key.epoch, catalog);
         }
         self.wake.notify_one();
     }
@@ -48,54 +107,55 @@ impl Reports {
     pub fn forget(&self, server: &str, slot: u32) {
         let key = (server.to_string(), slot);
         if let Ok(mut pending) = self.pending.lock() {
-            pending.remove(&key);
+            pending.forget(&key);
         }
         if let Ok(mut pending) = self.catalogs.lock() {
-            pending.remove(&key);
+            pending.forget(&key);
         }
     }
 
-    /// The next report: health first, then catalogs.
+    /// The next report: health first, then catalogs; of each, the longest waiting.
     fn take_first(&self) -> Option<Report> {
-        if let Some((key, (epoch, health))) = self.pending.lock().ok()?.pop_first() {
-            return Some(Report::Health(key, epoch, health));
+        if let Some((place, key, epoch, health)) = self.pending.lock().ok()?.take() {
+            return Some(Report::Health(place, key, epoch, health));
         }
-        let (key, (epoch, catalog)) = self.catalogs.lock().ok()?.pop_first()?;
-        Some(Report::Catalog(key, epoch, catalog))
+        let (place, key, epoch, catalog) = self.catalogs.lock().ok()?.take()?;
+        Some(Report::Catalog(place, key, epoch, catalog))
     }
 
     /// Puts back a report that could not be sent, unless a newer one arrived meanwhile.
     fn put_back(&self, report: Report) {
         match report {
-            Report::Health(key, epoch, health) => {
+            Report::Health(place, key, epoch, health) => {
                 if let Ok(mut pending) = self.pending.lock() {
-                    pending.entry(key).or_insert((epoch, health));
+                    pending.put_back(place, key, epoch, health);
                 }
             }
-            Report::Catalog(key, epoch, catalog) => {
+            Report::Catalog(place, key, epoch, catalog) => {
                 if let Ok(mut pending) = self.catalogs.lock() {
-                    pending.entry(key).or_insert((epoch, catalog));
+                    pending.put_back(place, key, epoch, catalog);
                 }
             }
         }
     }
 }
 
+/// A report taken from its queue, with its place there.
 enum Report {
-    Health((String, u32), u64, ReplicaHealth),
-    Catalog((String, u32), u64, Catalog),
+    Health(u64, (String, u32), u64, ReplicaHealth),
+    Catalog(u64, (String, u32), u64, Catalog),
 }
 
 impl Report {
     fn command(&self, node_id: u64) -> Command {
         match self {
-            Report::Health((server, slot), epoch, health) => Command::ReportHealth {
+            Report::Health(_, (server, slot), epoch, health) => Command::ReportHealth {
                 server: server.clone(),
                 slot: *slot,
                 epoch: *epoch,
                 health: health.clone(),
             },
-            Report::Catalog((server, slot), epoch, catalog) => Command::ReportCatalog {
+            Report::Catalog(_, (server, slot), epoch, catalog) => Command::ReportCatalog {
                 server: server.clone(),
                 slot: *slot,
                 epoch: *epoch,
@@ -117,7 +177,7 @@ pub async fn run(context: Context, reports: Arc<Reports>) {
                 _ = &mut shutdown => return,
             }
         };
-        if let Report::Catalog((server, _), _, catalog) = &report {
+        if let Report::Catalog(_, (server, _), _, catalog) = &report {
             let known = context.reader.stale().registry.catalogs.get(server) == Some(catalog);
             if known {
                 continue;
@@ -144,5 +204,48 @@ pub async fn run(context: Context, reports: Arc<Reports>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Queue;
+
+    fn key(name: &str) -> (String, u32) {
+        (name.to_string(), 0)
+    }
+
+    #[test]
+    fn a_slot_that_reports_all_the_time_keeps_its_place_and_starves_no_other() {
+        let mut queue = Queue::default();
+        queue.publish(key("b"), 1, "b1");
+        queue.publish(key("z"), 1, "z1");
+        // "b" changes again and again: it keeps its place before "z", with its latest.
+        queue.publish(key("b"), 1, "b2");
+        let (place, taken, epoch, value) = queue.take().unwrap();
+        assert_eq!((taken.clone(), epoch, value), (key("b"), 1, "b2"));
+        queue.publish(key("a"), 1, "a1");
+        queue.publish(key("b"), 1, "b3");
+        // "z" waited longest; "a" and "b" after it, in the order they came.
+        let order: Vec<_> = std::iter::from_fn(|| queue.take())
+            .map(|(_, k, _, v)| (k, v))
+            .collect();
+        assert_eq!(
+            order,
+            [(key("z"), "z1"), (key("a"), "a1"), (key("b"), "b3")]
+        );
+        // A report put back goes first again, unless a newer one came meanwhile.
+        queue.publish(key("c"), 1, "c1");
+        queue.put_back(place, taken.clone(), 1, "b2");
+        assert_eq!(queue.take().map(|t| t.3), Some("b2"));
+        queue.publish(key("b"), 2, "b4");
+        queue.put_back(place, taken, 1, "b2");
+        let rest: Vec<_> = std::iter::from_fn(|| queue.take()).map(|t| t.3).collect();
+        assert_eq!(rest, ["c1", "b4"]);
+        // A forgotten slot leaves no place behind.
+        queue.publish(key("d"), 1, "d1");
+        queue.forget(&key("d"));
+        assert!(queue.take().is_none());
+        assert!(queue.order.is_empty());
     }
 }
