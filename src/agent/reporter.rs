@@ -1,8 +1,9 @@
 //! Sends replica health transitions and catalogs to the registry, through the leader.
 //!
 //! Replicas publish their latest health and catalog here; a report that has not been
-//! sent yet is replaced by a newer one (the registry only needs the latest). One task
-//! sends them one at a time; a report the cluster could not take is retried, and one
+//! sent yet is replaced by a newer one (the registry only needs the latest), and keeps
+//! its place in the queue. One task sends them one at a time, the longest waiting
+//! first; a report the cluster could not take is retried, and one
 //! the registry rejects as stale (the slot moved) is dropped. A catalog equal to the
 //! one the registry holds is not sent at all, so the replicas of one server write it
 //! once between them, and again only when it changes.
